@@ -1,0 +1,40 @@
+"""cffi declarations for the syscall layer (ABI mode: no compiler needed).
+
+`pip install` runs this through setup.py's cffi_modules and writes the
+out-of-line module builder/_syscalls_ffi.py, which imports in under a
+millisecond. `builder.syscalls` falls back to parsing CDEF at import time
+(~35 ms) when that module has not been generated, e.g. in a bare checkout.
+"""
+from cffi import FFI
+
+CDEF = """
+struct mount_attr {
+    uint64_t attr_set;
+    uint64_t attr_clr;
+    uint64_t propagation;
+    uint64_t userns_fd;
+};
+struct open_how {
+    uint64_t flags;
+    uint64_t mode;
+    uint64_t resolve;
+};
+long syscall(long number, ...);
+int unshare(int flags);
+int setns(int fd, int nstype);
+int umount2(const char *target, int flags);
+int ioctl(int fd, unsigned long request, ...);
+int fsopen(const char *fs_name, unsigned int flags);
+int fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux);
+int fsmount(int fd, unsigned int flags, unsigned int attr_flags);
+int open_tree(int dfd, const char *filename, unsigned int flags);
+int move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags);
+int mount_setattr(int dfd, const char *path, unsigned int flags, struct mount_attr *attr, size_t size);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("builder._syscalls_ffi", None)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=False)

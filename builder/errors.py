@@ -1,0 +1,49 @@
+"""Exceptions that the CLI turns into one clear message and a documented exit code."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_FAILED = 1  # a build, run or state operation failed
+EXIT_USAGE = 2   # bad recipe or bad command line
+
+
+class NsbuildError(Exception):
+    """An error for the user: one sentence, an optional hint, an exit code."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(NsbuildError):
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a recipe, at a key path like mount[3].attrs[1]."""
+
+    key: str
+    message: str
+    hint: str = ""
+
+    def render(self, file: str) -> str:
+        text = f"{file}: {self.key}: {self.message}" if self.key else f"{file}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class RecipeError(NsbuildError):
+    """Every problem found in one recipe, reported together."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, file: str, problems: list[Problem]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(p.render(file) for p in problems))
+
+
+class BuildError(NsbuildError):
+    """A step of the plan failed; names the step, the recipe entry and the errno."""

@@ -1,0 +1,235 @@
+"""The executor: one loop over a plan's steps with a table of open fds.
+
+Host steps run in this process. A "fork" step starts a single-threaded child
+that runs the following "child" steps (setns/unshare/pivot_root must not touch
+this process) and sends back the fds the plan names over a socketpair. On any
+failure everything done is unwound: fds closed (which frees detached mounts),
+directories and nodes created on host paths removed; then BuildError is raised
+naming the step, the recipe entry, the errno and the kernel's message.
+"""
+from __future__ import annotations
+
+import errno as errnos
+import json
+import os
+import socket
+from typing import Callable
+
+from builder import syscalls as sc
+from builder.errors import BuildError
+from builder.plan import Fd, FdPath, Flags, Plan, Step
+from builder.render import strace_line
+
+Undo = Callable[[], None]
+
+
+class StepFailed(Exception):
+    def __init__(self, index: int, error: sc.SyscallError) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
+
+def _fault() -> tuple[int, int] | None:
+    """Test-only fault injection: NSBUILD_TEST_FAULT="STEP:ERRNO" fails step STEP with ERRNO."""
+    spec = os.environ.get("NSBUILD_TEST_FAULT")
+    if not spec:
+        return None
+    index, _, name = spec.partition(":")
+    return int(index), getattr(errnos, name or "EIO")
+
+
+class _Run:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.fds: dict[str, int] = {}
+        self.undo: list[Undo] = []
+        self.fault = _fault()
+
+    def fd(self, arg: object) -> int:
+        if arg == "AT_FDCWD":
+            return sc.AT_FDCWD
+        return self.fds[str(arg)]
+
+    def value(self, arg: object) -> object:
+        if isinstance(arg, Fd):
+            return self.fd(arg)
+        if isinstance(arg, FdPath):
+            return f"/proc/self/fd/{self.fds[str(arg)]}"
+        if isinstance(arg, Flags):
+            return sc.flags(arg)
+        return arg
+
+    def step(self, index: int, step: Step) -> None:
+        if self.fault and self.fault[0] == index:
+            raise StepFailed(index, sc.SyscallError(step.call, "injected fault", self.fault[1]))
+        args = [self.value(a) for a in step.args]
+        try:
+            result = CALLS[step.call](self, *args)
+        except OSError as e:
+            err = e if isinstance(e, sc.SyscallError) else sc.SyscallError(step.call, _detail(step), e.errno or 0)
+            if errnos.errorcode.get(err.errno) in step.ok:
+                return
+            raise StepFailed(index, err) from None
+        if step.out:
+            self.fds[step.out] = result  # type: ignore[assignment]
+
+    def run(self) -> int:
+        steps = self.plan.steps
+        old_umask = os.umask(0)  # modes in the plan are exact
+        try:
+            i = 0
+            while i < len(steps):
+                if steps[i].call == "fork":
+                    end = i + 1
+                    while end < len(steps) and steps[end].where == "child":
+                        end += 1
+                    self.child(i + 1, end, [str(f) for f in steps[i].args[0]])  # type: ignore[union-attr]
+                    i = end
+                else:
+                    self.step(i, steps[i])
+                    i += 1
+            return self.fds.pop(self.plan.result)
+        except BaseException as e:
+            for undo in reversed(self.undo):
+                try:
+                    undo()
+                except OSError:
+                    pass
+            if isinstance(e, StepFailed):
+                raise _build_error(self.plan, e) from None
+            raise
+        finally:
+            for fd in self.fds.values():
+                os.close(fd)
+            os.umask(old_umask)
+
+    def child(self, start: int, end: int, returns: list[str]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reported over the socket
+            try:
+                ours.close()
+                self.undo = []
+                try:
+                    for i in range(start, end):
+                        self.step(i, self.plan.steps[i])
+                    socket.send_fds(theirs, [b"ok"], [self.fds[r] for r in returns])
+                except StepFailed as e:
+                    for undo in reversed(self.undo):
+                        try:
+                            undo()
+                        except OSError:
+                            pass
+                    err = e.error
+                    theirs.send(json.dumps({"index": e.index, "call": err.call, "detail": err.detail,
+                                            "errno": err.errno, "kmsg": err.kmsg}).encode())
+                except BaseException as e:  # noqa: BLE001 - anything else, reported not raised
+                    theirs.send(json.dumps({"index": start, "call": "child", "detail": repr(e),
+                                            "errno": errnos.EIO, "kmsg": ""}).encode())
+            finally:
+                os._exit(0)
+        theirs.close()
+        try:
+            msg, fds, _, _ = socket.recv_fds(ours, 65536, max(len(returns), 1))
+        finally:
+            ours.close()
+            os.waitpid(pid, 0)
+        if msg == b"ok" and len(fds) == len(returns):
+            for name, fd in zip(returns, fds):
+                os.set_inheritable(fd, False)
+                self.fds[name] = fd
+            return
+        for fd in fds:
+            os.close(fd)
+        if not msg:
+            raise StepFailed(start, sc.SyscallError("fork", "child died", errnos.ECHILD))
+        info = json.loads(msg)
+        raise StepFailed(info["index"], sc.SyscallError(info["call"], info["detail"], info["errno"], info["kmsg"]))
+
+    # creations on host-visible paths are undone on failure
+    def created(self, dfd: int, name: str, is_dir: bool) -> None:
+        self.undo.append(lambda: os.rmdir(name, dir_fd=dfd) if is_dir else os.unlink(name, dir_fd=dfd))
+
+
+def _detail(step: Step) -> str:
+    line = strace_line(step)
+    return line[line.index("(") + 1:line.rindex(")")] if "(" in line else ""
+
+
+def _dirfd(fd: int) -> int | None:
+    return None if fd == sc.AT_FDCWD else fd
+
+
+def _mkdirat(r: _Run, dfd: int, name: str, mode: int) -> None:
+    os.mkdir(name, mode, dir_fd=_dirfd(dfd))
+    r.created(dfd, name, True)
+
+
+def _mknodat(r: _Run, dfd: int, name: str, kind: int, mode: int, major: int, minor: int) -> None:
+    os.mknod(name, kind | mode, os.makedev(major, minor), dir_fd=_dirfd(dfd))
+    r.created(dfd, name, False)
+
+
+def _write(r: _Run, fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+CALLS: dict[str, Callable[..., object]] = {
+    "fsopen": lambda r, name, fl: sc.fsopen(name, fl),
+    "fsconfig": lambda r, fd, cmd, key, value, aux: sc.fsconfig(fd, cmd, key, value, aux),
+    "fsmount": lambda r, fd, fl, attrs: sc.fsmount(fd, fl, attrs),
+    "open_tree": lambda r, dfd, path, fl: sc.open_tree(dfd, path, fl),
+    "move_mount": lambda r, f, fp, t, tp, fl: sc.move_mount(f, fp, t, tp, fl),
+    "mount_setattr": lambda r, dfd, path, fl, aset, aclr, prop: sc.mount_setattr(dfd, path, fl, aset, aclr, prop),
+    "openat": lambda r, dfd, path, fl, mode: os.open(path, fl, mode, dir_fd=_dirfd(dfd)),
+    "openat2": lambda r, dfd, path, fl, resolve: sc.openat2(dfd, path, fl, resolve),
+    "mkdirat": _mkdirat,
+    "mknodat": _mknodat,
+    "symlinkat": lambda r, link, dfd, name: os.symlink(link, name, dir_fd=_dirfd(dfd)),
+    "unlinkat": lambda r, dfd, name, fl: os.unlink(name, dir_fd=_dirfd(dfd)),
+    "fchownat": lambda r, dfd, name, uid, gid, fl: os.chown(name, uid, gid, dir_fd=_dirfd(dfd),
+                                                             follow_symlinks=False),
+    "fchmod": lambda r, fd, mode: os.fchmod(fd, mode),
+    "fchown": lambda r, fd, uid, gid: os.fchown(fd, uid, gid),
+    "write": _write,
+    "setns": lambda r, fd, fl: sc.setns(fd, fl),
+    "unshare": lambda r, fl: sc.unshare(fl),
+    "fchdir": lambda r, fd: os.fchdir(fd),
+    "chdir": lambda r, path: os.chdir(path),
+    "pivot_root": lambda r, new, old: sc.pivot_root(new, old),
+    "umount2": lambda r, target, fl: sc.umount2(target, fl),
+}
+
+
+def _build_error(plan: Plan, failure: StepFailed) -> BuildError:
+    step = plan.steps[failure.index]
+    err = failure.error
+    where = f"{step.origin} " if step.origin else ""
+    message = f"{where}(step {failure.index + 1}, {strace_line(step)}) failed: {err.errname} ({err.strerror})"
+    if err.kmsg:
+        message += f"; kernel says: {err.kmsg}"
+    error = BuildError(message, _hint(step, err))
+    error.step = failure.index  # type: ignore[attr-defined]
+    error.errno = err.errno  # type: ignore[attr-defined]
+    return error
+
+
+def _hint(step: Step, err: sc.SyscallError) -> str:
+    name = err.errname
+    if step.call == "fsconfig" and step.args and "overlay" in str(step.args[0]) and name == "EINVAL":
+        return "overlayfs logs the reason to the kernel log only: see `dmesg | tail`"
+    if step.call == "openat2" and name == "ENOENT":
+        return "the mount point does not exist inside the sandbox and cannot be created there"
+    if name == "EPERM":
+        return "nsbuild needs root (CAP_SYS_ADMIN)"
+    if name == "ENODEV":
+        return "the kernel does not know this filesystem type; is its module available?"
+    return ""
+
+
+def execute(plan: Plan) -> int:
+    """Run `plan`; return the fd of its result (the mount namespace), close-on-exec."""
+    return _Run(plan).run()

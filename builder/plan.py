@@ -1,0 +1,359 @@
+"""The planner: a pure function (Recipe, Features, strategy) -> Plan.
+
+A plan is a list of steps and one step is one syscall. Steps name fds
+symbolically ("%root", "%mnt:/proc"); each carries the recipe entry it came
+from and where it runs: "host" (the nsbuild process) or "child" (a forked,
+single-threaded child that may change namespaces).
+
+Assembly order, shared by every strategy:
+  1. open the layers as O_PATH fds and build every filesystem detached
+     (fsopen/fsconfig/fsmount, open_tree(OPEN_TREE_CLONE) for binds), so
+     nothing is attached to the host tree;
+  2. enter the root: the detached root mount fd (open-tree-namespace), the new
+     namespace's "/" (fsmount-namespace, after setns) or the root attached in
+     a private copy of the host's namespace (unshare);
+  3. write [[path]] entries through the root, then create mount points and
+     attach submounts parents first. Every path inside the sandbox is resolved
+     with openat2(RESOLVE_IN_ROOT), so sandbox symlinks cannot point a mount
+     or a write at a host path;
+  4. turn the tree into a namespace.
+"""
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Union
+
+from builder.features import Features
+from builder.recipe import Mount, Recipe, parent_mount
+
+
+class Fd(str):
+    """A symbolic fd ("%root") or AT_FDCWD."""
+
+
+class FdPath(str):
+    """"/proc/self/fd/N" of a symbolic fd, for kernels whose overlayfs takes no fds."""
+
+
+class Flags(tuple):
+    """Symbolic flag names, OR-ed by the executor."""
+
+
+Arg = Union[int, str, bytes, None, Fd, FdPath, Flags]
+AT_FDCWD = Fd("AT_FDCWD")
+RESOLVE = Flags(("RESOLVE_IN_ROOT", "RESOLVE_NO_MAGICLINKS"))
+
+ATTR_FLAG = {
+    "ro": "MOUNT_ATTR_RDONLY", "nosuid": "MOUNT_ATTR_NOSUID", "nodev": "MOUNT_ATTR_NODEV",
+    "noexec": "MOUNT_ATTR_NOEXEC", "noatime": "MOUNT_ATTR_NOATIME",
+    "strictatime": "MOUNT_ATTR_STRICTATIME", "relatime": "MOUNT_ATTR_RELATIME",
+    "nodiratime": "MOUNT_ATTR_NODIRATIME", "nosymfollow": "MOUNT_ATTR_NOSYMFOLLOW",
+}
+PROPAGATION_FLAG = {"private": "MS_PRIVATE", "slave": "MS_SLAVE", "shared": "MS_SHARED",
+                    "unbindable": "MS_UNBINDABLE"}
+
+# bwrap's --dev: character devices (major, minor) and symlinks in a fresh tmpfs.
+DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+             ("urandom", 1, 9), ("tty", 5, 0))
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+             ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
+
+
+@dataclass(frozen=True)
+class Step:
+    call: str
+    args: tuple[Arg, ...]
+    out: str | None = None      # symbolic fd the call returns
+    origin: str = ""            # recipe key path
+    where: str = "host"         # "host" or "child"
+    ok: tuple[str, ...] = ()    # errno names that count as success (EEXIST for mkdir -p)
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: str
+    name: str
+    strategy: str
+    kernel: str
+    steps: tuple[Step, ...]
+    result: str = "%ns"
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class _Unit:
+    """One mount to attach: a recipe mount, or a piece of a dev mount (/dev/pts, /dev/shm)."""
+    mount: Mount
+    target: str
+    fd: str
+    file: bool = False           # the mount point is a file (bind of a file)
+    makes_point: bool = True     # create the mount point if missing
+
+
+def _attr_flags(attrs: tuple[str, ...]) -> Flags:
+    return Flags(ATTR_FLAG[a] for a in attrs if a != "relatime")
+
+
+def _rel(path: str) -> str:
+    return path.lstrip("/") or "."
+
+
+@dataclass
+class _Planner:
+    recipe: Recipe
+    features: Features
+    strategy: str
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    where: str = "host"
+    dirs: dict[str, str] = field(default_factory=dict)  # sandbox dir -> fd opened on it
+
+    def emit(self, call: str, *args: Arg, out: str | None = None, origin: str = "",
+             ok: tuple[str, ...] = ()) -> str:
+        self.steps.append(Step(call, tuple(args), out, origin, self.where, ok))
+        return out or ""
+
+    # -- 1. detached filesystems -------------------------------------------------
+
+    def new_fs(self, fstype: str, target: str, origin: str, options: tuple[tuple[str, str | bool], ...],
+               attrs: tuple[str, ...], source: str | None = None, namespace: bool = False) -> str:
+        fs = self.emit("fsopen", fstype, Flags(("FSOPEN_CLOEXEC",)), out=f"%fs:{target}", origin=origin)
+        if source is not None:
+            self.emit("fsconfig", Fd(fs), Flags(("FSCONFIG_SET_STRING",)), "source", source, 0, origin=origin)
+        for key, value in options:
+            if value is True:
+                self.emit("fsconfig", Fd(fs), Flags(("FSCONFIG_SET_FLAG",)), key, None, 0, origin=origin)
+            else:
+                self.emit("fsconfig", Fd(fs), Flags(("FSCONFIG_SET_STRING",)), key, value, 0, origin=origin)
+        self.emit("fsconfig", Fd(fs), Flags(("FSCONFIG_CMD_CREATE",)), None, None, 0, origin=origin)
+        mflags = ("FSMOUNT_CLOEXEC", "FSMOUNT_NAMESPACE") if namespace else ("FSMOUNT_CLOEXEC",)
+        out = "%ns" if namespace else ("%root" if target == "/" else f"%mnt:{target}")
+        return self.emit("fsmount", Fd(fs), Flags(mflags), _attr_flags(attrs), out=out, origin=origin)
+
+    def setattr(self, fd: str, attrs: tuple[str, ...], recursive: bool, origin: str) -> None:
+        clear = ("MOUNT_ATTR__ATIME",) if any(a in attrs for a in ("noatime", "strictatime", "relatime")) else ()
+        flags = ("AT_EMPTY_PATH", "AT_RECURSIVE") if recursive else ("AT_EMPTY_PATH",)
+        self.emit("mount_setattr", Fd(fd), "", Flags(flags), _attr_flags(attrs), Flags(clear), Flags(),
+                  origin=origin)
+
+    def layer_fds(self) -> list[str]:
+        return [self.emit("openat", AT_FDCWD, layer.path, Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), 0,
+                          out=f"%layer{i}", origin=layer.origin)
+                for i, layer in enumerate(self.recipe.layers)]
+
+    def root_fs(self, namespace: bool) -> str:
+        r = self.recipe.root
+        layers = self.layer_fds()
+        if not layers:  # no layers: the root is a plain tmpfs, like bwrap's
+            opts = (("mode", "0755"),) + ((("size", r.size),) if r.size else ())
+            return self.new_fs("tmpfs", "/", "root", opts, r.attrs, namespace=namespace)
+        if r.upper == "none" and len(layers) == 1:
+            self.emit("open_tree", AT_FDCWD, self.recipe.layers[0].path,
+                      Flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_RECURSIVE")), out="%root",
+                      origin="root")
+            self.setattr("%root", tuple(sorted(set(r.attrs) | {"ro"}, key=list(ATTR_FLAG).index)), True, "root")
+            return "%root"
+        upper = work = None
+        if r.upper == "tmpfs":
+            opts = (("mode", "0755"),) + ((("size", r.size),) if r.size else ())
+            scratch = self.new_fs("tmpfs", "upper", "root.upper", opts, ())
+            for d in ("upper", "work"):
+                self.emit("mkdirat", Fd(scratch), d, 0o755, origin="root.upper")
+            upper, work = (self.emit("openat", Fd(scratch), d, Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), 0,
+                                     out=f"%{d}", origin="root.upper") for d in ("upper", "work"))
+        elif r.upper != "none":
+            workdir = workdir_for(r.upper)
+            self.emit("mkdirat", AT_FDCWD, r.upper, 0o755, origin="root.upper", ok=("EEXIST",))
+            self.emit("mkdirat", AT_FDCWD, workdir, 0o700, origin="root.upper", ok=("EEXIST",))
+            upper, work = (self.emit("openat", AT_FDCWD, p, Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), 0,
+                                     out=f"%{d}", origin="root.upper")
+                           for d, p in (("upper", r.upper), ("work", workdir)))
+        fs = self.emit("fsopen", "overlay", Flags(("FSOPEN_CLOEXEC",)), out="%fs:/", origin="root")
+        by_fd = self.features.overlay_fd_layers
+        cmd = Flags(("FSCONFIG_SET_FD",)) if by_fd else Flags(("FSCONFIG_SET_STRING",))
+
+        def give(key: str, fd: str, origin: str) -> None:
+            if by_fd:
+                self.emit("fsconfig", Fd(fs), cmd, key, None, Fd(fd), origin=origin)
+            else:
+                self.emit("fsconfig", Fd(fs), cmd, key, FdPath(fd), 0, origin=origin)
+
+        for i in reversed(range(len(layers))):  # overlayfs lists the top layer first
+            give("lowerdir+", layers[i], self.recipe.layers[i].origin)
+        if upper and work:
+            give("upperdir", upper, "root.upper")
+            give("workdir", work, "root.upper")
+        if r.upper not in ("tmpfs", "none"):
+            # a kept upper may meet changed lowers: without these, overlayfs says ESTALE
+            for key in ("index", "metacopy"):
+                self.emit("fsconfig", Fd(fs), Flags(("FSCONFIG_SET_STRING",)), key, "off", 0, origin="root.upper")
+        self.emit("fsconfig", Fd(fs), Flags(("FSCONFIG_CMD_CREATE",)), None, None, 0, origin="root")
+        mflags = ("FSMOUNT_CLOEXEC", "FSMOUNT_NAMESPACE") if namespace else ("FSMOUNT_CLOEXEC",)
+        return self.emit("fsmount", Fd(fs), Flags(mflags), _attr_flags(r.attrs),
+                         out="%ns" if namespace else "%root", origin="root")
+
+    def submounts(self) -> list[_Unit]:
+        units: list[_Unit] = []
+        for m in self.recipe.mounts:
+            if m.type == "bind":
+                flags = ("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC") + (("AT_RECURSIVE",) if m.recursive else ())
+                fd = self.emit("open_tree", AT_FDCWD, m.source, Flags(flags), out=f"%mnt:{m.target}",
+                               origin=m.origin)
+                self.setattr(fd, m.attrs, m.recursive, m.origin)
+                units.append(_Unit(m, m.target, fd, file=m.source_kind == "file"))
+            elif m.type == "dev":
+                units.extend(self.dev(m))
+            else:
+                fd = self.new_fs(m.type, m.target, m.origin, m.options, m.attrs, source=m.source)
+                units.append(_Unit(m, m.target, fd))
+        return units
+
+    def dev(self, m: Mount) -> list[_Unit]:
+        dev = self.new_fs("tmpfs", m.target, m.origin, (("mode", "0755"),) + m.options, m.attrs)
+        for name, major, minor in DEV_NODES:
+            self.emit("mknodat", Fd(dev), name, Flags(("S_IFCHR",)), 0o666, major, minor, origin=m.origin)
+        for name, link in DEV_LINKS:
+            self.emit("symlinkat", link, Fd(dev), name, origin=m.origin)
+        self.emit("mkdirat", Fd(dev), "pts", 0o755, origin=m.origin)
+        self.emit("mkdirat", Fd(dev), "shm", 0o1777, origin=m.origin)
+        pts = self.new_fs("devpts", m.target + "/pts", m.origin,
+                          (("ptmxmode", "0666"), ("mode", "0620"), ("gid", "5")), ("nosuid", "noexec"))
+        shm = self.new_fs("tmpfs", m.target + "/shm", m.origin, (("mode", "1777"),), ("nosuid", "nodev"))
+        return [_Unit(m, m.target, dev),
+                _Unit(m, m.target + "/pts", pts, makes_point=False),
+                _Unit(m, m.target + "/shm", shm, makes_point=False)]
+
+    # -- 3. inside the root --------------------------------------------------------
+
+    def dir_fd(self, path: str, origin: str) -> str:
+        """An fd on a sandbox directory, resolved in the root; missing ones are created (mkdir -p)."""
+        if path == "/":
+            return "%root"
+        if path not in self.dirs:
+            parent = self.dir_fd(posixpath.dirname(path), origin)
+            self.emit("mkdirat", Fd(parent), posixpath.basename(path), 0o755, origin=origin, ok=("EEXIST",))
+            self.dirs[path] = self.emit("openat2", Fd("%root"), _rel(path),
+                                        Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), RESOLVE,
+                                        out=f"%dir:{path}", origin=origin)
+        return self.dirs[path]
+
+    def write_paths(self) -> None:
+        for p in self.recipe.paths:
+            parent = self.dir_fd(posixpath.dirname(p.path), p.origin)
+            name = posixpath.basename(p.path)
+            if p.kind == "symlink":
+                self.emit("unlinkat", Fd(parent), name, Flags(), origin=p.origin, ok=("ENOENT",))
+                self.emit("symlinkat", p.link, Fd(parent), name, origin=p.origin)
+                self.emit("fchownat", Fd(parent), name, p.uid, p.gid, Flags(("AT_SYMLINK_NOFOLLOW",)),
+                          origin=p.origin)
+                continue
+            if p.kind == "dir":
+                self.emit("mkdirat", Fd(parent), name, p.mode, origin=p.origin, ok=("EEXIST",))
+                fd = self.emit("openat2", Fd("%root"), _rel(p.path),
+                               Flags(("O_RDONLY", "O_DIRECTORY", "O_NOFOLLOW", "O_CLOEXEC")), RESOLVE,
+                               out=f"%dir:{p.path}", origin=p.origin)
+                self.dirs[p.path] = fd
+            else:
+                fd = self.emit("openat", Fd(parent), name,
+                               Flags(("O_WRONLY", "O_CREAT", "O_TRUNC", "O_NOFOLLOW", "O_CLOEXEC")), p.mode,
+                               out=f"%file:{p.path}", origin=p.origin)
+                self.emit("write", Fd(fd), p.content, origin=p.origin)
+            self.emit("fchmod", Fd(fd), p.mode, origin=p.origin)
+            self.emit("fchown", Fd(fd), p.uid, p.gid, origin=p.origin)
+
+    def attach(self, units: list[_Unit]) -> None:
+        mounts = [u.mount for u in units if u.target == u.mount.target]
+        for u in units:
+            origin = u.mount.origin
+            holder = parent_mount(mounts, u.target)
+            creatable = u.makes_point and (self.recipe.root.writable if holder is None
+                                           else holder.type in ("tmpfs", "dev"))
+            if creatable:
+                self.make_point(u.target, u.file, origin)
+            at = self.emit("openat2", Fd("%root"), _rel(u.target), Flags(("O_PATH", "O_CLOEXEC")), RESOLVE,
+                           out=f"%at:{u.target}", origin=origin)
+            self.emit("move_mount", Fd(u.fd), "", Fd(at), "",
+                      Flags(("MOVE_MOUNT_F_EMPTY_PATH", "MOVE_MOUNT_T_EMPTY_PATH")), origin=origin)
+
+    def make_point(self, target: str, file: bool, origin: str) -> None:
+        parent = self.dir_fd(posixpath.dirname(target), origin)
+        name = posixpath.basename(target)
+        if file:
+            self.emit("mknodat", Fd(parent), name, Flags(("S_IFREG",)), 0o644, 0, 0, origin=origin, ok=("EEXIST",))
+        else:
+            self.emit("mkdirat", Fd(parent), name, 0o755, origin=origin, ok=("EEXIST",))
+
+    def propagation(self, units: list[_Unit]) -> None:
+        for u in units:
+            if u.target == u.mount.target and u.mount.propagation != "private":
+                self.emit("mount_setattr", AT_FDCWD, u.target, Flags(), Flags(), Flags(),
+                          Flags((PROPAGATION_FLAG[u.mount.propagation],)), origin=u.mount.origin)
+
+    # -- strategies ----------------------------------------------------------------
+
+    def build(self) -> Plan:
+        strategy = self.strategy
+        bind_root = self.recipe.root.upper == "none" and len(self.recipe.layers) == 1
+        if strategy == "fsmount-namespace" and bind_root:
+            # FSMOUNT_NAMESPACE needs a new filesystem; a bind root uses open_tree (7.0+, always there on 7.1+)
+            strategy = "open-tree-namespace"
+            self.notes.append("the root is a bind of one layer, so it is cloned with OPEN_TREE_NAMESPACE")
+        needs_child = any(m.propagation != "private" for m in self.recipe.mounts)
+        if strategy == "fsmount-namespace":
+            self.root_fs(namespace=True)
+            units = self.submounts()
+            self.emit("fork", Flags(), origin="root")
+            self.where = "child"
+            self.emit("setns", Fd("%ns"), Flags(("CLONE_NEWNS",)), origin="root")
+            self.emit("openat", AT_FDCWD, "/", Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), 0, out="%root",
+                      origin="root")
+            self.write_paths()
+            self.attach(units)
+            self.propagation(units)
+        elif strategy == "open-tree-namespace":
+            self.root_fs(namespace=False)
+            units = self.submounts()
+            self.write_paths()
+            self.attach(units)
+            self.emit("open_tree", Fd("%root"), "",
+                      Flags(("OPEN_TREE_NAMESPACE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH", "AT_RECURSIVE")),
+                      out="%ns", origin="root")
+            if needs_child:
+                self.emit("fork", Flags(), origin="root")
+                self.where = "child"
+                self.emit("setns", Fd("%ns"), Flags(("CLONE_NEWNS",)), origin="root")
+                self.propagation(units)
+        else:
+            self.root_fs(namespace=False)
+            units = self.submounts()
+            self.emit("fork", Flags(("%ns",)), origin="root")
+            self.where = "child"
+            self.emit("unshare", Flags(("CLONE_NEWNS",)), origin="root")
+            self.emit("openat", AT_FDCWD, "/proc/self/ns/mnt", Flags(("O_RDONLY", "O_CLOEXEC")), 0, out="%ns",
+                      origin="root")
+            # nothing done from here on may propagate back to the host
+            self.emit("mount_setattr", AT_FDCWD, "/", Flags(("AT_RECURSIVE",)), Flags(), Flags(),
+                      Flags(("MS_PRIVATE",)), origin="root")
+            # stack the new root on "/" of the private copy, so pivot_root can swap them
+            self.emit("move_mount", Fd("%root"), "", AT_FDCWD, "/", Flags(("MOVE_MOUNT_F_EMPTY_PATH",)),
+                      origin="root")
+            self.write_paths()
+            self.attach(units)
+            self.emit("fchdir", Fd("%root"), origin="root")
+            self.emit("pivot_root", ".", ".", origin="root")
+            self.emit("umount2", ".", Flags(("MNT_DETACH",)), origin="root")
+            self.emit("chdir", "/", origin="root")
+            self.propagation(units)
+        return Plan(recipe=self.recipe.file, name=self.recipe.name, strategy=strategy,
+                    kernel=self.features.release, steps=tuple(self.steps), notes=tuple(self.notes))
+
+
+def workdir_for(upper: str) -> str:
+    """overlayfs's work dir for a kept upper: a hidden sibling, so it is on the same mount."""
+    return posixpath.join(posixpath.dirname(upper), "." + posixpath.basename(upper) + ".work")
+
+
+def make_plan(recipe: Recipe, features: Features, strategy: str) -> Plan:
+    """Plan the syscalls that build `recipe` with `strategy` on a kernel with `features`."""
+    return _Planner(recipe, features, strategy).build()

@@ -1,0 +1,541 @@
+"""Recipe: typed, validated data built from a TOML file. Knows nothing of syscalls.
+
+Loading does the file-system checks a user wants before anything is mounted
+(layer and source paths exist, what kind they are), so the planner stays pure.
+Every problem is collected with its key path and reported at once.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import posixpath
+import re
+import stat
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.errors import Problem, RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+FSTYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+
+# Attribute words in recipes; "suid", "dev" and "exec" lift a safe default.
+ATTRS = ("ro", "nosuid", "nodev", "noexec", "noatime", "relatime", "strictatime",
+         "nodiratime", "nosymfollow")
+NEGATIONS = {"suid": "nosuid", "dev": "nodev", "exec": "noexec", "rw": "ro"}
+ATIME = ("noatime", "relatime", "strictatime")
+PROPAGATIONS = ("private", "slave", "shared", "unbindable")
+SPECIAL_TYPES = ("bind", "dev")
+PSEUDO_TYPES = ("tmpfs", "proc", "sysfs", "devpts", "mqueue")
+LAYER_KINDS = ("path", "image", "archive", "oci", "binaries")
+
+# Safe defaults by mount type (bwrap/nspawn practice).
+DEFAULT_ATTRS: dict[str, tuple[str, ...]] = {
+    "bind": ("nosuid", "nodev"),
+    "tmpfs": ("nosuid", "nodev"),
+    "proc": ("nosuid", "nodev", "noexec"),
+    "sysfs": ("nosuid", "nodev", "noexec"),
+    "devpts": ("nosuid", "noexec"),
+    "mqueue": ("nosuid", "nodev", "noexec"),
+    "dev": ("nosuid", "noexec"),  # holds device nodes, so no nodev
+    "root": ("nosuid", "nodev"),
+}
+OTHER_DEFAULT_ATTRS = ("nosuid", "nodev")
+
+MAX_FILE_CONTENT = 1 << 20
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Layer:
+    origin: str  # key path, e.g. "layer[0]"
+    kind: str    # "dir" for now
+    path: str    # absolute host path
+
+
+@dataclass(frozen=True)
+class Root:
+    upper: str  # "tmpfs", "none" or an absolute host directory
+    size: str | None
+    attrs: tuple[str, ...]
+
+    @property
+    def writable(self) -> bool:
+        return self.upper != "none"
+
+
+@dataclass(frozen=True)
+class Mount:
+    origin: str
+    target: str
+    type: str
+    source: str | None = None
+    source_kind: str | None = None  # "dir" or "file" for binds
+    options: tuple[tuple[str, str | bool], ...] = ()
+    attrs: tuple[str, ...] = ()
+    propagation: str = "private"
+    recursive: bool = True
+
+
+@dataclass(frozen=True)
+class PathEntry:
+    origin: str
+    path: str
+    kind: str  # "dir", "file" or "symlink"
+    content: bytes = b""
+    link: str = ""
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class Run:
+    command: tuple[str, ...] = ("/bin/sh",)
+    cwd: str = "/"
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    file: str
+    sha256: str
+    name: str
+    description: str
+    layers: tuple[Layer, ...]
+    root: Root
+    mounts: tuple[Mount, ...]  # parents before children
+    paths: tuple[PathEntry, ...]
+    run: Run = field(default_factory=Run)
+
+
+def parent_mount(mounts: tuple[Mount, ...] | list[Mount], target: str) -> Mount | None:
+    """The recipe mount that will hold `target` (the deepest strict ancestor), if any."""
+    best: Mount | None = None
+    for m in mounts:
+        if m.target != target and is_under(target, m.target):
+            if best is None or len(m.target) > len(best.target):
+                best = m
+    return best
+
+
+def is_under(path: str, ancestor: str) -> bool:
+    return ancestor == "/" or path == ancestor or path.startswith(ancestor + "/")
+
+
+class _Checker:
+    """Collects problems while walking the TOML document."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, key: str, message: str, hint: str = "") -> None:
+        self.problems.append(Problem(key, message, hint))
+
+    def keys(self, table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+        for k in table:
+            if k not in allowed:
+                close = difflib.get_close_matches(k, allowed, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(allowed)
+                self.add(f"{where}.{k}" if where else k, "unknown key", hint)
+
+    def typed(self, table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
+              default: Any = None) -> Any:
+        if key not in table:
+            return default
+        value = table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            value = None  # TOML booleans are not integers here
+        if not isinstance(value, kinds):
+            names = " or ".join(_toml_type(k) for k in kinds)
+            self.add(f"{where}.{key}" if where else key, f"must be {names}, not {_toml_type(type(table[key]))}")
+            return default
+        return value
+
+    def sandbox_path(self, value: str, key: str, allow_root: bool = False) -> str | None:
+        """An absolute, normalized path inside the sandbox."""
+        if not value.startswith("/"):
+            self.add(key, f"'{value}' must be an absolute path inside the sandbox", "start it with '/'")
+            return None
+        parts = value.split("/")[1:]
+        if ".." in parts:
+            self.add(key, f"'{value}' must not contain '..'", "name the target directly")
+            return None
+        if "\x00" in value or posixpath.normpath(value) != value or value.startswith("//"):
+            self.add(key, f"'{value}' is not a normalized path",
+                     f"write '{posixpath.normpath(value)}'" if "\x00" not in value else "")
+            return None
+        if value == "/" and not allow_root:
+            self.add(key, "'/' is the root; describe it in [root]")
+            return None
+        return value
+
+
+def _toml_type(kind: type) -> str:
+    return {str: "a string", int: "an integer", bool: "a boolean", list: "an array",
+            dict: "a table", float: "a float"}.get(kind, kind.__name__)
+
+
+def _host_path(value: str, base: str, cwd: str) -> str:
+    """Host paths are relative to the recipe file; $CWD means nsbuild's working directory."""
+    if value == "$CWD" or value.startswith("$CWD/"):
+        value = cwd + value[4:]
+    elif value == "~" or value.startswith("~/"):
+        value = os.path.expanduser(value)
+    return posixpath.normpath(posixpath.join(base, value))
+
+
+def _mode(c: _Checker, table: dict[str, Any], key: str, where: str, default: int) -> int:
+    value = c.typed(table, "mode", (str, int), where)
+    if value is None:
+        return default
+    if isinstance(value, str):
+        if not re.fullmatch(r"0?[0-7]{3,4}", value):
+            c.add(f"{where}.mode", f"'{value}' is not an octal mode", "write e.g. \"0644\" or \"1777\"")
+            return default
+        value = int(value, 8)
+    if not 0 <= value <= 0o7777:
+        c.add(f"{where}.mode", f"{value} is out of range", "use 0 to 0o7777")
+        return default
+    return value
+
+
+def _attrs(c: _Checker, raw: Any, where: str, defaults: tuple[str, ...]) -> tuple[str, ...]:
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        c.add(f"{where}.attrs", "must be an array of strings", 'e.g. attrs = ["ro", "noexec"]')
+        return defaults
+    chosen: set[str] = set(defaults)
+    atimes: list[str] = []
+    for i, word in enumerate(raw):
+        key = f"{where}.attrs[{i}]"
+        if not isinstance(word, str):
+            c.add(key, "must be a string")
+        elif word in NEGATIONS:
+            chosen.discard(NEGATIONS[word])
+        elif word in ATTRS:
+            chosen.add(word)
+            if word in ATIME:
+                atimes.append(word)
+        else:
+            close = difflib.get_close_matches(word, ATTRS + tuple(NEGATIONS), n=1)
+            c.add(key, f"unknown attribute '{word}'",
+                  f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(ATTRS))
+    if len(set(atimes)) > 1:
+        c.add(f"{where}.attrs", f"conflicting atime attributes: {', '.join(sorted(set(atimes)))}",
+              "keep one of noatime, relatime, strictatime")
+    return tuple(a for a in ATTRS if a in chosen)
+
+
+def _known_filesystems() -> set[str]:
+    try:
+        with open("/proc/filesystems") as f:
+            return {line.split()[-1] for line in f if line.strip()}
+    except OSError:
+        return set()
+
+
+def load(path: str, cwd: str | None = None) -> Recipe:
+    """Read, parse and validate a recipe file; raise RecipeError listing every problem."""
+    shown = path
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise RecipeError(shown, [Problem("", f"cannot read the recipe: {e.strerror}",
+                                          "check the path")]) from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise RecipeError(shown, [Problem("", f"not valid TOML: {e}", "fix the syntax")]) from None
+    return parse(doc, os.path.abspath(path), hashlib.sha256(raw).hexdigest(),
+                 cwd or os.getcwd(), shown)
+
+
+def parse(doc: dict[str, Any], file: str, sha256: str, cwd: str, shown: str | None = None) -> Recipe:
+    """Validate a parsed TOML document. `file` anchors relative host paths."""
+    c = _Checker()
+    base = posixpath.dirname(file)
+    c.keys(doc, ("sandbox", "layer", "root", "mount", "path", "run"), "")
+
+    sandbox = c.typed(doc, "sandbox", dict, "", {})
+    c.keys(sandbox, ("name", "description"), "sandbox")
+    name = c.typed(sandbox, "name", str, "sandbox")
+    if "sandbox" in doc and name is None and "name" not in sandbox:
+        c.add("sandbox.name", "is required", 'add name = "my-sandbox" under [sandbox]')
+    elif "sandbox" not in doc:
+        c.add("sandbox", "is required", 'add [sandbox] with name = "my-sandbox"')
+    if name is not None and not NAME_RE.match(name):
+        c.add("sandbox.name", f"'{name}' is not a valid name",
+              "use 1-63 characters: lower-case letters, digits, '.', '_', '-', starting with a letter or digit")
+    description = c.typed(sandbox, "description", str, "sandbox", "")
+
+    layers = _layers(c, doc, base, cwd)
+    root = _root(c, doc, base, cwd, layers)
+    mounts = _mounts(c, doc, base, cwd)
+    paths = _paths(c, doc, root, mounts)
+    run = _run(c, doc)
+
+    if c.problems:
+        raise RecipeError(shown or file, c.problems)
+    mounts.sort(key=lambda m: m.target.count("/") if m.target != "/" else 0)  # parents first, stable
+    return Recipe(file=file, sha256=sha256, name=name, description=description,
+                  layers=tuple(layers), root=root, mounts=tuple(mounts), paths=tuple(paths), run=run)
+
+
+def _array_of_tables(c: _Checker, doc: dict[str, Any], key: str) -> list[tuple[str, dict[str, Any]]]:
+    items = doc.get(key, [])
+    if not isinstance(items, list):
+        c.add(key, "must be an array of tables", f"write [[{key}]] for each entry")
+        return []
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            c.add(f"{key}[{i}]", "must be a table", f"write [[{key}]] for each entry")
+        else:
+            out.append((f"{key}[{i}]", item))
+    return out
+
+
+def _layers(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer]:
+    layers = []
+    for where, t in _array_of_tables(c, doc, "layer"):
+        c.keys(t, LAYER_KINDS + ("sha256",), where)
+        kinds = [k for k in LAYER_KINDS if k in t]
+        if len(kinds) != 1:
+            c.add(where, "needs exactly one source key" if not kinds else
+                  f"has several source keys: {', '.join(kinds)}", "give one of: " + ", ".join(LAYER_KINDS))
+            continue
+        if kinds[0] != "path":
+            c.add(f"{where}.{kinds[0]}", f"{kinds[0]} layers are not supported by this version",
+                  "unpack it into a directory and use path = \"...\"")
+            continue
+        if "sha256" in t:
+            c.add(f"{where}.sha256", "digests of directory layers are not supported by this version")
+        value = c.typed(t, "path", str, where)
+        if value is None:
+            continue
+        host = _host_path(value, base, cwd)
+        if not os.path.isdir(host):
+            c.add(f"{where}.path", f"'{value}' ({host}) is not a directory" if os.path.exists(host)
+                  else f"'{value}' ({host}) does not exist", "layer paths are relative to the recipe file")
+            continue
+        layers.append(Layer(where, "dir", host))
+    return layers
+
+
+def _root(c: _Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[Layer]) -> Root:
+    t = c.typed(doc, "root", dict, "", {})
+    c.keys(t, ("upper", "size", "attrs"), "root")
+    upper_raw = c.typed(t, "upper", str, "root", "tmpfs")
+    size = c.typed(t, "size", (str, int), "root")
+    if size is not None:
+        size = str(size)
+        if not re.fullmatch(r"[0-9]+[kmgKMG%]?", size):
+            c.add("root.size", f"'{size}' is not a tmpfs size", 'write e.g. "512m", "2g" or "10%"')
+    attrs = _attrs(c, t.get("attrs"), "root", DEFAULT_ATTRS["root"])
+    upper = upper_raw
+    if upper_raw not in ("tmpfs", "none"):
+        if size is not None:
+            c.add("root.size", "only applies to upper = \"tmpfs\"")
+        upper = _host_path(upper_raw, base, cwd)
+        parent = posixpath.dirname(upper)
+        if os.path.exists(upper) and not os.path.isdir(upper):
+            c.add("root.upper", f"'{upper_raw}' ({upper}) is not a directory",
+                  'use "tmpfs", "none" or a directory for persistent changes')
+        elif not os.path.isdir(parent):
+            c.add("root.upper", f"the parent of '{upper_raw}' ({parent}) does not exist", "create it first")
+        for layer in layers:
+            if is_under(layer.path, upper) or is_under(upper, layer.path):
+                c.add("root.upper", f"'{upper}' overlaps {layer.origin} ({layer.path})",
+                      "overlayfs needs the upper directory outside every layer")
+    elif upper_raw == "none":
+        if not layers:
+            c.add("root.upper", "upper = \"none\" needs at least one layer",
+                  "add a [[layer]] or use upper = \"tmpfs\"")
+        if size is not None:
+            c.add("root.size", "only applies to upper = \"tmpfs\"")
+    return Root(upper=upper, size=size, attrs=attrs)
+
+
+def _options(c: _Checker, raw: Any, where: str) -> tuple[tuple[str, str | bool], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        c.add(f"{where}.options", "must be a table", 'e.g. options = { size = "64m", mode = "1777" }')
+        return ()
+    out: list[tuple[str, str | bool]] = []
+    for k, v in raw.items():
+        if k == "source":
+            c.add(f"{where}.options.source", "set the source with the mount's own 'source' key")
+        elif isinstance(v, bool):
+            if v:
+                out.append((k, True))
+        elif isinstance(v, (str, int)):
+            out.append((k, str(v)))
+        else:
+            c.add(f"{where}.options.{k}", "must be a string, an integer or a boolean")
+    return tuple(out)
+
+
+def _mounts(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Mount]:
+    known_fs = _known_filesystems()
+    mounts: list[Mount] = []
+    seen: dict[str, str] = {}
+    for where, t in _array_of_tables(c, doc, "mount"):
+        c.keys(t, ("target", "type", "source", "options", "attrs", "propagation", "recursive",
+                   "optional", "rw"), where)
+        target = c.typed(t, "target", str, where)
+        fstype = c.typed(t, "type", str, where)
+        if target is None and "target" not in t:
+            c.add(f"{where}.target", "is required", 'e.g. target = "/tmp"')
+        if fstype is None and "type" not in t:
+            c.add(f"{where}.type", "is required", "e.g. type = \"tmpfs\"")
+        if target is not None:
+            target = c.sandbox_path(target, f"{where}.target")
+        if fstype is not None and fstype not in SPECIAL_TYPES + PSEUDO_TYPES:
+            if not FSTYPE_RE.match(fstype):
+                c.add(f"{where}.type", f"'{fstype}' is not a filesystem type")
+                fstype = None
+            elif known_fs and fstype not in known_fs:
+                close = difflib.get_close_matches(fstype, list(SPECIAL_TYPES + PSEUDO_TYPES) + sorted(known_fs), n=1)
+                if close:
+                    c.add(f"{where}.type", f"unknown filesystem type '{fstype}'", f"did you mean '{close[0]}'?")
+                    fstype = None
+        optional = c.typed(t, "optional", bool, where, False)
+        rw = c.typed(t, "rw", bool, where)
+        recursive = c.typed(t, "recursive", bool, where)
+        propagation = c.typed(t, "propagation", str, where, "private")
+        if propagation not in PROPAGATIONS:
+            close = difflib.get_close_matches(propagation, PROPAGATIONS, n=1)
+            c.add(f"{where}.propagation", f"unknown propagation '{propagation}'",
+                  f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(PROPAGATIONS))
+        source_raw = c.typed(t, "source", str, where)
+        if fstype != "bind" and fstype is not None:
+            for key in ("rw", "recursive"):
+                if key in t:
+                    c.add(f"{where}.{key}", "only applies to type = \"bind\"")
+        if fstype in PSEUDO_TYPES + ("dev",) and "source" in t:
+            c.add(f"{where}.source", f"type '{fstype}' takes no source")
+        defaults = DEFAULT_ATTRS.get(fstype or "", OTHER_DEFAULT_ATTRS)
+        if fstype == "bind" and not rw:
+            defaults = defaults + ("ro",)
+        attrs = _attrs(c, t.get("attrs"), where, defaults)
+        options = _options(c, t.get("options"), where)
+        if fstype == "bind" and options:
+            c.add(f"{where}.options", "bind mounts take no filesystem options", "use attrs instead")
+        source, source_kind = None, None
+        if fstype == "bind":
+            if source_raw is None:
+                if "source" not in t:
+                    c.add(f"{where}.source", "is required for a bind mount", 'e.g. source = "/srv/data"')
+                continue
+            source = _host_path(source_raw, base, cwd)
+            if os.path.isdir(source):
+                source_kind = "dir"
+            elif os.path.exists(source):
+                source_kind = "file"
+            elif optional:
+                continue  # skipped on purpose: an optional bind whose source is missing
+            else:
+                c.add(f"{where}.source", f"'{source_raw}' ({source}) does not exist",
+                      "create it, fix the path (relative to the recipe file) or set optional = true")
+                continue
+        elif source_raw is not None:
+            source = source_raw  # e.g. a device for ext4; handed to fsconfig as "source"
+        if target is None or fstype is None:
+            continue
+        implied = (target + "/pts", target + "/shm") if fstype == "dev" else ()
+        for t_ in (target,) + implied:
+            if t_ in seen:
+                c.add(f"{where}.target", f"'{t_}' is already mounted by {seen[t_]}",
+                      "mount each target once")
+            seen[t_] = where
+        mounts.append(Mount(where, target, fstype, source, source_kind, options, attrs, propagation,
+                            True if recursive is None else recursive))
+    return mounts
+
+
+def _paths(c: _Checker, doc: dict[str, Any], root: Root, mounts: list[Mount]) -> list[PathEntry]:
+    out: list[PathEntry] = []
+    seen: dict[str, str] = {}
+    for where, t in _array_of_tables(c, doc, "path"):
+        c.keys(t, ("path", "type", "content", "symlink", "mode", "uid", "gid"), where)
+        target = c.typed(t, "path", str, where)
+        if target is None:
+            if "path" not in t:
+                c.add(f"{where}.path", "is required", 'e.g. path = "/etc/hostname"')
+            continue
+        target = c.sandbox_path(target, f"{where}.path")
+        content = c.typed(t, "content", str, where)
+        link = c.typed(t, "symlink", str, where)
+        kind = c.typed(t, "type", str, where)
+        if kind is None:
+            kind = "file" if content is not None else "symlink" if link is not None else "dir"
+        if kind not in ("dir", "file", "symlink"):
+            c.add(f"{where}.type", f"unknown path type '{kind}'", "use dir, file or symlink")
+            continue
+        if kind != "file" and content is not None:
+            c.add(f"{where}.content", f"only applies to files, not a {kind}")
+        if kind != "symlink" and link is not None:
+            c.add(f"{where}.symlink", f"only applies to symlinks, not a {kind}")
+        if kind == "symlink" and not link:
+            c.add(f"{where}.symlink", "must name the link's target", 'e.g. symlink = "usr/bin"')
+        data = (content or "").encode()
+        if len(data) > MAX_FILE_CONTENT:
+            c.add(f"{where}.content", f"is {len(data)} bytes; at most {MAX_FILE_CONTENT} are allowed",
+                  "ship large files in a layer")
+        mode = _mode(c, t, "mode", where, 0o644 if kind == "file" else 0o755)
+        uid = c.typed(t, "uid", int, where, 0)
+        gid = c.typed(t, "gid", int, where, 0)
+        for key, value in (("uid", uid), ("gid", gid)):
+            if not 0 <= value < 2**32 - 1:
+                c.add(f"{where}.{key}", f"{value} is not a valid id")
+        if target is None:
+            continue
+        if not root.writable:
+            c.add(f"{where}", "paths are written into the upper layer, but [root] upper = \"none\"",
+                  "use upper = \"tmpfs\" or a directory")
+        if target in seen:
+            c.add(f"{where}.path", f"'{target}' is already created by {seen[target]}")
+        seen[target] = where
+        holder = parent_mount(mounts, target)
+        if holder is not None or any(m.target == target for m in mounts):
+            m = holder or next(m for m in mounts if m.target == target)
+            c.add(f"{where}.path", f"'{target}' would be hidden by {m.origin} at {m.target}",
+                  "paths are written into the root's upper layer, under no mount")
+        out.append(PathEntry(where, target, kind, data, link or "", mode, uid, gid))
+    # parents first, so /etc exists before /etc/hostname
+    out.sort(key=lambda p: p.path.count("/"))
+    return out
+
+
+def _run(c: _Checker, doc: dict[str, Any]) -> Run:
+    t = c.typed(doc, "run", dict, "", {})
+    c.keys(t, ("command", "cwd", "env"), "run")
+    command = c.typed(t, "command", (list, str), "run", ["/bin/sh"])
+    if isinstance(command, str):
+        command = [command]
+    if not command or not all(isinstance(a, str) and a for a in command):
+        c.add("run.command", "must be a non-empty array of non-empty strings", 'e.g. ["/bin/bash", "-l"]')
+    cwd = c.typed(t, "cwd", str, "run", "/")
+    c.sandbox_path(cwd, "run.cwd", allow_root=True)
+    env_raw = c.typed(t, "env", dict, "run", {})
+    env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOME": "/root"}
+    for k, v in env_raw.items():
+        if not isinstance(v, str):
+            c.add(f"run.env.{k}", "must be a string")
+        elif not k or "=" in k or "\x00" in k + v:
+            c.add(f"run.env.{k}", "is not a valid environment variable")
+        else:
+            env[k] = v
+    return Run(tuple(command), cwd, tuple(sorted(env.items())))

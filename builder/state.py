@@ -1,0 +1,192 @@
+"""Persisted sandboxes: a private state directory of nsfs bind mounts and metadata.
+
+Layout of the state directory (bound onto itself and made private once, since
+a mount-namespace file cannot be bound on a shared mount):
+
+    .lock          flock(2) held while the directory changes
+    NAME.mnt       the sandbox's mount namespace (an nsfs bind mount)
+    NAME.json      metadata, replaced atomically (write, fsync, rename)
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from builder import syscalls as sc
+from builder.errors import NsbuildError
+
+DEFAULT_STATE_DIR = "/run/nsbuild"
+
+
+def state_dir(option: str | None = None) -> str:
+    return os.path.abspath(option or os.environ.get("NSBUILD_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def _mountinfo_entry(path: str) -> list[str] | None:
+    """The last (topmost) mountinfo line whose mount point is `path`."""
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if _unescape(fields[4]) == path:
+                found = fields
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def is_mount_point(path: str) -> bool:
+    return _mountinfo_entry(path) is not None
+
+
+@dataclass
+class StateDir:
+    path: str
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def prepare(self) -> None:
+        """Create the directory and make it a private mount of its own (once)."""
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise NsbuildError(f"cannot create the state directory {self.path}: {e.strerror}",
+                               "use --state-dir or NSBUILD_STATE_DIR to choose another") from None
+        dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(dfd, fcntl.LOCK_EX)  # serializes concurrent first-time set-up
+            entry = _mountinfo_entry(self.path)
+            if entry is None:
+                tree = sc.open_tree(sc.AT_FDCWD, self.path, sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC")))
+                try:
+                    sc.move_mount(tree, "", sc.AT_FDCWD, self.path, sc.FLAGS["MOVE_MOUNT_F_EMPTY_PATH"])
+                finally:
+                    os.close(tree)
+            if entry is None or any(f.startswith(("shared:", "master:")) for f in entry[6:entry.index("-")]):
+                sc.mount_setattr(sc.AT_FDCWD, self.path, 0, propagation=sc.FLAGS["MS_PRIVATE"])
+            os.chmod(self.path, 0o700)
+        finally:
+            os.close(dfd)
+
+    def ns_path(self, name: str) -> str:
+        return os.path.join(self.path, name + ".mnt")
+
+    def meta_path(self, name: str) -> str:
+        return os.path.join(self.path, name + ".json")
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        try:
+            with open(self.meta_path(name)) as f:
+                meta = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise NsbuildError(f"the metadata of sandbox '{name}' ({self.meta_path(name)}) is unreadable: {e}",
+                               f"remove it with `nsbuild rm {name}`") from None
+        if not isinstance(meta, dict) or meta.get("name") != name:
+            raise NsbuildError(f"{self.meta_path(name)} is not nsbuild metadata for '{name}'",
+                               f"remove it with `nsbuild rm {name}`")
+        return meta
+
+    def names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        return sorted(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
+
+    def persist(self, name: str, nsfd: int, meta: dict[str, Any], replace: bool) -> str:
+        """Bind `nsfd` onto NAME.mnt and write NAME.json; atomic with respect to readers."""
+        target = self.ns_path(name)
+        with self.locked():
+            exists = os.path.exists(self.meta_path(name)) or is_mount_point(target)
+            if exists and not replace:
+                raise NsbuildError(f"a sandbox named '{name}' exists already",
+                                   f"use --replace, or remove it with `nsbuild rm {name}`")
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            tree = sc.open_tree(nsfd, "", sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH")))
+            stacked = is_mount_point(target)
+            try:
+                # replacing: slide the new namespace under the old one, then drop the old one,
+                # so the path always holds a namespace
+                flag = sc.flags(("MOVE_MOUNT_F_EMPTY_PATH",) + (("MOVE_MOUNT_BENEATH",) if stacked else ()))
+                sc.move_mount(tree, "", sc.AT_FDCWD, target, flag)
+            except sc.SyscallError as e:
+                if not stacked:
+                    os.unlink(target)
+                raise _persist_error(e, nsfd) from None
+            finally:
+                os.close(tree)
+            try:
+                if stacked:
+                    sc.umount2(target, sc.FLAGS["MNT_DETACH"])
+                meta = dict(meta, name=name, nsfs=target, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                self._write_meta(name, meta)
+            except BaseException:
+                self._remove(name)
+                raise
+        return target
+
+    def _write_meta(self, name: str, meta: dict[str, Any]) -> None:
+        tmp = self.meta_path(name) + f".{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.meta_path(name))
+
+    def remove(self, name: str) -> bool:
+        """Unmount and forget a sandbox; True if there was anything to remove."""
+        with self.locked():
+            return self._remove(name)
+
+    def _remove(self, name: str) -> bool:
+        target, found = self.ns_path(name), False
+        while is_mount_point(target):
+            sc.umount2(target, sc.FLAGS["MNT_DETACH"])
+            found = True
+        for path in (target, self.meta_path(name)):
+            try:
+                os.unlink(path)
+                found = True
+            except FileNotFoundError:
+                pass
+        return found
+
+
+def _persist_error(e: sc.SyscallError, nsfd: int) -> NsbuildError:
+    if e.errno in (errno.ELOOP, errno.EINVAL):
+        try:
+            with open("/proc/self/ns/mnt") as own:
+                ours, theirs = sc.mntns_id(own.fileno()), sc.mntns_id(nsfd)
+        except OSError:
+            ours = theirs = 0
+        if theirs and theirs < ours:
+            err = NsbuildError(
+                f"cannot persist the namespace: its id {theirs} is lower than that of the namespace "
+                f"nsbuild runs in ({ours}), which the kernel refuses ({e.errname})",
+                "run nsbuild from the initial mount namespace, or retry: ids depend on the CPU")
+            err.retry = True  # type: ignore[attr-defined]
+            return err
+    return NsbuildError(f"cannot persist the namespace: {e}",
+                        "the state directory must be a private mount; see `nsbuild doctor`")

@@ -1,0 +1,255 @@
+"""The syscall layer: the only module that touches FFI.
+
+Thin wrappers over the new mount API and its neighbours. Each raises
+SyscallError (an OSError) naming the call, its key arguments and the errno;
+fsconfig failures also carry the kernel's own message from the fs-context fd.
+glibc (2.36+) wrappers are used where the symbol exists, syscall(2) otherwise.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import os
+from typing import Callable
+
+try:  # generated at install time (setup.py cffi_modules); imports in <1 ms
+    from builder._syscalls_ffi import ffi
+except ImportError:  # bare checkout: parse the declarations now (~35 ms)
+    from builder._ffi_build import ffibuilder as ffi
+
+lib = ffi.dlopen(None)
+
+# x86_64 syscall numbers, used where glibc has no wrapper.
+NR = {
+    "pivot_root": 155,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "mount_setattr": 442,
+    "openat2": 437,
+}
+
+# Flag values (KERNEL-NOTES.md, linux/mount.h, linux/openat2.h, sched.h).
+FLAGS: dict[str, int] = {
+    "FSOPEN_CLOEXEC": 0x1,
+    "FSMOUNT_CLOEXEC": 0x1,
+    "FSMOUNT_NAMESPACE": 0x2,
+    "OPEN_TREE_CLONE": 0x1,
+    "OPEN_TREE_NAMESPACE": 0x2,
+    "OPEN_TREE_CLOEXEC": os.O_CLOEXEC,
+    "AT_EMPTY_PATH": 0x1000,
+    "AT_RECURSIVE": 0x8000,
+    "AT_SYMLINK_NOFOLLOW": 0x100,
+    "AT_REMOVEDIR": 0x200,
+    "MOVE_MOUNT_F_EMPTY_PATH": 0x4,
+    "MOVE_MOUNT_T_EMPTY_PATH": 0x40,
+    "MOVE_MOUNT_BENEATH": 0x200,
+    "MOUNT_ATTR_RDONLY": 0x1,
+    "MOUNT_ATTR_NOSUID": 0x2,
+    "MOUNT_ATTR_NODEV": 0x4,
+    "MOUNT_ATTR_NOEXEC": 0x8,
+    "MOUNT_ATTR__ATIME": 0x70,
+    "MOUNT_ATTR_RELATIME": 0x0,
+    "MOUNT_ATTR_NOATIME": 0x10,
+    "MOUNT_ATTR_STRICTATIME": 0x20,
+    "MOUNT_ATTR_NODIRATIME": 0x80,
+    "MOUNT_ATTR_NOSYMFOLLOW": 0x200000,
+    "MS_PRIVATE": 1 << 18,
+    "MS_SLAVE": 1 << 19,
+    "MS_SHARED": 1 << 20,
+    "MS_UNBINDABLE": 1 << 17,
+    "CLONE_NEWNS": 0x20000,
+    "MNT_DETACH": 0x2,
+    "O_PATH": os.O_PATH,
+    "O_DIRECTORY": os.O_DIRECTORY,
+    "O_CLOEXEC": os.O_CLOEXEC,
+    "O_RDONLY": os.O_RDONLY,
+    "O_WRONLY": os.O_WRONLY,
+    "O_CREAT": os.O_CREAT,
+    "O_EXCL": os.O_EXCL,
+    "O_TRUNC": os.O_TRUNC,
+    "O_NOFOLLOW": os.O_NOFOLLOW,
+    "RESOLVE_NO_XDEV": 0x01,
+    "RESOLVE_NO_MAGICLINKS": 0x02,
+    "RESOLVE_NO_SYMLINKS": 0x04,
+    "RESOLVE_BENEATH": 0x08,
+    "RESOLVE_IN_ROOT": 0x10,
+    "S_IFCHR": 0o020000,
+    "S_IFREG": 0o100000,
+}
+
+# fsconfig commands
+FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_SET_FD, FSCONFIG_CMD_CREATE = 0, 1, 5, 6
+FLAGS.update(FSCONFIG_SET_FLAG=FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING=FSCONFIG_SET_STRING,
+             FSCONFIG_SET_FD=FSCONFIG_SET_FD, FSCONFIG_CMD_CREATE=FSCONFIG_CMD_CREATE)
+
+AT_FDCWD = -100
+NS_GET_NSTYPE = 0xB703
+NS_GET_MNTNS_ID = 0x8008B705  # _IOR(0xb7, 5, __u64), 6.8+
+
+
+def flags(names: tuple[str, ...] | list[str]) -> int:
+    """OR together symbolic flag names, as the plan stores them."""
+    value = 0
+    for name in names:
+        value |= FLAGS[name]
+    return value
+
+
+class SyscallError(OSError):
+    """A failed syscall: call name, key arguments, errno and kernel message."""
+
+    def __init__(self, call: str, detail: str, err: int, kmsg: str = "") -> None:
+        super().__init__(err, os.strerror(err))
+        self.call = call
+        self.detail = detail
+        self.kmsg = kmsg
+
+    @property
+    def errname(self) -> str:
+        return _errno.errorcode.get(self.errno, str(self.errno))
+
+    def __str__(self) -> str:
+        text = f"{self.call}({self.detail}) failed: {self.errname} ({self.strerror})"
+        if self.kmsg:
+            text += f"; kernel says: {self.kmsg}"
+        return text
+
+
+def _resolve(name: str) -> Callable[..., int]:
+    """The glibc wrapper if present, else a syscall(2) shim."""
+    try:
+        return getattr(lib, name)
+    except AttributeError:
+        nr = NR[name]
+
+        def shim(*args: object) -> int:
+            cargs = [ffi.cast("long", a) if isinstance(a, int) else a for a in args]
+            return lib.syscall(nr, *cargs)
+
+        return shim
+
+
+def _check(result: int, call: str, detail: str) -> int:
+    if result < 0:
+        raise SyscallError(call, detail, ffi.errno)
+    return result
+
+
+def _p(path: str | None) -> object:
+    return ffi.NULL if path is None else path.encode()
+
+
+_fsopen = _resolve("fsopen")
+_fsconfig = _resolve("fsconfig")
+_fsmount = _resolve("fsmount")
+_open_tree = _resolve("open_tree")
+_move_mount = _resolve("move_mount")
+_mount_setattr = _resolve("mount_setattr")
+
+
+def fsopen(fstype: str, flag: int) -> int:
+    return _check(_fsopen(fstype.encode(), flag), "fsopen", repr(fstype))
+
+
+def fs_messages(fsfd: int) -> str:
+    """Drain the fs-context log ("e ...", "w ...", "i ..." lines)."""
+    lines = []
+    while True:
+        try:
+            chunk = os.read(fsfd, 1024)
+        except OSError:  # ENODATA: log empty (overlay logs to dmesg only)
+            break
+        if not chunk:
+            break
+        lines.append(chunk.decode(errors="replace").strip())
+    return "; ".join(lines)
+
+
+def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | None = None,
+             aux: int = 0) -> None:
+    """For FSCONFIG_SET_FD the fd goes in `aux`, as in the kernel ABI."""
+    cvalue = value.encode() if isinstance(value, str) else ffi.NULL
+    if _fsconfig(fd, cmd, _p(key), cvalue, aux) < 0:
+        err = ffi.errno
+        shown = f"{key}={value!r}" if key else "CMD_CREATE"
+        raise SyscallError("fsconfig", shown, err, fs_messages(fd))
+
+
+def fsmount(fsfd: int, flag: int, attrs: int) -> int:
+    if (fd := _fsmount(fsfd, flag, attrs)) < 0:
+        err = ffi.errno
+        raise SyscallError("fsmount", f"flags={flag:#x}, attrs={attrs:#x}", err, fs_messages(fsfd))
+    return fd
+
+
+def open_tree(dfd: int, path: str, flag: int) -> int:
+    return _check(_open_tree(dfd, path.encode(), flag), "open_tree", repr(path))
+
+
+def move_mount(from_dfd: int, from_path: str, to_dfd: int, to_path: str, flag: int) -> None:
+    _check(_move_mount(from_dfd, from_path.encode(), to_dfd, to_path.encode(), flag),
+           "move_mount", f"to {to_path!r}" if to_path else f"to fd {to_dfd}")
+
+
+def mount_setattr(dfd: int, path: str, flag: int, attr_set: int = 0, attr_clr: int = 0,
+                  propagation: int = 0, userns_fd: int = 0) -> None:
+    attr = ffi.new("struct mount_attr *")
+    attr.attr_set, attr.attr_clr = attr_set, attr_clr
+    attr.propagation, attr.userns_fd = propagation, userns_fd
+    _check(_mount_setattr(dfd, path.encode(), flag, attr, ffi.sizeof("struct mount_attr")),
+           "mount_setattr", repr(path) if path else f"fd {dfd}")
+
+
+def openat2(dfd: int, path: str, flag: int, resolve: int, mode: int = 0) -> int:
+    how = ffi.new("struct open_how *")
+    how.flags, how.mode, how.resolve = flag, mode, resolve
+    res = lib.syscall(NR["openat2"], ffi.cast("int", dfd), ffi.new("char[]", path.encode()), how,
+                      ffi.cast("size_t", ffi.sizeof("struct open_how")))
+    return _check(res, "openat2", repr(path))
+
+
+def unshare(flag: int) -> None:
+    _check(lib.unshare(flag), "unshare", f"{flag:#x}")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(lib.setns(fd, nstype), "setns", f"fd {fd}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    res = lib.syscall(NR["pivot_root"], ffi.new("char[]", new_root.encode()),
+                      ffi.new("char[]", put_old.encode()))
+    _check(res, "pivot_root", f"{new_root!r}, {put_old!r}")
+
+
+def umount2(target: str, flag: int) -> None:
+    _check(lib.umount2(target.encode(), flag), "umount2", repr(target))
+
+
+def ns_type(fd: int) -> int:
+    return _check(lib.ioctl(fd, ffi.cast("unsigned long", NS_GET_NSTYPE)), "ioctl", "NS_GET_NSTYPE")
+
+
+def mntns_id(fd: int) -> int:
+    """The 64-bit id of a mount namespace (NS_GET_MNTNS_ID, Linux 6.8+)."""
+    out = ffi.new("uint64_t *")
+    _check(lib.ioctl(fd, ffi.cast("unsigned long", NS_GET_MNTNS_ID), out), "ioctl", "NS_GET_MNTNS_ID")
+    return int(out[0])
+
+
+def probe_errno(call: str) -> int:
+    """Run one side-effect-free probe (KERNEL-NOTES.md) and return its errno (0: succeeded)."""
+    if call == "fsmount":  # does the new mount API exist at all
+        res = _fsmount(-1, 0, 0)
+    elif call == "fsmount-namespace":
+        res = _fsmount(-1, FLAGS["FSMOUNT_NAMESPACE"], 0)
+    elif call == "open-tree-namespace":
+        res = _open_tree(-1, b"", FLAGS["OPEN_TREE_NAMESPACE"] | FLAGS["AT_EMPTY_PATH"])
+    else:
+        raise ValueError(call)
+    if res >= 0:
+        os.close(res)
+        return 0
+    return ffi.errno
