@@ -9,6 +9,7 @@ naming the step, the recipe entry, the errno and the kernel's message.
 """
 from __future__ import annotations
 
+import array  # noqa: F401 - socket.send_fds imports it lazily; a child in a new root could not
 import errno as errnos
 import json
 import os
@@ -67,9 +68,9 @@ class _Run:
         try:
             result = CALLS[step.call](self, *args)
         except OSError as e:
-            err = e if isinstance(e, sc.SyscallError) else sc.SyscallError(step.call, _detail(step), e.errno or 0)
-            if errnos.errorcode.get(err.errno) in step.ok:
+            if step.ok and errnos.errorcode.get(e.errno or 0) in step.ok:
                 return
+            err = e if isinstance(e, sc.SyscallError) else sc.SyscallError(step.call, _detail(step), e.errno or 0)
             raise StepFailed(index, err) from None
         if step.out:
             self.fds[step.out] = result  # type: ignore[assignment]

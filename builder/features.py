@@ -44,11 +44,16 @@ def probe() -> Features:
                ("fsmount", "fsmount-namespace", "open-tree-namespace")}
     names = tuple((k, errno.errorcode.get(v, str(v)) if v else "OK") for k, v in results.items())
     api = results["fsmount"] != errno.ENOSYS
+    release = os.uname().release
+    # Unknown flags fail with EINVAL before any permission check, so EPERM from open_tree means
+    # "known". fsmount checks permission first: unprivileged, only the version can tell.
+    fsmount_ns = results["fsmount-namespace"] == errno.EBADF or (
+        results["fsmount-namespace"] == errno.EPERM and Features(release, api, False, False).version >= (7, 1))
     return Features(
-        release=os.uname().release,
+        release=release,
         new_mount_api=api,
-        fsmount_namespace=api and results["fsmount-namespace"] == errno.EBADF,
-        open_tree_namespace=api and results["open-tree-namespace"] == errno.EBADF,
+        fsmount_namespace=api and fsmount_ns,
+        open_tree_namespace=api and results["open-tree-namespace"] in (errno.EBADF, errno.EPERM),
         probes=names,
     )
 

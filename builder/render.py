@@ -1,6 +1,7 @@
 """Plans rendered for people and programs: strace-like lines, a table, JSON."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from builder.plan import Fd, FdPath, Flags, Plan, Step
@@ -16,10 +17,10 @@ def _arg(arg: object) -> str:
     if arg is None:
         return "NULL"
     if isinstance(arg, bytes):
-        text = arg[:40].decode(errors="replace").encode("unicode_escape").decode()
-        return f'"{text}"' + ("..." if len(arg) > 40 else "") + f" ({len(arg)} bytes)"
+        more = "..." if len(arg) > 40 else ""
+        return json.dumps(arg[:40].decode(errors="replace"), ensure_ascii=False) + f"{more} ({len(arg)} bytes)"
     if isinstance(arg, str):
-        return '"' + arg.encode("unicode_escape").decode().replace('"', '\\"') + '"'
+        return json.dumps(arg, ensure_ascii=False)
     if isinstance(arg, int) and arg > 7:
         return oct(arg).replace("0o", "0")  # modes read best in octal; small ints are the same
     return str(arg)

@@ -120,10 +120,10 @@ class StateDir:
             if exists and not replace:
                 raise NsbuildError(f"a sandbox named '{name}' exists already",
                                    f"use --replace, or remove it with `nsbuild rm {name}`")
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.close(fd)
-            tree = sc.open_tree(nsfd, "", sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH")))
             stacked = is_mount_point(target)
+            if not stacked:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            tree = sc.open_tree(nsfd, "", sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH")))
             try:
                 # replacing: slide the new namespace under the old one, then drop the old one,
                 # so the path always holds a namespace

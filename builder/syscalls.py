@@ -13,8 +13,10 @@ from typing import Callable
 
 try:  # generated at install time (setup.py cffi_modules); imports in <1 ms
     from builder._syscalls_ffi import ffi
+    GENERATED = True
 except ImportError:  # bare checkout: parse the declarations now (~35 ms)
     from builder._ffi_build import ffibuilder as ffi
+    GENERATED = False
 
 lib = ffi.dlopen(None)
 

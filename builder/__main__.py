@@ -1,0 +1,3 @@
+from builder.entry import main
+
+main()

@@ -1,0 +1,253 @@
+"""The typer CLI: what users see (help, completion, rich output, --json)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import wraps
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+
+from builder import features as feat
+from builder.errors import NsbuildError, UsageError
+
+app = typer.Typer(
+    help="Build root filesystems from TOML recipes into persisted Linux mount namespaces.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False)
+
+StateOpt = typer.Option(None, "--state-dir", envvar="NSBUILD_STATE_DIR",
+                        help="Where persisted sandboxes live [default: /run/nsbuild].")
+StrategyOpt = typer.Option("auto", "--strategy", "-s",
+                           help="auto, fsmount-namespace (7.1+), open-tree-namespace (7.0+) or unshare.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _fail(e: NsbuildError) -> None:
+    print(f"nsbuild: error: {e}", file=sys.stderr)
+    if e.hint:
+        print(f"hint: {e.hint}", file=sys.stderr)
+    raise typer.Exit(e.exit_code)
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn NsbuildError into one message and its exit code: never a traceback."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NsbuildError as e:
+            _fail(e)
+        except KeyboardInterrupt:
+            raise typer.Exit(130)
+    return wrapper
+
+
+def default_recipe() -> str:
+    """The embedded default recipe (recipes/dev.toml, packaged as builder.recipes)."""
+    try:
+        from importlib.resources import files
+
+        path = files("builder.recipes") / "dev.toml"
+        if path.is_file():
+            return str(path)
+    except (ImportError, ModuleNotFoundError, TypeError):
+        pass
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "dev.toml")
+
+
+def _load(path: Optional[str]):  # -> Recipe
+    from builder import recipe
+
+    return recipe.load(path or default_recipe())
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise NsbuildError("building a sandbox needs root (CAP_SYS_ADMIN)",
+                           "run it with sudo; `nsbuild plan` works without root")
+
+
+@app.command()
+@handled
+def build(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
+    strategy: str = StrategyOpt,
+    replace: bool = typer.Option(False, "--replace", help="Replace a sandbox of the same name atomically."),
+    name: Optional[str] = typer.Option(None, "--name", help="Persist under this name instead of [sandbox] name."),
+    state_dir: Optional[str] = StateOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build RECIPE and persist its mount namespace (also: `nsbuild RECIPE`)."""
+    from builder.build import build as do_build
+    from builder.recipe import NAME_RE
+    from builder.state import StateDir, state_dir as resolve
+
+    r = _load(recipe)
+    if name is not None and not NAME_RE.match(name):
+        raise UsageError(f"--name '{name}' is not a valid name",
+                         "use lower-case letters, digits, '.', '_', '-', starting with a letter or digit")
+    _need_root()
+    b = do_build(r, StateDir(resolve(state_dir)), strategy, replace, name)
+    if as_json:
+        print(json.dumps({"name": b.name, "nsfs": b.nsfs, "strategy": b.strategy,
+                          "seconds": round(b.seconds, 6)}))
+        return
+    out.print(f"[bold green]built[/] {b.name} in {b.seconds * 1000:.1f} ms (strategy {b.strategy})")
+    out.print(f"  namespace: {b.nsfs}")
+    out.print(f"  enter:     nsbuild run {b.name} [-- CMD]   or   nsenter --mount={b.nsfs} CMD")
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+@handled
+def run(
+    target: str = typer.Argument(..., help="Name of a persisted sandbox, or a recipe file (ephemeral)."),
+    command: Optional[List[str]] = typer.Argument(None, help="Command to run [default: [run] command]."),
+    state_dir: Optional[str] = StateOpt,
+    strategy: str = StrategyOpt,
+) -> None:
+    """Run CMD in a sandbox (`nsbuild run NAME -- CMD ...`); exits with CMD's status."""
+    from builder.run import run as do_run
+
+    do_run(target, list(command or []), state_dir, strategy)
+
+
+@app.command()
+@handled
+def plan(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
+    strategy: str = StrategyOpt,
+    fmt: str = typer.Option("table", "--format", "-f", help="table, strace or json."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Print the exact syscalls a build makes, without root and without side effects."""
+    from builder import render
+    from builder.plan import make_plan
+
+    if as_json:
+        fmt = "json"
+    if fmt not in ("table", "strace", "json"):
+        raise UsageError(f"unknown format '{fmt}'", "use table, strace or json")
+    r = _load(recipe)
+    features = feat.probe()
+    if strategy != "auto" and strategy in feat.STRATEGIES and not feat.supported(features, strategy):
+        print(f"nsbuild: note: kernel {features.release} cannot run strategy '{strategy}'; "
+              "showing its plan anyway", file=sys.stderr)
+        chosen = strategy
+    else:
+        chosen = feat.pick_strategy(features, strategy)
+    p = make_plan(r, features, chosen)
+    if fmt == "json":
+        print(json.dumps(render.as_dict(p), indent=2))
+    elif fmt == "strace":
+        sys.stdout.write(render.strace(p))
+    else:
+        out.print(render.table(p))
+        for note in p.notes:
+            out.print(f"note: {note}")
+
+
+@app.command("ls")
+@handled
+def list_(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
+    """List persisted sandboxes."""
+    from builder.state import StateDir, is_mount_point, state_dir as resolve
+
+    sd = StateDir(resolve(state_dir))
+    rows = []
+    for name in sd.names():
+        try:
+            meta = sd.read(name) or {}
+            status = "ok" if is_mount_point(meta.get("nsfs", sd.ns_path(name))) else "stale"
+        except NsbuildError:
+            meta, status = {"name": name}, "corrupt"
+        rows.append(dict(meta, status=status))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"sandboxes in {sd.path}")
+    for col in ("name", "status", "strategy", "created", "nsfs"):
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*(str(row.get(c, "")) for c in ("name", "status", "strategy", "created", "nsfs")))
+    out.print(t)
+
+
+@app.command()
+@handled
+def rm(
+    names: List[str] = typer.Argument(..., help="Sandboxes to remove."),
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Remove sandboxes: unmount the namespace file, delete the metadata (idempotent)."""
+    from builder.recipe import NAME_RE
+    from builder.state import StateDir, state_dir as resolve
+
+    sd = StateDir(resolve(state_dir))
+    for name in names:
+        if not NAME_RE.match(name):
+            raise UsageError(f"'{name}' is not a sandbox name")
+    if not os.path.isdir(sd.path):
+        for name in names:
+            out.print(f"{name}: not found")
+        return
+    _need_root()
+    for name in names:
+        out.print(f"{name}: {'removed' if sd.remove(name) else 'not found'}")
+
+
+@app.command()
+@handled
+def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
+    """Show the kernel's features, the strategy `auto` picks and the state directory's health."""
+    from builder import syscalls
+    from builder.state import _mountinfo_entry, state_dir as resolve
+
+    f = feat.probe()
+    try:
+        auto = feat.pick_strategy(f, "auto")
+    except NsbuildError as e:
+        auto = f"none ({e})"
+    path = resolve(state_dir)
+    entry = _mountinfo_entry(path) if os.path.isdir(path) else None
+    tags = entry[6:entry.index("-")] if entry else []
+    report = {
+        "kernel": f.release,
+        "probes": dict(f.probes),
+        "features": {k: v for k, v in f.as_dict().items() if k not in ("release", "probes")},
+        "strategies": {s: feat.supported(f, s) for s in feat.STRATEGIES},
+        "auto": auto,
+        "root": os.geteuid() == 0,
+        "ffi": "out-of-line (generated)" if syscalls.GENERATED else "in-line (parsed at import: slower start)",
+        "state_dir": {"path": path, "exists": os.path.isdir(path), "mount_point": entry is not None,
+                      "private": entry is not None and not any(t.startswith(("shared:", "master:")) for t in tags)},
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title="nsbuild doctor", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    t.add_row("kernel", f.release)
+    for probe, result in f.probes:
+        t.add_row(f"probe {probe}", result)
+    for s, ok in report["strategies"].items():  # type: ignore[union-attr]
+        t.add_row(f"strategy {s}", "yes" if ok else "no")
+    t.add_row("auto picks", auto)
+    t.add_row("overlay layers as fds (6.13+)", "yes" if f.overlay_fd_layers else "no")
+    t.add_row("running as root", "yes" if report["root"] else "no (builds need root)")
+    t.add_row("syscall layer", str(report["ffi"]))
+    sd = report["state_dir"]
+    t.add_row("state dir", f"{path}: " + ("missing (created on first build)" if not sd["exists"] else  # type: ignore[index]
+                                         "private mount" if sd["private"] else  # type: ignore[index]
+                                         "not yet a private mount (fixed on next build)"))
+    out.print(t)

@@ -1,0 +1,114 @@
+"""Entering a sandbox: setns into its mount namespace, then exec the command.
+
+This is the hot path of `nsbuild run NAME`: it imports neither typer, rich nor
+tomllib, and needs no child process (this process is single-threaded, so
+setns(CLONE_NEWNS) is allowed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import NoReturn
+
+from builder import syscalls as sc
+from builder.errors import NsbuildError, UsageError
+from builder.state import StateDir, state_dir
+
+
+def _exec(nsfd: int, command: list[str], cwd: str, env: dict[str, str]) -> NoReturn:
+    sc.setns(nsfd, sc.FLAGS["CLONE_NEWNS"])
+    os.close(nsfd)
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise NsbuildError(f"cannot change to {cwd} inside the sandbox: {e.strerror}",
+                           "set [run] cwd to a directory that exists") from None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command[0], command, env)
+    except FileNotFoundError:
+        print(f"nsbuild: error: {command[0]}: command not found in the sandbox", file=sys.stderr)
+        os._exit(127)
+    except OSError as e:
+        print(f"nsbuild: error: {command[0]}: {e.strerror}", file=sys.stderr)
+        os._exit(126)
+
+
+def _env(recipe_env: dict[str, str]) -> dict[str, str]:
+    """A clean environment: the recipe's, plus TERM from the caller when the recipe has none."""
+    env = dict(recipe_env)
+    if "TERM" not in env and "TERM" in os.environ:
+        env["TERM"] = os.environ["TERM"]
+    return env
+
+
+def run_persisted(name: str, command: list[str], state: str | None = None) -> NoReturn:
+    sd = StateDir(state_dir(state))
+    meta = sd.read(name)
+    if meta is None:
+        raise UsageError(f"no sandbox named '{name}' in {sd.path}",
+                         "build one with `nsbuild RECIPE`, or list them with `nsbuild ls`")
+    try:
+        nsfd = os.open(meta.get("nsfs", sd.ns_path(name)), os.O_RDONLY | os.O_CLOEXEC)
+        if sc.ns_type(nsfd) != sc.FLAGS["CLONE_NEWNS"]:
+            raise OSError(0, "not a mount namespace")
+    except OSError:
+        raise NsbuildError(f"sandbox '{name}' has no mount namespace any more (its nsfs file is not mounted)",
+                           f"rebuild it with `nsbuild build --replace {meta.get('recipe', 'RECIPE')}`") from None
+    run = meta.get("run", {})
+    _exec(nsfd, command or list(run.get("command", ["/bin/sh"])), run.get("cwd", "/"), _env(run.get("env", {})))
+
+
+def run_recipe(path: str, command: list[str], strategy: str = "auto") -> NoReturn:
+    """Build an ephemeral sandbox, enter it: it is gone when the command exits."""
+    from builder import executor, recipe as rcp
+    from builder.build import plan_for
+
+    r = rcp.load(path)
+    nsfd = executor.execute(plan_for(r, strategy))
+    _exec(nsfd, command or list(r.run.command), r.run.cwd, _env(dict(r.run.env)))
+
+
+def run(target: str, command: list[str], state: str | None = None, strategy: str = "auto") -> NoReturn:
+    """NAME of a persisted sandbox, or a recipe file (it ends in .toml or contains a '/')."""
+    if target.endswith(".toml") or "/" in target:
+        run_recipe(target, command, strategy)
+    run_persisted(target, command, state)
+
+
+def lean_main(argv: list[str]) -> int | None:
+    """`nsbuild run [--state-dir D] [--strategy S] TARGET [--] [CMD...]` without typer.
+
+    Returns None for anything it does not parse (help, unknown options), so the
+    caller hands argv to the typer CLI, which accepts the same syntax.
+    """
+    opts: dict[str, str] = {}
+    i = 0
+    while i < len(argv) and argv[i].startswith("--") and argv[i] != "--":
+        key, eq, value = argv[i][2:].partition("=")
+        if key not in ("state-dir", "strategy"):
+            return None
+        if not eq:
+            i += 1
+            if i >= len(argv):
+                return None
+            value = argv[i]
+        opts[key] = value
+        i += 1
+    if i >= len(argv) or argv[i].startswith("-"):
+        return None
+    target, rest = argv[i], argv[i + 1:]
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    elif rest and rest[0].startswith("-"):
+        return None  # an option after TARGET: let typer say what it means
+    try:
+        run(target, rest, opts.get("state-dir"), opts.get("strategy", "auto"))
+    except NsbuildError as e:
+        print(f"nsbuild: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    return 0  # not reached: run() execs
