@@ -39,12 +39,12 @@ def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool
           name: str | None = None) -> Built:
     start = time.perf_counter()
     plan = plan_for(recipe, strategy)
-    state.prepare()
     cpus = sorted(os.sched_getaffinity(0))
     try:
-        for attempt, cpu in enumerate(cpus):
+        for attempt in range(len(cpus)):
             nsfd = executor.execute(plan)
             try:
+                state.prepare()  # only after a successful build: a failed one changes nothing
                 path = state.persist(name or recipe.name, nsfd, metadata(recipe, plan), replace)
                 break
             except NsbuildError as e:
