@@ -1,0 +1,82 @@
+"""Shared fixtures: a private state dir, and proof that the host is left as it was."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+IS_ROOT = os.geteuid() == 0
+IN_VM = os.environ.get("KERNEL_VM") == "1"
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: mounts for real")
+
+
+def nsbuild_cmd() -> list[str]:
+    """The installed console script of the interpreter running the tests."""
+    script = Path(sys.executable).parent / "nsbuild"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "builder"]
+
+
+def mountinfo() -> list[str]:
+    """The host's mount table (mount ids included: any remount shows)."""
+    with open("/proc/self/mountinfo") as f:
+        return f.read().splitlines()
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _umount_all_under(path: Path) -> None:
+    """Unmount everything at or below `path`, deepest first (teardown of a test's state dir)."""
+    from builder import syscalls as sc
+
+    target = str(path)
+    while True:
+        points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+                  for line in mountinfo()]
+        under = [p for p in points if p == target or p.startswith(target + "/")]
+        if not under:
+            return
+        sc.umount2(max(under, key=len), sc.FLAGS["MNT_DETACH"])
+
+
+@pytest.fixture(autouse=True)
+def host_unchanged():
+    """Every test leaves /proc/self/mountinfo and this process's fds exactly as it found them."""
+    before, fds = mountinfo(), open_fds()
+    yield
+    assert mountinfo() == before, "the host's mount table changed"
+    assert open_fds() == fds, "fds leaked"
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path):
+    """A private state dir; torn down (unmounted, removed) after the test."""
+    path = tmp_path / "state"
+    yield path
+    if IS_ROOT:
+        _umount_all_under(path)
+
+
+@pytest.fixture
+def nsbuild(state_dir: Path, tmp_path: Path):
+    """Run the CLI with the private state dir; returns CompletedProcess (text)."""
+    env = dict(os.environ, NSBUILD_STATE_DIR=str(state_dir))
+    env.pop("NSBUILD_TEST_FAULT", None)
+
+    def run(*args: str, check: bool = True, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
+        proc = subprocess.run(nsbuild_cmd() + list(args), capture_output=True, text=True, env=env,
+                              cwd=cwd or tmp_path, **kw)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"nsbuild {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    run.env = env  # type: ignore[attr-defined]
+    return run

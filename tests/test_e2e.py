@@ -1,0 +1,194 @@
+"""End to end through the CLI, mounting for real: build, inspect, run, rm.
+
+Parametrized over the three strategies; a strategy the running kernel lacks is
+skipped here and runs in test_kernel_vm.py, inside Debian's 7.2 kernel.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.features import STRATEGIES, probe, supported
+
+from conftest import RECIPES, needs_root
+
+pytestmark = needs_root
+FEATURES = probe()
+
+
+def strategies() -> list:
+    return [pytest.param(s, marks=pytest.mark.skipif(not supported(FEATURES, s),
+                                                     reason=f"kernel {FEATURES.release} lacks {s}"))
+            for s in STRATEGIES]
+
+
+def findmnt(nsfs: str) -> dict[str, dict]:
+    out = subprocess.run(["nsenter", f"--mount={nsfs}", "findmnt", "-J", "-l", "-o",
+                          "TARGET,FSTYPE,OPTIONS,PROPAGATION"], capture_output=True, text=True, check=True).stdout
+    return {fs["target"]: fs for fs in json.loads(out)["filesystems"]}
+
+
+def opts(fs: dict) -> set[str]:
+    return set(fs["options"].split(","))
+
+
+def in_sandbox(nsfs: str, *cmd: str) -> str:
+    return subprocess.run(["nsenter", f"--mount={nsfs}", *cmd], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("strategy", strategies())
+def test_dev_recipe_build_inspect_run_rm(nsbuild, state_dir: Path, tmp_path: Path, strategy: str) -> None:
+    (tmp_path / "marker").write_text("from the host\n")
+    built = json.loads(nsbuild("build", str(RECIPES / "dev.toml"), "--strategy", strategy, "--json").stdout)
+    assert built["name"] == "dev" and built["strategy"] == strategy
+    nsfs = built["nsfs"]
+    assert nsfs == str(state_dir / "dev.mnt")
+
+    mounts = findmnt(nsfs)
+    assert set(mounts) == {"/", "/usr", "/etc/resolv.conf", "/proc", "/dev", "/dev/pts", "/dev/shm", "/tmp",
+                           "/work"}
+    assert mounts["/"]["fstype"] == "tmpfs" and {"rw", "nosuid", "nodev"} <= opts(mounts["/"])
+    assert {"ro", "nosuid", "nodev"} <= opts(mounts["/usr"])
+    assert {"ro", "nosuid", "nodev"} <= opts(mounts["/etc/resolv.conf"])
+    assert mounts["/proc"]["fstype"] == "proc" and {"nosuid", "nodev", "noexec"} <= opts(mounts["/proc"])
+    assert mounts["/dev"]["fstype"] == "tmpfs" and {"nosuid", "noexec"} <= opts(mounts["/dev"])
+    assert "nodev" not in opts(mounts["/dev"])  # it holds the device nodes
+    assert mounts["/dev/pts"]["fstype"] == "devpts" and "ptmxmode=666" in opts(mounts["/dev/pts"])
+    assert mounts["/tmp"]["fstype"] == "tmpfs" and {"nosuid", "nodev", "size=524288k"} <= opts(mounts["/tmp"])
+    assert {"rw", "nosuid", "nodev"} <= opts(mounts["/work"])
+    assert all(fs["propagation"] == "private" for fs in mounts.values())
+
+    assert in_sandbox(nsfs, "cat", "/etc/hostname") == "dev\n"
+    assert in_sandbox(nsfs, "cat", "/work/marker") == "from the host\n"
+    assert in_sandbox(nsfs, "readlink", "/bin") == "usr/bin\n"
+    assert in_sandbox(nsfs, "stat", "-c", "%a %F", "/var/tmp", "/root", "/dev/null") == \
+        "1777 directory\n700 directory\n666 character special file\n"
+
+    # nsbuild run: [run] cwd and environment, the command's exit status
+    proc = nsbuild("run", "dev", "--", "sh", "-c", "pwd; echo $LANG; python3 --version; exit 7", check=False)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout.splitlines()[:2] == ["/work", "C.UTF-8"] and "Python 3" in proc.stdout
+    assert nsbuild("run", "dev", "--", "/no/such/command", check=False).returncode == 127
+
+    listed = json.loads(nsbuild("ls", "--json").stdout)
+    assert [(s["name"], s["status"], s["nsfs"]) for s in listed] == [("dev", "ok", nsfs)]
+    meta = json.loads((state_dir / "dev.json").read_text())
+    assert meta["strategy"] == strategy and len(meta["recipe_sha256"]) == 64 and meta["upper"] == "tmpfs"
+    assert meta["kernel"] == os.uname().release
+
+    assert "dev: removed" in nsbuild("rm", "dev").stdout
+    assert "dev: not found" in nsbuild("rm", "dev").stdout  # idempotent
+    assert sorted(p.name for p in state_dir.iterdir()) == [".lock"]
+    assert json.loads(nsbuild("ls", "--json").stdout) == []
+
+
+@pytest.mark.parametrize("strategy", strategies())
+def test_layers_overlay(nsbuild, state_dir: Path, strategy: str) -> None:
+    nsfs = json.loads(nsbuild("build", str(RECIPES / "layers.toml"), "-s", strategy, "--json").stdout)["nsfs"]
+    mounts = findmnt(nsfs)
+    assert mounts["/"]["fstype"] == "overlay" and "noatime" in opts(mounts["/"])
+    assert "noexec" in opts(mounts["/tmp"])
+    assert in_sandbox(nsfs, "cat", "/opt/app/version", "/opt/app/base.txt", "/etc/app.conf") == \
+        "from config\nonly in base\ngreeting = hello\n"
+    proc = nsbuild("run", "layers")
+    assert proc.stdout == "hello from the tools layer; version: from config\n"
+    # writes land in the tmpfs upper, never in a layer
+    in_sandbox(nsfs, "sh", "-c", "echo new > /opt/app/version; rm /opt/app/base.txt")
+    assert in_sandbox(nsfs, "cat", "/opt/app/version") == "new\n"
+    assert (RECIPES / "layers/config/opt/app/version").read_text() == "from config\n"
+    assert (RECIPES / "layers/base/opt/app/base.txt").exists()
+    nsbuild("rm", "layers")
+
+
+@pytest.mark.parametrize("strategy", strategies())
+def test_persistent_upper_and_replace(nsbuild, state_dir: Path, tmp_path: Path, strategy: str) -> None:
+    layer = tmp_path / "layer"
+    (layer / "etc").mkdir(parents=True)
+    (layer / "opt").mkdir()
+    (layer / "etc/motd").write_text("layer\n")
+    (layer / "bin").symlink_to("usr/bin")
+    (layer / "lib64").symlink_to("usr/lib64")
+    (layer / "lib").symlink_to("usr/lib")
+    recipe = tmp_path / "keep.toml"
+    recipe.write_text('[sandbox]\nname = "keep"\n[[layer]]\npath = "layer"\n[root]\nupper = "state/upper"\n'
+                      '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n')
+    (tmp_path / "state").mkdir(exist_ok=True)
+    nsfs = json.loads(nsbuild("build", str(recipe), "-s", strategy, "--json").stdout)["nsfs"]
+    in_sandbox(nsfs, "sh", "-c", "echo kept > /etc/motd")
+    assert (tmp_path / "state/upper/etc/motd").read_text() == "kept\n"
+    assert (layer / "etc/motd").read_text() == "layer\n"
+
+    again = nsbuild("build", str(recipe), "-s", strategy, check=False)
+    assert again.returncode == 1 and "exists already" in again.stderr and "--replace" in again.stderr
+    nsbuild("build", str(recipe), "-s", strategy, "--replace")
+    assert in_sandbox(nsfs, "cat", "/etc/motd") == "kept\n"  # same path, new namespace, kept upper
+    nsbuild("rm", "keep")
+
+
+def test_ephemeral_run_leaves_nothing(nsbuild, state_dir: Path) -> None:
+    proc = nsbuild("run", str(RECIPES / "dev.toml"), "--", "cat", "/etc/hostname")
+    assert proc.stdout == "dev\n"
+    assert not state_dir.exists()
+
+
+def test_bad_recipe_exit_2_no_traceback(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sandbox]\nname = "bad"\n[[mount]]\ntarget = "/t"\ntype = "tmpfs"\nattrs = ["nosiud"]\n')
+    proc = nsbuild("build", str(bad), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"nsbuild: error: {bad}: mount[0].attrs[0]: unknown attribute 'nosiud'")
+    assert "did you mean 'nosuid'?" in proc.stderr and "Traceback" not in proc.stderr
+    assert not state_dir.exists()
+    assert nsbuild("run", "nosuch", check=False).returncode == 2
+    assert nsbuild("build", str(RECIPES / "dev.toml"), "-s", "warp", check=False).returncode == 2
+
+
+def test_failed_build_leaves_no_trace(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "fail.toml"
+    recipe.write_text('[sandbox]\nname = "fail"\n[[mount]]\ntarget = "/t"\ntype = "tmpfs"\n'
+                      'options = { size = "lots" }\n')
+    proc = nsbuild("build", str(recipe), check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "mount[0]" in proc.stderr and "fsconfig" in proc.stderr and "EINVAL" in proc.stderr
+    assert "kernel says" in proc.stderr  # tmpfs logs its reason into the fs context
+    assert "Traceback" not in proc.stderr
+    assert not state_dir.exists()
+
+
+def test_symlink_in_a_layer_cannot_redirect_a_mount_to_the_host(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    layer = tmp_path / "evil"
+    (layer / "etc").mkdir(parents=True)
+    (layer / "opt").mkdir()
+    (layer / "work").symlink_to("/etc")           # absolute: would be the host's /etc outside the root
+    (layer / "up").symlink_to("../../../../../opt")  # relative escape
+    (tmp_path / "src").mkdir()
+    recipe = tmp_path / "evil.toml"
+    recipe.write_text('[sandbox]\nname = "evil"\n[[layer]]\npath = "evil"\n'
+                      '[[mount]]\ntarget = "/work"\ntype = "bind"\nsource = "src"\n'
+                      '[[mount]]\ntarget = "/up/x"\ntype = "tmpfs"\n')
+    nsfs = json.loads(nsbuild("build", str(recipe), "--json").stdout)["nsfs"]
+    targets = set(findmnt(nsfs))
+    # both land inside the sandbox root (at its /etc and /opt/x), never on a host path
+    assert "/etc" in targets and "/opt/x" in targets
+    assert not Path("/opt/x").exists()
+    nsbuild("rm", "evil")
+
+
+def test_plan_command_needs_no_root_and_shows_every_strategy(nsbuild) -> None:
+    for strategy in STRATEGIES:
+        proc = nsbuild("plan", str(RECIPES / "dev.toml"), "-s", strategy, "--format", "strace")
+        assert f"strategy {strategy}" in proc.stdout.splitlines()[0]
+    data = json.loads(nsbuild("plan", str(RECIPES / "dev.toml"), "--json").stdout)
+    assert data["steps"] and all("text" in s for s in data["steps"])
+    assert "syscall" in nsbuild("plan", str(RECIPES / "dev.toml")).stdout
+
+
+def test_doctor(nsbuild) -> None:
+    report = json.loads(nsbuild("doctor", "--json").stdout)
+    assert report["kernel"] == os.uname().release and report["root"] is True
+    assert report["auto"] in STRATEGIES and set(report["probes"]) == {"fsmount", "fsmount-namespace",
+                                                                      "open-tree-namespace"}
