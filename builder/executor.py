@@ -13,6 +13,7 @@ import array  # noqa: F401 - socket.send_fds imports it lazily; a child in a new
 import errno as errnos
 import json
 import os
+import shutil
 import socket
 from typing import Callable
 
@@ -148,9 +149,11 @@ class _Run:
         info = json.loads(msg)
         raise StepFailed(info["index"], sc.SyscallError(info["call"], info["detail"], info["errno"], info["kmsg"]))
 
-    # creations on host-visible paths are undone on failure
     def created(self, dfd: int, name: str, is_dir: bool) -> None:
-        self.undo.append(lambda: os.rmdir(name, dir_fd=dfd) if is_dir else os.unlink(name, dir_fd=dfd))
+        """Undone on failure. A directory goes with its content: all of it is from this build
+        (e.g. overlayfs's own work/ inside a work dir nsbuild made)."""
+        fd = _dirfd(dfd)
+        self.undo.append(lambda: shutil.rmtree(name, dir_fd=fd) if is_dir else os.unlink(name, dir_fd=fd))
 
 
 def _detail(step: Step) -> str:

@@ -354,6 +354,9 @@ def _root(c: _Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[La
                   'use "tmpfs", "none" or a directory for persistent changes')
         elif not os.path.isdir(parent):
             c.add("root.upper", f"the parent of '{upper_raw}' ({parent}) does not exist", "create it first")
+        if not layers:
+            c.add("root.upper", "a directory upper needs at least one [[layer]] below it (overlayfs)",
+                  'add a [[layer]], or use upper = "tmpfs"')
         for layer in layers:
             if is_under(layer.path, upper) or is_under(upper, layer.path):
                 c.add("root.upper", f"'{upper}' overlaps {layer.origin} ({layer.path})",

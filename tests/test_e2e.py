@@ -108,7 +108,6 @@ def test_layers_overlay(nsbuild, state_dir: Path, strategy: str) -> None:
 def test_persistent_upper_and_replace(nsbuild, state_dir: Path, tmp_path: Path, strategy: str) -> None:
     layer = tmp_path / "layer"
     (layer / "etc").mkdir(parents=True)
-    (layer / "opt").mkdir()
     (layer / "etc/motd").write_text("layer\n")
     (layer / "bin").symlink_to("usr/bin")
     (layer / "lib64").symlink_to("usr/lib64")
@@ -163,13 +162,17 @@ def test_symlink_in_a_layer_cannot_redirect_a_mount_to_the_host(nsbuild, state_d
     layer = tmp_path / "evil"
     (layer / "etc").mkdir(parents=True)
     (layer / "opt").mkdir()
+    for link in ("bin", "lib", "lib64"):
+        (layer / link).symlink_to("usr/" + link)
     (layer / "work").symlink_to("/etc")           # absolute: would be the host's /etc outside the root
     (layer / "up").symlink_to("../../../../../opt")  # relative escape
     (tmp_path / "src").mkdir()
     recipe = tmp_path / "evil.toml"
     recipe.write_text('[sandbox]\nname = "evil"\n[[layer]]\npath = "evil"\n'
                       '[[mount]]\ntarget = "/work"\ntype = "bind"\nsource = "src"\n'
-                      '[[mount]]\ntarget = "/up/x"\ntype = "tmpfs"\n')
+                      '[[mount]]\ntarget = "/up/x"\ntype = "tmpfs"\n'
+                      '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n'
+                      '[[mount]]\ntarget = "/proc"\ntype = "proc"\n')
     nsfs = json.loads(nsbuild("build", str(recipe), "--json").stdout)["nsfs"]
     targets = set(findmnt(nsfs))
     # both land inside the sandbox root (at its /etc and /opt/x), never on a host path

@@ -1,0 +1,65 @@
+"""The executor, in process: faults injected at every step unwind completely."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from builder import executor
+from builder.build import plan_for
+from builder.errors import BuildError
+from builder.features import STRATEGIES, probe, supported
+from builder.recipe import load
+
+from conftest import RECIPES, mountinfo, needs_root, open_fds
+
+pytestmark = needs_root
+FEATURES = probe()
+AVAILABLE = [s for s in STRATEGIES if supported(FEATURES, s)]
+
+
+def kept_upper_recipe(tmp_path: Path) -> Path:
+    """layers.toml, but with a persistent upper directory that the build must create."""
+    text = (RECIPES / "layers.toml").read_text()
+    text = text.replace('path = "layers/', f'path = "{RECIPES}/layers/')
+    text = text.replace('source = "layers/', f'source = "{RECIPES}/layers/')
+    text = text.replace('upper = "tmpfs"\nsize = "64m"', 'upper = "kept/upper"')
+    path = tmp_path / "kept.toml"
+    path.write_text(text)
+    (tmp_path / "kept").mkdir()
+    return path
+
+
+@pytest.mark.parametrize("strategy", AVAILABLE)
+@pytest.mark.parametrize("recipe", ["dev", "kept"])
+def test_fault_at_every_step_leaves_nothing(tmp_path: Path, monkeypatch, strategy: str, recipe: str) -> None:
+    path = kept_upper_recipe(tmp_path) if recipe == "kept" else RECIPES / "dev.toml"
+    plan = plan_for(load(str(path), cwd=str(tmp_path)), strategy)
+    before, fds = mountinfo(), open_fds()
+    for k in range(len(plan.steps)):
+        if plan.steps[k].call == "fork":
+            continue  # not a syscall of its own: its child's steps are
+        monkeypatch.setenv("NSBUILD_TEST_FAULT", f"{k}:EIO")
+        with pytest.raises(BuildError) as info:
+            executor.execute(plan)
+        assert info.value.step == k and info.value.errno == 5, str(info.value)  # type: ignore[attr-defined]
+        assert plan.steps[k].origin in str(info.value)
+        assert mountinfo() == before, f"a mount was left after a fault at step {k}"
+        assert open_fds() == fds, f"an fd leaked after a fault at step {k}"
+        if recipe == "kept":
+            assert sorted(os.listdir(tmp_path / "kept")) == [], f"left files after a fault at step {k}"
+    monkeypatch.delenv("NSBUILD_TEST_FAULT")
+    os.close(executor.execute(plan))  # and without a fault it builds
+    assert mountinfo() == before and open_fds() == fds
+
+
+def test_real_kernel_error_names_step_entry_errno_and_message(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[sandbox]\nname = "r"\n[[mount]]\ntarget = "/m"\ntype = "tmpfs"\n'
+                      'options = { nr_inodes = "many" }\n')
+    with pytest.raises(BuildError) as info:
+        executor.execute(plan_for(load(str(recipe))))
+    text = str(info.value)
+    assert text.startswith("mount[0] (step ") and "fsconfig(%fs:/m" in text and "EINVAL" in text
+    assert "kernel says: e " in text

@@ -1,0 +1,29 @@
+"""Runs the mounting tests again inside Debian's 7.2 kernel, where all three strategies exist."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import IN_VM, REPO, needs_root
+
+KERNEL_VM = REPO.parent / "shared" / "tools" / "kernel-vm"
+SUITES = ["tests/test_e2e.py", "tests/test_same_tree.py", "tests/test_executor.py"]
+
+
+@needs_root
+@pytest.mark.skipif(IN_VM, reason="already inside the VM")
+def test_mounting_suites_on_kernel_7() -> None:
+    if not KERNEL_VM.exists():
+        pytest.skip(f"!!! KERNEL 7 TESTS NOT RUN: {KERNEL_VM} is missing !!!")
+    cmd = [str(KERNEL_VM), "--merge-stderr", "--", sys.executable, "-m", "pytest", "-q", "-rs",
+           "-p", "no:cacheprovider", *SUITES]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400)
+    output = proc.stdout + proc.stderr
+    sys.stdout.write(output)  # shown with -s, and on failure
+    if proc.returncode == 125:
+        pytest.skip("!!! KERNEL 7 TESTS NOT RUN: kernel-vm could not start the VM !!!\n" + output[-2000:])
+    assert proc.returncode == 0, output[-6000:]
+    summary = [line for line in output.splitlines() if " passed" in line][-1]
+    assert "skipped" not in summary and "failed" not in summary, output[-6000:]
