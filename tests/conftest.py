@@ -71,9 +71,13 @@ def nsbuild(state_dir: Path, tmp_path: Path):
     env = dict(os.environ, NSBUILD_STATE_DIR=str(state_dir))
     env.pop("NSBUILD_TEST_FAULT", None)
 
+    # $CWD binds must not contain the state dir: a recursive bind would carry its nsfs mounts along
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+
     def run(*args: str, check: bool = True, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
         proc = subprocess.run(nsbuild_cmd() + list(args), capture_output=True, text=True, env=env,
-                              cwd=cwd or tmp_path, **kw)
+                              cwd=cwd or workdir, **kw)
         if check and proc.returncode != 0:
             raise AssertionError(f"nsbuild {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc

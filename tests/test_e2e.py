@@ -42,7 +42,7 @@ def in_sandbox(nsfs: str, *cmd: str) -> str:
 
 @pytest.mark.parametrize("strategy", strategies())
 def test_dev_recipe_build_inspect_run_rm(nsbuild, state_dir: Path, tmp_path: Path, strategy: str) -> None:
-    (tmp_path / "marker").write_text("from the host\n")
+    (tmp_path / "cwd" / "marker").write_text("from the host\n")
     built = json.loads(nsbuild("build", str(RECIPES / "dev.toml"), "--strategy", strategy, "--json").stdout)
     assert built["name"] == "dev" and built["strategy"] == strategy
     nsfs = built["nsfs"]

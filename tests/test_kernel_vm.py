@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,11 @@ SUITES = ["tests/test_e2e.py", "tests/test_same_tree.py", "tests/test_executor.p
 def test_mounting_suites_on_kernel_7() -> None:
     if not KERNEL_VM.exists():
         pytest.skip(f"!!! KERNEL 7 TESTS NOT RUN: {KERNEL_VM} is missing !!!")
-    cmd = [str(KERNEL_VM), "--merge-stderr", "--", sys.executable, "-m", "pytest", "-q", "-rs",
-           "-p", "no:cacheprovider", *SUITES]
+    pytest_script = Path(sys.executable).parent / "pytest"  # the venv's, so the installed package is tested
+    if str(pytest_script).startswith("/tmp/"):
+        pytest.fail("the test venv is under /tmp, which the VM replaces with a fresh tmpfs: put it elsewhere")
+    cmd = [str(KERNEL_VM), "--merge-stderr", "--", str(pytest_script), "-q", "-rs", "-p", "no:cacheprovider",
+           *SUITES]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400)
     output = proc.stdout + proc.stderr
     sys.stdout.write(output)  # shown with -s, and on failure

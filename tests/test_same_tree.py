@@ -21,6 +21,7 @@ def tree(nsfs: str) -> tuple[list, str]:
     mounts = json.loads(subprocess.run(
         ["nsenter", f"--mount={nsfs}", "findmnt", "-J", "-l", "-o", "TARGET,FSTYPE,OPTIONS,PROPAGATION"],
         capture_output=True, text=True, check=True).stdout)["filesystems"]
+    mounts.sort(key=lambda fs: fs["target"])  # mountinfo order follows mount ids, which differ
     files = subprocess.run(["nsenter", f"--mount={nsfs}", "sh", "-c", LISTING],
                            capture_output=True, text=True, check=True).stdout
     return mounts, files
