@@ -40,18 +40,21 @@ def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool
     start = time.perf_counter()
     plan = plan_for(recipe, strategy)
     cpus = sorted(os.sched_getaffinity(0))
+    # namespace ids come from per-CPU ranges (KERNEL-NOTES.md): if the kernel refuses to pin a
+    # namespace with a lower id than ours, build it again on each CPU in turn
+    attempts: list[int | None] = [None] + (cpus if len(cpus) > 1 else [])
     try:
-        for attempt in range(len(cpus)):
+        for cpu in attempts:
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
             nsfd = executor.execute(plan)
             try:
                 state.prepare()  # only after a successful build: a failed one changes nothing
                 path = state.persist(name or recipe.name, nsfd, metadata(recipe, plan), replace)
                 break
             except NsbuildError as e:
-                # namespace ids come from per-CPU ranges (KERNEL-NOTES.md): build again elsewhere
-                if not getattr(e, "retry", False) or attempt == len(cpus) - 1:
+                if not getattr(e, "retry", False) or cpu == attempts[-1]:
                     raise
-                os.sched_setaffinity(0, {cpus[(attempt + 1) % len(cpus)]})
             finally:
                 os.close(nsfd)
     finally:

@@ -156,14 +156,15 @@ def plan(
 @handled
 def list_(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
     """List persisted sandboxes."""
-    from builder.state import StateDir, is_mount_point, state_dir as resolve
+    from builder.state import StateDir, mount_points, state_dir as resolve
 
     sd = StateDir(resolve(state_dir))
+    mounted = mount_points()
     rows = []
     for name in sd.names():
         try:
             meta = sd.read(name) or {}
-            status = "ok" if is_mount_point(meta.get("nsfs", sd.ns_path(name))) else "stale"
+            status = "ok" if meta.get("nsfs", sd.ns_path(name)) in mounted else "stale"
         except NsbuildError:
             meta, status = {"name": name}, "corrupt"
         rows.append(dict(meta, status=status))

@@ -11,9 +11,9 @@ import hashlib
 import os
 import posixpath
 import re
-import stat
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from builder.errors import Problem, RecipeError
@@ -236,12 +236,13 @@ def _attrs(c: _Checker, raw: Any, where: str, defaults: tuple[str, ...]) -> tupl
     return tuple(a for a in ATTRS if a in chosen)
 
 
-def _known_filesystems() -> set[str]:
+@lru_cache(maxsize=1)
+def _known_filesystems() -> frozenset[str]:
     try:
         with open("/proc/filesystems") as f:
-            return {line.split()[-1] for line in f if line.strip()}
+            return frozenset(line.split()[-1] for line in f if line.strip())
     except OSError:
-        return set()
+        return frozenset()
 
 
 def load(path: str, cwd: str | None = None) -> Recipe:

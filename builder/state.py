@@ -14,6 +14,8 @@ import fcntl
 import json
 import os
 import re
+import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +45,11 @@ def _mountinfo_entry(path: str) -> list[str] | None:
 def _unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\ooo."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points() -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {_unescape(line.split()[4]) for line in f}
 
 
 def is_mount_point(path: str) -> bool:
@@ -112,10 +119,33 @@ class StateDir:
             return []
         return sorted(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
 
+    def recover(self) -> list[str]:
+        """Clean up what a killed nsbuild left (call with the lock held); say what was cleaned.
+
+        Under the lock a NAME.mnt always has its NAME.json, so one without is an abandoned
+        persist; *.tmp files are metadata that was never renamed into place.
+        """
+        cleaned = []
+        mounted = mount_points()
+        entries = sorted(os.listdir(self.path))
+        for entry in entries:
+            path = os.path.join(self.path, entry)
+            if entry.endswith(".tmp"):
+                os.unlink(path)
+                cleaned.append(f"removed unfinished metadata {entry}")
+            elif entry.endswith(".mnt") and entry[:-4] + ".json" not in entries:
+                self._remove(entry[:-4])
+                cleaned.append(f"removed abandoned namespace {entry}")
+            elif entry.endswith(".json") and self.ns_path(entry[:-5]) not in mounted:
+                self._remove(entry[:-5])
+                cleaned.append(f"removed sandbox {entry[:-5]}: its namespace was gone")
+        return cleaned
+
     def persist(self, name: str, nsfd: int, meta: dict[str, Any], replace: bool) -> str:
         """Bind `nsfd` onto NAME.mnt and write NAME.json; atomic with respect to readers."""
         target = self.ns_path(name)
         with self.locked():
+            self.report(self.recover())
             exists = os.path.exists(self.meta_path(name)) or is_mount_point(target)
             if exists and not replace:
                 raise NsbuildError(f"a sandbox named '{name}' exists already",
@@ -123,6 +153,7 @@ class StateDir:
             stacked = is_mount_point(target)
             if not stacked:
                 os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            _test_kill("after-create")
             tree = sc.open_tree(nsfd, "", sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH")))
             try:
                 # replacing: slide the new namespace under the old one, then drop the old one,
@@ -135,6 +166,7 @@ class StateDir:
                 raise _persist_error(e, nsfd) from None
             finally:
                 os.close(tree)
+            _test_kill("after-mount")
             try:
                 if stacked:
                     sc.umount2(target, sc.FLAGS["MNT_DETACH"])
@@ -153,12 +185,19 @@ class StateDir:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        _test_kill("after-tmp")
         os.rename(tmp, self.meta_path(name))
 
     def remove(self, name: str) -> bool:
         """Unmount and forget a sandbox; True if there was anything to remove."""
         with self.locked():
+            self.report(self.recover())
             return self._remove(name)
+
+    @staticmethod
+    def report(cleaned: list[str]) -> None:
+        for line in cleaned:
+            print(f"nsbuild: recovered: {line}", file=sys.stderr)
 
     def _remove(self, name: str) -> bool:
         target, found = self.ns_path(name), False
@@ -174,6 +213,12 @@ class StateDir:
         return found
 
 
+def _test_kill(point: str) -> None:
+    """Test-only: NSBUILD_TEST_KILL=POINT makes nsbuild SIGKILL itself there (crash recovery tests)."""
+    if os.environ.get("NSBUILD_TEST_KILL") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _persist_error(e: sc.SyscallError, nsfd: int) -> NsbuildError:
     if e.errno in (errno.ELOOP, errno.EINVAL):
         try:
@@ -185,7 +230,8 @@ def _persist_error(e: sc.SyscallError, nsfd: int) -> NsbuildError:
             err = NsbuildError(
                 f"cannot persist the namespace: its id {theirs} is lower than that of the namespace "
                 f"nsbuild runs in ({ours}), which the kernel refuses ({e.errname})",
-                "run nsbuild from the initial mount namespace, or retry: ids depend on the CPU")
+                "run nsbuild from the initial mount namespace, or let it use more CPUs (taskset): "
+                "ids come from per-CPU ranges")
             err.retry = True  # type: ignore[attr-defined]
             return err
     return NsbuildError(f"cannot persist the namespace: {e}",

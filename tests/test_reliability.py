@@ -1,0 +1,198 @@
+"""Crashes, races and hostile state: the state dir stays consistent and the host unchanged."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import RECIPES, mountinfo, needs_root, nsbuild_cmd
+
+pytestmark = needs_root
+
+
+def tiny_recipe(tmp_path: Path) -> Path:
+    """A small sandbox that builds fast: tmpfs root, /usr, /proc."""
+    path = tmp_path / "tiny.toml"
+    path.write_text('[sandbox]\nname = "tiny"\n[[path]]\npath = "/bin"\nsymlink = "usr/bin"\n'
+                    '[[path]]\npath = "/lib64"\nsymlink = "usr/lib64"\n[[path]]\npath = "/lib"\nsymlink = "usr/lib"\n'
+                    '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n'
+                    '[[mount]]\ntarget = "/proc"\ntype = "proc"\n')
+    return path
+
+
+def consistent(nsbuild, state_dir: Path) -> list[dict]:
+    """Every listed sandbox is usable; nothing else is in the state dir."""
+    listed = json.loads(nsbuild("ls", "--json").stdout)
+    for row in listed:
+        assert row["status"] == "ok", row
+        assert nsbuild("run", row["name"], "--", "true").returncode == 0
+    names = {row["name"] for row in listed}
+    files = {p.name for p in state_dir.iterdir()} if state_dir.exists() else set()
+    assert files <= {".lock"} | {f"{n}.mnt" for n in names} | {f"{n}.json" for n in names}, files
+    return listed
+
+
+def test_parallel_builds_of_different_names(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: nsbuild("build", str(recipe), "--name", f"p{i}", check=False),
+                                range(16)))
+    assert [r.returncode for r in results] == [0] * 16, [r.stderr for r in results if r.returncode]
+    assert len(consistent(nsbuild, state_dir)) == 16
+    nsbuild("rm", *[f"p{i}" for i in range(16)])
+    assert consistent(nsbuild, state_dir) == []
+
+
+def test_racing_builds_of_one_name_one_wins(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: nsbuild("build", str(recipe), check=False), range(16)))
+    codes = sorted(r.returncode for r in results)
+    assert codes == [0] + [1] * 15, [r.stderr for r in results]
+    assert all("exists already" in r.stderr for r in results if r.returncode)
+    assert len(consistent(nsbuild, state_dir)) == 1
+    nsbuild("rm", "tiny")
+
+
+def test_replace_and_rm_racing_run(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    nsbuild("build", str(recipe))
+    env = nsbuild.env  # type: ignore[attr-defined]
+
+    def runner(_: int) -> list[int]:
+        codes = []
+        for _ in range(8):
+            p = subprocess.run(nsbuild_cmd() + ["run", "tiny", "--", "test", "-d", "/proc/self"],
+                               capture_output=True, text=True, env=env)
+            # entered the old or the new namespace (0), or found it gone cleanly (1 or 2)
+            assert p.returncode in (0, 1, 2) and "Traceback" not in p.stderr, p.stderr
+            codes.append(p.returncode)
+        return codes
+
+    with ThreadPoolExecutor(4) as pool:
+        runs = pool.submit(lambda: sum(pool.map(runner, range(3)), []))
+        for _ in range(8):
+            nsbuild("build", str(recipe), "--replace")
+        codes = runs.result()
+    assert codes.count(0) == len(codes)  # --replace never leaves the path without a namespace
+    with ThreadPoolExecutor(4) as pool:
+        runs = pool.submit(lambda: sum(pool.map(runner, range(3)), []))
+        for _ in range(4):
+            nsbuild("rm", "tiny")
+            nsbuild("build", str(recipe))
+        runs.result()
+    consistent(nsbuild, state_dir)
+    nsbuild("rm", "tiny")
+
+
+def test_sigkill_at_random_points_then_recovery(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    env = nsbuild.env  # type: ignore[attr-defined]
+    rng = random.Random(1234)
+    kills = 0
+    for i in range(40):
+        args = ["build", str(recipe), "--replace"] if i % 3 else ["rm", "tiny"]
+        proc = subprocess.Popen(nsbuild_cmd() + args, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.0, 0.25))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 10
+    # the next command recovers whatever was abandoned, and says so
+    nsbuild("build", str(recipe), "--replace")
+    consistent(nsbuild, state_dir)
+    nsbuild("rm", "tiny")
+    assert consistent(nsbuild, state_dir) == []
+
+
+@pytest.mark.parametrize("point", ["after-create", "after-mount", "after-tmp"])
+def test_kill_inside_persist_is_recovered(nsbuild, state_dir: Path, tmp_path: Path, point: str) -> None:
+    """Deterministic kills at each gap of the persist sequence."""
+    recipe = tiny_recipe(tmp_path)
+    env = dict(nsbuild.env, NSBUILD_TEST_KILL=point)  # type: ignore[attr-defined]
+    proc = subprocess.run(nsbuild_cmd() + ["build", str(recipe)], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL
+    later = nsbuild("build", str(recipe))
+    assert "nsbuild: recovered:" in later.stderr
+    assert [r["name"] for r in consistent(nsbuild, state_dir)] == ["tiny"]
+    nsbuild("rm", "tiny")
+
+
+def test_corrupt_and_foreign_metadata(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    nsbuild("build", str(tiny_recipe(tmp_path)))
+    assert oct(state_dir.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in state_dir.glob("*.json"))
+    (state_dir / "tiny.json").write_text("{not json")
+    assert json.loads(nsbuild("ls", "--json").stdout)[0]["status"] == "corrupt"
+    proc = nsbuild("run", "tiny", "--", "true", check=False)
+    assert proc.returncode == 1 and "unreadable" in proc.stderr and "nsbuild rm tiny" in proc.stderr
+    (state_dir / "tiny.json").write_text(json.dumps({"name": "other", "nsfs": "/etc/passwd"}))
+    proc = nsbuild("run", "tiny", "--", "true", check=False)
+    assert proc.returncode == 1 and "not nsbuild metadata" in proc.stderr
+    assert "tiny: removed" in nsbuild("rm", "tiny").stdout
+    assert consistent(nsbuild, state_dir) == []
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a/b", ".lock", "UP"])
+def test_names_cannot_inject_paths(nsbuild, state_dir: Path, name: str) -> None:
+    assert nsbuild("rm", name, check=False).returncode == 2
+    assert nsbuild("build", str(RECIPES / "dev.toml"), "--name", name, check=False).returncode == 2
+    assert not state_dir.exists()
+
+
+def test_build_inside_a_scratch_namespace_with_2000_mounts(tmp_path: Path) -> None:
+    """A host with many mounts, and a non-initial mount namespace (as in a container)."""
+    scratch = tmp_path / "many"
+    scratch.mkdir()
+    script = f"""
+set -e
+mount -t tmpfs scratch {scratch}
+for i in $(seq 2000); do mkdir {scratch}/$i; mount --bind {scratch}/$i {scratch}/$i; done
+test $(wc -l < /proc/self/mountinfo) -ge 2000
+export NSBUILD_STATE_DIR={tmp_path}/state
+{' '.join(nsbuild_cmd())} build {tiny_recipe(tmp_path)} --json
+{' '.join(nsbuild_cmd())} run tiny -- sh -c 'test $(wc -l < /proc/self/mountinfo) -eq 3 && echo inside'
+{' '.join(nsbuild_cmd())} rm tiny
+"""
+    before = mountinfo()
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert '"strategy"' in proc.stdout and "inside" in proc.stdout
+    assert mountinfo() == before
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_namespace_id_order_inside_a_non_initial_namespace(tmp_path: Path) -> None:
+    """Namespace ids come from per-CPU ranges: a namespace made on CPU 1 outranks one made on CPU 0.
+
+    From a namespace created on CPU 1, a build confined to CPU 0 must fail with a clear message
+    (the kernel refuses to pin a lower id); allowed both CPUs it must succeed (it retries).
+    """
+    recipe = tiny_recipe(tmp_path)
+    cmd = " ".join(nsbuild_cmd())
+
+    def inside_cpu1(build_cpus: str) -> subprocess.CompletedProcess:
+        script = (f"mount -t tmpfs s {tmp_path}/s && NSBUILD_STATE_DIR={tmp_path}/s/state "
+                  f"taskset -c {build_cpus} {cmd} build {recipe} --json && "
+                  f"NSBUILD_STATE_DIR={tmp_path}/s/state {cmd} run tiny -- true")
+        return subprocess.run(["taskset", "-c", "1", "unshare", "-m", "--propagation", "private",
+                               "sh", "-c", script], capture_output=True, text=True)
+
+    (tmp_path / "s").mkdir()
+    refused = inside_cpu1("0")
+    assert refused.returncode == 1, refused.stderr
+    assert "is lower than that of the namespace nsbuild runs in" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    for _ in range(3):
+        ok = inside_cpu1("0,1")
+        assert ok.returncode == 0, ok.stderr
