@@ -228,7 +228,7 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
         "root": os.geteuid() == 0,
         "ffi": "out-of-line (generated)" if syscalls.GENERATED else "in-line (parsed at import: slower start)",
         "state_dir": {"path": path, "exists": os.path.isdir(path), "mount_point": entry is not None,
-                      "private": entry is not None and not any(t.startswith(("shared:", "master:")) for t in tags)},
+                      "unbindable": "unbindable" in tags},
     }
     if as_json:
         print(json.dumps(report, indent=2))
@@ -249,6 +249,6 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
     t.add_row("syscall layer", str(report["ffi"]))
     sd = report["state_dir"]
     t.add_row("state dir", f"{path}: " + ("missing (created on first build)" if not sd["exists"] else  # type: ignore[index]
-                                         "private mount" if sd["private"] else  # type: ignore[index]
-                                         "not yet a private mount (fixed on next build)"))
+                                         "unbindable mount" if sd["unbindable"] else  # type: ignore[index]
+                                         "not yet an unbindable mount (fixed on next build)"))
     out.print(t)

@@ -223,8 +223,8 @@ def _build_error(plan: Plan, failure: StepFailed) -> BuildError:
 
 def _hint(step: Step, err: sc.SyscallError) -> str:
     name = err.errname
-    if step.call == "fsconfig" and step.args and "overlay" in str(step.args[0]) and name == "EINVAL":
-        return "overlayfs logs the reason to the kernel log only: see `dmesg | tail`"
+    if step.call == "fsconfig" and name == "EINVAL" and not err.kmsg:
+        return "overlayfs logs its reason to the kernel log only: see `dmesg | tail`"
     if step.call == "openat2" and name == "ENOENT":
         return "the mount point does not exist inside the sandbox and cannot be created there"
     if name == "EPERM":

@@ -1,7 +1,8 @@
 """Persisted sandboxes: a private state directory of nsfs bind mounts and metadata.
 
-Layout of the state directory (bound onto itself and made private once, since
-a mount-namespace file cannot be bound on a shared mount):
+Layout of the state directory (bound onto itself and made unbindable once: a
+mount-namespace file cannot be bound on a shared mount, and recursive binds of
+a parent directory must not carry the nsfs mounts into sandboxes):
 
     .lock          flock(2) held while the directory changes
     NAME.mnt       the sandbox's mount namespace (an nsfs bind mount)
@@ -86,8 +87,10 @@ class StateDir:
                     sc.move_mount(tree, "", sc.AT_FDCWD, self.path, sc.FLAGS["MOVE_MOUNT_F_EMPTY_PATH"])
                 finally:
                     os.close(tree)
-            if entry is None or any(f.startswith(("shared:", "master:")) for f in entry[6:entry.index("-")]):
-                sc.mount_setattr(sc.AT_FDCWD, self.path, 0, propagation=sc.FLAGS["MS_PRIVATE"])
+            # unbindable (which is also private): a recursive bind of a parent directory, such as
+            # $CWD at /work, then leaves the nsfs mounts out instead of failing with ELOOP
+            if entry is None or "unbindable" not in entry[6:entry.index("-")]:
+                sc.mount_setattr(sc.AT_FDCWD, self.path, 0, propagation=sc.FLAGS["MS_UNBINDABLE"])
             os.chmod(self.path, 0o700)
         finally:
             os.close(dfd)

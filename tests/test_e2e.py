@@ -113,12 +113,12 @@ def test_persistent_upper_and_replace(nsbuild, state_dir: Path, tmp_path: Path, 
     (layer / "lib64").symlink_to("usr/lib64")
     (layer / "lib").symlink_to("usr/lib")
     recipe = tmp_path / "keep.toml"
-    recipe.write_text('[sandbox]\nname = "keep"\n[[layer]]\npath = "layer"\n[root]\nupper = "state/upper"\n'
+    recipe.write_text('[sandbox]\nname = "keep"\n[[layer]]\npath = "layer"\n[root]\nupper = "data/upper"\n'
                       '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n')
-    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "data").mkdir()
     nsfs = json.loads(nsbuild("build", str(recipe), "-s", strategy, "--json").stdout)["nsfs"]
     in_sandbox(nsfs, "sh", "-c", "echo kept > /etc/motd")
-    assert (tmp_path / "state/upper/etc/motd").read_text() == "kept\n"
+    assert (tmp_path / "data/upper/etc/motd").read_text() == "kept\n"
     assert (layer / "etc/motd").read_text() == "layer\n"
 
     again = nsbuild("build", str(recipe), "-s", strategy, check=False)
@@ -126,6 +126,17 @@ def test_persistent_upper_and_replace(nsbuild, state_dir: Path, tmp_path: Path, 
     nsbuild("build", str(recipe), "-s", strategy, "--replace")
     assert in_sandbox(nsfs, "cat", "/etc/motd") == "kept\n"  # same path, new namespace, kept upper
     nsbuild("rm", "keep")
+
+
+def test_state_dir_inside_a_recursive_bind(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    """dev.toml binds $CWD recursively; run from a parent of the state dir, the nsfs mounts stay out."""
+    nsbuild("build", str(RECIPES / "dev.toml"), "--name", "first", cwd=tmp_path)
+    nsbuild("build", str(RECIPES / "dev.toml"), "--name", "second", cwd=tmp_path)
+    nsfs = str(state_dir / "second.mnt")
+    assert not any(t.startswith("/work/state/") for t in findmnt(nsfs))
+    assert "unbindable" in subprocess.run(["findmnt", "-n", "-o", "PROPAGATION", str(state_dir)],
+                                          capture_output=True, text=True).stdout
+    nsbuild("rm", "first", "second")
 
 
 def test_ephemeral_run_leaves_nothing(nsbuild, state_dir: Path) -> None:

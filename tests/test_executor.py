@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from builder.errors import BuildError
 from builder.features import STRATEGIES, probe, supported
 from builder.recipe import load
 
-from conftest import RECIPES, mountinfo, needs_root, open_fds
+from conftest import RECIPES, mountinfo, needs_root, nsbuild_cmd, open_fds
 
 pytestmark = needs_root
 FEATURES = probe()
@@ -32,9 +33,9 @@ def kept_upper_recipe(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("strategy", AVAILABLE)
-@pytest.mark.parametrize("recipe", ["dev", "kept"])
+@pytest.mark.parametrize("recipe", ["dev", "layers", "kept"])
 def test_fault_at_every_step_leaves_nothing(tmp_path: Path, monkeypatch, strategy: str, recipe: str) -> None:
-    path = kept_upper_recipe(tmp_path) if recipe == "kept" else RECIPES / "dev.toml"
+    path = kept_upper_recipe(tmp_path) if recipe == "kept" else RECIPES / f"{recipe}.toml"
     plan = plan_for(load(str(path), cwd=str(tmp_path)), strategy)
     before, fds = mountinfo(), open_fds()
     for k in range(len(plan.steps)):
@@ -63,3 +64,16 @@ def test_real_kernel_error_names_step_entry_errno_and_message(tmp_path: Path) ->
     text = str(info.value)
     assert text.startswith("mount[0] (step ") and "fsconfig(%fs:/m" in text and "EINVAL" in text
     assert "kernel says: e " in text
+
+
+def test_cli_build_with_a_fault_at_every_step_leaves_no_state(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    plan = plan_for(load(str(RECIPES / "dev.toml"), cwd=str(tmp_path)))
+    env = nsbuild.env  # type: ignore[attr-defined]
+    for k, step in enumerate(plan.steps):
+        if step.call == "fork":
+            continue
+        proc = subprocess.run(nsbuild_cmd() + ["build", str(RECIPES / "dev.toml")], capture_output=True,
+                              text=True, env=dict(env, NSBUILD_TEST_FAULT=f"{k}:ENOMEM"), cwd=tmp_path)
+        assert proc.returncode == 1 and f"(step {k + 1}," in proc.stderr and "ENOMEM" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not state_dir.exists()
