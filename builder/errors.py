@@ -1,8 +1,6 @@
 """Exceptions that the CLI turns into one clear message and a documented exit code."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 EXIT_FAILED = 1  # a build, run or state operation failed
 EXIT_USAGE = 2   # bad recipe or bad command line
 
@@ -21,13 +19,23 @@ class UsageError(NsbuildError):
     exit_code = EXIT_USAGE
 
 
-@dataclass(frozen=True)
 class Problem:
-    """One thing wrong in a recipe, at a key path like mount[3].attrs[1]."""
+    """One thing wrong in a recipe, at a key path like mount[3].attrs[1].
 
-    key: str
-    message: str
-    hint: str = ""
+    A plain class: `nsbuild run` imports this module, and dataclasses costs ~10 ms to import.
+    """
+
+    __slots__ = ("key", "message", "hint")
+
+    def __init__(self, key: str, message: str, hint: str = "") -> None:
+        self.key, self.message, self.hint = key, message, hint
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and (self.key, self.message, self.hint) == (other.key, other.message,
+                                                                                     other.hint)
+
+    def __repr__(self) -> str:
+        return f"Problem({self.key!r}, {self.message!r}, {self.hint!r})"
 
     def render(self, file: str) -> str:
         text = f"{file}: {self.key}: {self.message}" if self.key else f"{file}: {self.message}"

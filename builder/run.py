@@ -6,17 +6,15 @@ setns(CLONE_NEWNS) is allowed).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import NoReturn
 
 from builder import syscalls as sc
 from builder.errors import NsbuildError, UsageError
 from builder.state import StateDir, state_dir
 
 
-def _exec(nsfd: int, command: list[str], cwd: str, env: dict[str, str]) -> NoReturn:
+def _exec(nsfd: int, command: list[str], cwd: str, env: dict[str, str]) -> None:
     sc.setns(nsfd, sc.FLAGS["CLONE_NEWNS"])
     os.close(nsfd)
     try:
@@ -44,24 +42,27 @@ def _env(recipe_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_persisted(name: str, command: list[str], state: str | None = None) -> NoReturn:
+def run_persisted(name: str, command: list[str], state: str | None = None) -> None:
+    """Enter a persisted sandbox and exec; does not return."""
     sd = StateDir(state_dir(state))
-    meta = sd.read(name)
-    if meta is None:
-        raise UsageError(f"no sandbox named '{name}' in {sd.path}",
-                         "build one with `nsbuild RECIPE`, or list them with `nsbuild ls`")
+    run = sd.read_run(name)
+    if run is None:  # no fast cache: the metadata says why (missing, corrupt, foreign)
+        meta = sd.read(name)
+        if meta is None:
+            raise UsageError(f"no sandbox named '{name}' in {sd.path}",
+                             "build one with `nsbuild RECIPE`, or list them with `nsbuild ls`")
+        run = meta.get("run") if isinstance(meta.get("run"), dict) else {}  # type: ignore[assignment]
     try:
-        nsfd = os.open(meta.get("nsfs", sd.ns_path(name)), os.O_RDONLY | os.O_CLOEXEC)
+        nsfd = os.open(sd.ns_path(name), os.O_RDONLY | os.O_CLOEXEC)
         if sc.ns_type(nsfd) != sc.FLAGS["CLONE_NEWNS"]:
             raise OSError(0, "not a mount namespace")
     except OSError:
         raise NsbuildError(f"sandbox '{name}' has no mount namespace any more (its nsfs file is not mounted)",
-                           f"rebuild it with `nsbuild build --replace {meta.get('recipe', 'RECIPE')}`") from None
-    run = meta.get("run", {})
+                           f"rebuild it, or remove it with `nsbuild rm {name}`") from None
     _exec(nsfd, command or list(run.get("command", ["/bin/sh"])), run.get("cwd", "/"), _env(run.get("env", {})))
 
 
-def run_recipe(path: str, command: list[str], strategy: str = "auto") -> NoReturn:
+def run_recipe(path: str, command: list[str], strategy: str = "auto") -> None:
     """Build an ephemeral sandbox, enter it: it is gone when the command exits."""
     from builder import executor, recipe as rcp
     from builder.build import plan_for
@@ -71,7 +72,7 @@ def run_recipe(path: str, command: list[str], strategy: str = "auto") -> NoRetur
     _exec(nsfd, command or list(r.run.command), r.run.cwd, _env(dict(r.run.env)))
 
 
-def run(target: str, command: list[str], state: str | None = None, strategy: str = "auto") -> NoReturn:
+def run(target: str, command: list[str], state: str | None = None, strategy: str = "auto") -> None:
     """NAME of a persisted sandbox, or a recipe file (it ends in .toml or contains a '/')."""
     if target.endswith(".toml") or "/" in target:
         run_recipe(target, command, strategy)

@@ -7,20 +7,16 @@ a parent directory must not carry the nsfs mounts into sandboxes):
     .lock          flock(2) held while the directory changes
     NAME.mnt       the sandbox's mount namespace (an nsfs bind mount)
     NAME.json      metadata, replaced atomically (write, fsync, rename)
+    NAME.run       [run] of NAME.json in marshal format: `nsbuild run` reads it without
+                   importing json (whose regexes cost ~8 ms of a ~12 ms budget)
 """
 from __future__ import annotations
 
 import errno
 import fcntl
-import json
+import marshal
 import os
-import re
-import signal
 import sys
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator
 
 from builder import syscalls as sc
 from builder.errors import NsbuildError
@@ -45,6 +41,10 @@ def _mountinfo_entry(path: str) -> list[str] | None:
 
 def _unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    if "\\" not in field:
+        return field
+    import re
+
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
@@ -57,18 +57,26 @@ def is_mount_point(path: str) -> bool:
     return _mountinfo_entry(path) is not None
 
 
-@dataclass
-class StateDir:
-    path: str
+class _Lock:
+    """flock(2) on a lock file for a `with` block (contextlib costs ~2 ms on the `run` path)."""
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def __init__(self, path: str) -> None:
+        self.path, self.fd = path, -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+class StateDir:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def locked(self) -> _Lock:
+        return _Lock(os.path.join(self.path, ".lock"))
 
     def prepare(self) -> None:
         """Create the directory and make it a private mount of its own (once)."""
@@ -101,7 +109,26 @@ class StateDir:
     def meta_path(self, name: str) -> str:
         return os.path.join(self.path, name + ".json")
 
-    def read(self, name: str) -> dict[str, Any] | None:
+    def run_path(self, name: str) -> str:
+        return os.path.join(self.path, name + ".run")
+
+    def read_run(self, name: str) -> dict[str, object] | None:
+        """The [run] cache, or None when it is missing or not what nsbuild wrote."""
+        try:
+            with open(self.run_path(name), "rb") as f:
+                run = marshal.load(f)
+        except (OSError, EOFError, ValueError, TypeError):
+            return None
+        if not (isinstance(run, dict) and isinstance(run.get("command"), list) and run["command"]
+                and all(isinstance(a, str) for a in run["command"]) and isinstance(run.get("cwd"), str)
+                and isinstance(run.get("env"), dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in run["env"].items())):
+            return None
+        return run
+
+    def read(self, name: str) -> dict[str, object] | None:
+        import json
+
         try:
             with open(self.meta_path(name)) as f:
                 meta = json.load(f)
@@ -136,6 +163,9 @@ class StateDir:
             if entry.endswith(".tmp"):
                 os.unlink(path)
                 cleaned.append(f"removed unfinished metadata {entry}")
+            elif entry.endswith(".run") and entry[:-4] + ".json" not in entries:
+                os.unlink(path)
+                cleaned.append(f"removed unfinished metadata {entry}")
             elif entry.endswith(".mnt") and entry[:-4] + ".json" not in entries:
                 self._remove(entry[:-4])
                 cleaned.append(f"removed abandoned namespace {entry}")
@@ -144,7 +174,7 @@ class StateDir:
                 cleaned.append(f"removed sandbox {entry[:-5]}: its namespace was gone")
         return cleaned
 
-    def persist(self, name: str, nsfd: int, meta: dict[str, Any], replace: bool) -> str:
+    def persist(self, name: str, nsfd: int, meta: dict[str, object], replace: bool) -> str:
         """Bind `nsfd` onto NAME.mnt and write NAME.json; atomic with respect to readers."""
         target = self.ns_path(name)
         with self.locked():
@@ -173,23 +203,28 @@ class StateDir:
             try:
                 if stacked:
                     sc.umount2(target, sc.FLAGS["MNT_DETACH"])
+                import json
+                import time
+
                 meta = dict(meta, name=name, nsfs=target, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-                self._write_meta(name, meta)
+                self._write(self.run_path(name), marshal.dumps(meta["run"]))
+                self._write(self.meta_path(name), json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
             except BaseException:
                 self._remove(name)
                 raise
         return target
 
-    def _write_meta(self, name: str, meta: dict[str, Any]) -> None:
-        tmp = self.meta_path(name) + f".{os.getpid()}.tmp"
+    @staticmethod
+    def _write(path: str, data: bytes) -> None:
+        """Write-then-rename, so readers see the old file or the whole new one."""
+        tmp = path + f".{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         _test_kill("after-tmp")
-        os.rename(tmp, self.meta_path(name))
+        os.rename(tmp, path)
 
     def remove(self, name: str) -> bool:
         """Unmount and forget a sandbox; True if there was anything to remove."""
@@ -207,7 +242,7 @@ class StateDir:
         while is_mount_point(target):
             sc.umount2(target, sc.FLAGS["MNT_DETACH"])
             found = True
-        for path in (target, self.meta_path(name)):
+        for path in (target, self.run_path(name), self.meta_path(name)):
             try:
                 os.unlink(path)
                 found = True
@@ -219,6 +254,8 @@ class StateDir:
 def _test_kill(point: str) -> None:
     """Test-only: NSBUILD_TEST_KILL=POINT makes nsbuild SIGKILL itself there (crash recovery tests)."""
     if os.environ.get("NSBUILD_TEST_KILL") == point:
+        import signal  # here, not at the top: it imports enum (~4 ms) on the `run` path
+
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -82,7 +82,7 @@ def test_dev_recipe_build_inspect_run_rm(nsbuild, state_dir: Path, tmp_path: Pat
 
     assert "dev: removed" in nsbuild("rm", "dev").stdout
     assert "dev: not found" in nsbuild("rm", "dev").stdout  # idempotent
-    assert sorted(p.name for p in state_dir.iterdir()) == [".lock"]
+    assert sorted(p.name for p in state_dir.iterdir()) == [".lock"]  # no .mnt, .json or .run left
     assert json.loads(nsbuild("ls", "--json").stdout) == []
 
 

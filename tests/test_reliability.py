@@ -35,7 +35,7 @@ def consistent(nsbuild, state_dir: Path) -> list[dict]:
         assert nsbuild("run", row["name"], "--", "true").returncode == 0
     names = {row["name"] for row in listed}
     files = {p.name for p in state_dir.iterdir()} if state_dir.exists() else set()
-    assert files <= {".lock"} | {f"{n}.mnt" for n in names} | {f"{n}.json" for n in names}, files
+    assert files <= {".lock"} | {f"{n}.{ext}" for n in names for ext in ("mnt", "json", "run")}, files
     return listed
 
 
@@ -131,6 +131,9 @@ def test_corrupt_and_foreign_metadata(nsbuild, state_dir: Path, tmp_path: Path) 
     nsbuild("build", str(tiny_recipe(tmp_path)))
     assert oct(state_dir.stat().st_mode & 0o777) == "0o700"
     assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in state_dir.glob("*.json"))
+    (state_dir / "tiny.run").write_bytes(b"\x00garbage")  # the fast cache is checked, then ignored
+    assert nsbuild("run", "tiny", "--", "true").returncode == 0
+    (state_dir / "tiny.run").unlink()
     (state_dir / "tiny.json").write_text("{not json")
     assert json.loads(nsbuild("ls", "--json").stdout)[0]["status"] == "corrupt"
     proc = nsbuild("run", "tiny", "--", "true", check=False)
