@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings  # noqa: F401 - os.execvpe imports it lazily, when the host's stdlib may be out of reach
 
 from builder import syscalls as sc
 from builder.errors import NsbuildError, UsageError

@@ -1,0 +1,285 @@
+"""nsbuild beside bubblewrap, nsenter and the C syscall floor, in one run.
+
+    bench/run              # builds the fixtures, prints a table, writes bench/out/results.json
+
+Needs root, gcc (for floor.c) and an installed nsbuild (the interpreter running this).
+Everything is built under a temporary directory and a private state dir, and removed at the end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from builder import executor, syscalls as sc
+from builder.build import metadata, plan_for
+from builder.plan import Fd, FdPath, Flags, Plan
+from builder.recipe import load
+from builder.state import StateDir
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+NSBUILD = str(Path(sys.executable).parent / "nsbuild")
+BWRAP = OUT / "bwrap" / "bwrap"
+RUNS = int(os.environ.get("BENCH_RUNS", "20"))
+BATCH = int(os.environ.get("BENCH_BATCH", "500"))
+
+RECIPE = """
+[sandbox]
+name = "bench"
+[[layer]]
+path = "rootfs"
+[[layer]]
+path = "app"
+[[layer]]
+path = "config"
+[root]
+upper = "tmpfs"
+[[mount]]
+target = "/usr"
+type = "bind"
+source = "/usr"
+[[mount]]
+target = "/proc"
+type = "proc"
+[[mount]]
+target = "/dev"
+type = "dev"
+[[mount]]
+target = "/tmp"
+type = "tmpfs"
+[[mount]]
+target = "/work"
+type = "bind"
+source = "project"
+"""
+
+
+def fixtures(top: Path) -> Path:
+    """Three layers: a rootfs-like tree (Debian minbase if bench/out/minbase exists), two small ones."""
+    minbase = OUT / "minbase"
+    rootfs = top / "rootfs"
+    if minbase.is_dir():
+        rootfs.symlink_to(minbase)
+    else:
+        for d in ("etc", "var/lib", "opt", "srv", "home"):
+            (rootfs / d).mkdir(parents=True)
+        for link in ("bin", "lib", "lib64", "sbin"):
+            (rootfs / link).symlink_to("usr/" + link)
+        for i in range(2000):  # a tree of realistic size: lookups are lazy, so size barely matters
+            (rootfs / "etc" / f"f{i}").write_text(f"{i}\n")
+    for name in ("app", "config"):
+        (top / name / "opt").mkdir(parents=True)
+        (top / name / "opt" / name).write_text(name + "\n")
+    (top / "project").mkdir()
+    (top / "recipe.toml").write_text(RECIPE)
+    return top / "recipe.toml"
+
+
+def times(cmd: list[str], n: int = RUNS, **kw) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def row(results: dict, key: str, ms: list[float], note: str = "") -> None:
+    results[key] = {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "n": len(ms),
+                    "note": note}
+
+
+def floor_plan(plan: Plan, path: Path) -> None:
+    """Export a plan for floor.c: same steps, flags resolved to numbers, fds as slot numbers."""
+    slots: dict[str, int] = {}
+
+    def slot(name: str) -> int:
+        return -100 if name == "AT_FDCWD" else slots.setdefault(name, len(slots))
+
+    lines = []
+    for step in plan.steps:
+        args = []
+        if step.call == "fork":
+            args.append("r:" + ",".join(str(slot(f)) for f in step.args[0]))  # type: ignore[union-attr]
+        elif step.call == "mknodat":
+            dfd, name, kind, mode, major, minor = step.args
+            args = [f"f:{slot(dfd)}", "s:" + name.encode().hex(), f"i:{sc.flags(kind) | mode}",  # type: ignore
+                    f"i:{os.makedev(major, minor)}"]  # type: ignore[arg-type]
+        else:
+            for a in step.args:
+                if isinstance(a, Fd):
+                    args.append(f"f:{slot(a)}")
+                elif isinstance(a, FdPath):
+                    args.append(f"p:{slot(a)}")
+                elif isinstance(a, Flags):
+                    args.append(f"i:{sc.flags(a)}")
+                elif a is None:
+                    args.append("n")
+                elif isinstance(a, (str, bytes)):
+                    args.append("s:" + (a.encode() if isinstance(a, str) else a).hex())
+                else:
+                    args.append(f"i:{a}")
+        out = slot(step.out) if step.out else -1
+        ok = {"EEXIST": 17, "ENOENT": 2}.get(step.ok[0], 0) if step.ok else 0
+        lines.append("\t".join([step.where, step.call, str(out), str(ok)] + args))
+    path.write_text("\n".join(lines) + "\n")
+    (path.parent / "result-slot").write_text(str(slot(plan.result)))
+
+
+def bwrap_cmd(top: Path) -> list[str]:
+    return [str(BWRAP), "--overlay-src", str(top / "rootfs"), "--overlay-src", str(top / "app"),
+            "--overlay-src", str(top / "config"), "--tmp-overlay", "/", "--ro-bind", "/usr", "/usr",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", str(top / "project"), "/work",
+            "/bin/true"]
+
+
+def in_process(plan: Plan, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        os.close(executor.execute(plan))
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def slab_kb() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Slab:"))
+
+
+def scale_worker(extra: int, recipe: str, n: int) -> None:
+    """Inside a scratch mount namespace: add `extra` bind mounts, then time the executor."""
+    scratch = tempfile.mkdtemp(prefix="nsbuild-scale-")
+    subprocess.run(["mount", "-t", "tmpfs", "scale", scratch], check=True)
+    for i in range(extra):
+        os.mkdir(f"{scratch}/{i}")
+        subprocess.run(["mount", "--bind", f"{scratch}/{i}", f"{scratch}/{i}"], check=True) if i < 5 else \
+            _bind(f"{scratch}/{i}")
+    plan = plan_for(load(recipe))
+    in_process(plan, 5)
+    print(json.dumps(in_process(plan, n)))
+
+
+def _bind(path: str) -> None:
+    tree = sc.open_tree(sc.AT_FDCWD, path, sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC")))
+    sc.move_mount(tree, "", sc.AT_FDCWD, path, sc.FLAGS["MOVE_MOUNT_F_EMPTY_PATH"])
+    os.close(tree)
+
+
+def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "_scale":
+        scale_worker(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        return 0
+    OUT.mkdir(exist_ok=True)
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "kernel": os.uname().release,
+                     "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    top = Path(tempfile.mkdtemp(prefix="nsbuild-bench-"))
+    state = top / "state"
+    env = dict(os.environ, NSBUILD_STATE_DIR=str(state))
+    floor = top / "floor"
+    try:
+        recipe = fixtures(top)
+        subprocess.run(["gcc", "-O2", "-o", str(floor), str(HERE / "floor.c")], check=True)
+        plan = plan_for(load(str(recipe)))
+        results["strategy"] = plan.strategy
+        results["steps"] = len(plan.steps)
+        floor_plan(plan, top / "floor.plan")
+
+        # 1. build, end to end
+        subprocess.run([NSBUILD, "build", str(recipe)], check=True, env=env, stdout=subprocess.DEVNULL)
+        row(results, "build: nsbuild build --replace", times([NSBUILD, "build", "--replace", str(recipe)], env=env))
+        row(results, "build: C floor (process)", times([str(floor), str(top / "floor.plan"), "1", "0"]))
+        if BWRAP.exists():
+            row(results, "build: bwrap ... /bin/true", times(bwrap_cmd(top)), "bubblewrap from Debian sid")
+
+        # 2. enter
+        nsfs = str(state / "bench.mnt")
+        row(results, "enter: nsbuild run bench -- /bin/true", times([NSBUILD, "run", "bench", "--", "/bin/true"],
+                                                                    env=env))
+        row(results, "enter: nsenter --mount=FILE /bin/true", times(["nsenter", f"--mount={nsfs}", "/bin/true"]))
+
+        # 3. in process
+        in_process(plan, 10)
+        row(results, "in-process: executor", in_process(plan, 200))
+        med, lo, hi = (float(x) / 1000 for x in subprocess.run(
+            [str(floor), str(top / "floor.plan"), "200", "0"], check=True, capture_output=True,
+            text=True).stdout.split())
+        results["in-process: C floor"] = {"median_ms": med, "min_ms": lo, "max_ms": hi, "n": 200, "note": ""}
+
+        # 4. batch: persisted namespaces from one plan, in this process
+        sd = StateDir(str(state))
+        meta = metadata(load(str(recipe)), plan)
+        slab0 = slab_kb()
+        start = time.perf_counter()
+        for i in range(BATCH):
+            fd = executor.execute(plan)
+            sd.persist(f"b{i}", fd, meta, replace=False)
+            os.close(fd)
+        seconds = time.perf_counter() - start
+        results["batch: namespaces/s (nsbuild, one process)"] = {"value": BATCH / seconds, "n": BATCH}
+        results["memory: kernel slab per persisted namespace (KiB)"] = {"value": (slab_kb() - slab0) / BATCH}
+        for i in range(BATCH):
+            sd.remove(f"b{i}")
+        if BWRAP.exists():
+            n = 50
+            ms = times(bwrap_cmd(top), n)
+            results["batch: namespaces/s (separate bwrap runs)"] = {"value": 1000 * n / sum(ms), "n": n}
+
+        # 5. scale: parent namespace with more mounts
+        for extra in (25, 225, 2025):
+            proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, __file__, "_scale",
+                                   str(extra), str(recipe), "50"], check=True, capture_output=True, text=True)
+            row(results, f"scale: executor, {extra} extra parent mounts", json.loads(proc.stdout))
+
+        # 6. memory
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        subprocess.run([NSBUILD, "build", "--replace", str(recipe)], check=True, env=env, stdout=subprocess.DEVNULL)
+        results["memory: peak RSS of nsbuild build (KiB)"] = {
+            "value": max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)}
+        subprocess.run([NSBUILD, "rm", "bench"], check=True, env=env, stdout=subprocess.DEVNULL)
+    finally:
+        _cleanup(top, state)
+    report(results)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _cleanup(top: Path, state: Path) -> None:
+    sd = StateDir(str(state))
+    if state.exists():
+        for name in sd.names():
+            sd.remove(name)
+        subprocess.run(["umount", str(state)], stderr=subprocess.DEVNULL)
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def report(results: dict) -> None:
+    floor = results.get("in-process: C floor", {}).get("median_ms")
+    bwrap = results.get("build: bwrap ... /bin/true", {}).get("median_ms")
+    print(f"nsbuild bench, {results['date']}, kernel {results['kernel']}, {results['cpus']} CPUs, "
+          f"Python {results['python']}, strategy {results['strategy']}, {results['steps']} steps")
+    print(f"{'what':58} {'median':>9} {'min':>9} {'max':>9}  ratio")
+    for key, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        if "median_ms" in r:
+            ratio = ""
+            if key.startswith("in-process") and floor:
+                ratio = f"{r['median_ms'] / floor:.2f}x floor"
+            elif key.startswith("build") and bwrap:
+                ratio = f"{r['median_ms'] / bwrap:.2f}x bwrap"
+            print(f"{key:58} {r['median_ms']:8.2f}ms {r['min_ms']:8.2f}ms {r['max_ms']:8.2f}ms  {ratio}")
+        else:
+            print(f"{key:58} {r['value']:9.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
