@@ -8,7 +8,7 @@ from typing import Any
 
 from builder import executor, features as feat
 from builder.errors import NsbuildError
-from builder.plan import Plan, make_plan
+from builder.plan import Plan, make_plan, make_template_plan
 from builder.recipe import Recipe
 from builder.state import StateDir
 
@@ -21,9 +21,11 @@ class Built:
     seconds: float
 
 
-def plan_for(recipe: Recipe, strategy: str = "auto", features: feat.Features | None = None) -> Plan:
+def plan_for(recipe: Recipe, strategy: str = "auto", features: feat.Features | None = None,
+             state: StateDir | None = None) -> Plan:
+    """The plan a build runs: with the state dir's template namespace where there is one."""
     features = features or feat.probe()
-    return make_plan(recipe, features, feat.pick_strategy(features, strategy))
+    return make_plan(recipe, features, feat.pick_strategy(features, strategy), state.template() if state else None)
 
 
 def metadata(recipe: Recipe, plan: Plan) -> dict[str, Any]:
@@ -38,7 +40,8 @@ def metadata(recipe: Recipe, plan: Plan) -> dict[str, Any]:
 def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool = False,
           name: str | None = None) -> Built:
     start = time.perf_counter()
-    plan = plan_for(recipe, strategy)
+    features = feat.probe()
+    plan = plan_for(recipe, strategy, features, state)
     cpus = sorted(os.sched_getaffinity(0))
     # namespace ids come from per-CPU ranges (KERNEL-NOTES.md): if the kernel refuses to pin a
     # namespace with a lower id than ours, build it again on each CPU in turn
@@ -59,4 +62,48 @@ def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool
                 os.close(nsfd)
     finally:
         os.sched_setaffinity(0, cpus)
+    if plan.strategy == "unshare" and state.template() is None:
+        # first build here: pin the template that later builds unshare from (best effort: builds
+        # work without it, they only copy more)
+        try:
+            state.ensure_template(lambda: executor.execute(make_template_plan(features)))
+        except (NsbuildError, OSError):
+            pass
     return Built(name or recipe.name, path, plan.strategy, time.perf_counter() - start)
+
+
+def default_recipe() -> str:
+    """The embedded default recipe (recipes/dev.toml, packaged as builder.recipes)."""
+    packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes", "dev.toml")
+    if os.path.isfile(packaged):
+        return packaged
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "dev.toml")
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        raise NsbuildError("building a sandbox needs root (CAP_SYS_ADMIN)",
+                           "run it with sudo; `nsbuild plan` works without root")
+
+
+def build_command(recipe_path: str | None, strategy: str, replace: bool, name: str | None,
+                  state_dir: str | None, as_json: bool) -> None:
+    """`nsbuild build`, shared by the typer CLI and the lean entry point (builder.entry)."""
+    from builder import recipe as rcp
+    from builder.errors import UsageError
+    from builder.state import state_dir as resolve
+
+    r = rcp.load(recipe_path or default_recipe())
+    if name is not None and not rcp.NAME_RE.match(name):
+        raise UsageError(f"--name '{name}' is not a valid name",
+                         "use lower-case letters, digits, '.', '_', '-', starting with a letter or digit")
+    need_root()
+    b = build(r, StateDir(resolve(state_dir)), strategy, replace, name)
+    if as_json:
+        import json
+
+        print(json.dumps({"name": b.name, "nsfs": b.nsfs, "strategy": b.strategy, "seconds": round(b.seconds, 6)}))
+        return
+    print(f"built {b.name} in {b.seconds * 1000:.1f} ms (strategy {b.strategy})")
+    print(f"  namespace: {b.nsfs}")
+    print(f"  enter:     nsbuild run {b.name} [-- CMD]   or   nsenter --mount={b.nsfs} CMD")

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from builder import features as feat
+from builder.build import need_root
 from builder.errors import NsbuildError, UsageError
 
 app = typer.Typer(
@@ -29,10 +30,7 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
 def _fail(e: NsbuildError) -> None:
-    print(f"nsbuild: error: {e}", file=sys.stderr)
-    if e.hint:
-        print(f"hint: {e.hint}", file=sys.stderr)
-    raise typer.Exit(e.exit_code)
+    raise typer.Exit(e.report())
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,29 +46,11 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def default_recipe() -> str:
-    """The embedded default recipe (recipes/dev.toml, packaged as builder.recipes)."""
-    try:
-        from importlib.resources import files
-
-        path = files("builder.recipes") / "dev.toml"
-        if path.is_file():
-            return str(path)
-    except (ImportError, ModuleNotFoundError, TypeError):
-        pass
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "dev.toml")
-
-
 def _load(path: Optional[str]):  # -> Recipe
     from builder import recipe
+    from builder.build import default_recipe
 
     return recipe.load(path or default_recipe())
-
-
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        raise NsbuildError("building a sandbox needs root (CAP_SYS_ADMIN)",
-                           "run it with sudo; `nsbuild plan` works without root")
 
 
 @app.command()
@@ -84,23 +64,9 @@ def build(
     as_json: bool = JsonOpt,
 ) -> None:
     """Build RECIPE and persist its mount namespace (also: `nsbuild RECIPE`)."""
-    from builder.build import build as do_build
-    from builder.recipe import NAME_RE
-    from builder.state import StateDir, state_dir as resolve
+    from builder.build import build_command
 
-    r = _load(recipe)
-    if name is not None and not NAME_RE.match(name):
-        raise UsageError(f"--name '{name}' is not a valid name",
-                         "use lower-case letters, digits, '.', '_', '-', starting with a letter or digit")
-    _need_root()
-    b = do_build(r, StateDir(resolve(state_dir)), strategy, replace, name)
-    if as_json:
-        print(json.dumps({"name": b.name, "nsfs": b.nsfs, "strategy": b.strategy,
-                          "seconds": round(b.seconds, 6)}))
-        return
-    out.print(f"[bold green]built[/] {b.name} in {b.seconds * 1000:.1f} ms (strategy {b.strategy})")
-    out.print(f"  namespace: {b.nsfs}")
-    out.print(f"  enter:     nsbuild run {b.name} [-- CMD]   or   nsenter --mount={b.nsfs} CMD")
+    build_command(recipe, strategy, replace, name, state_dir, as_json)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -112,9 +78,9 @@ def run(
     strategy: str = StrategyOpt,
 ) -> None:
     """Run CMD in a sandbox (`nsbuild run NAME -- CMD ...`); exits with CMD's status."""
-    from builder.run import run as do_run
+    from builder.run import command_args, run as do_run
 
-    do_run(target, list(command or []), state_dir, strategy)
+    do_run(target, command_args(command), state_dir, strategy)
 
 
 @app.command()
@@ -124,10 +90,12 @@ def plan(
     strategy: str = StrategyOpt,
     fmt: str = typer.Option("table", "--format", "-f", help="table, strace or json."),
     as_json: bool = JsonOpt,
+    state_dir: Optional[str] = StateOpt,
 ) -> None:
     """Print the exact syscalls a build makes, without root and without side effects."""
     from builder import render
     from builder.plan import make_plan
+    from builder.state import StateDir, state_dir as resolve
 
     if as_json:
         fmt = "json"
@@ -141,7 +109,7 @@ def plan(
         chosen = strategy
     else:
         chosen = feat.pick_strategy(features, strategy)
-    p = make_plan(r, features, chosen)
+    p = make_plan(r, features, chosen, StateDir(resolve(state_dir)).template())
     if fmt == "json":
         print(json.dumps(render.as_dict(p), indent=2))
     elif fmt == "strace":
@@ -199,7 +167,7 @@ def rm(
         for name in names:
             out.print(f"{name}: not found")
         return
-    _need_root()
+    need_root()
     for name in names:
         out.print(f"{name}: {'removed' if sd.remove(name) else 'not found'}")
 

@@ -1,21 +1,111 @@
-"""The `nsbuild` console script: hot paths first, typer for everything else."""
+"""The `nsbuild` command: the hot commands first, typer for everything else.
+
+`run` and `build` are parsed here without importing typer and rich (~60 ms).
+The lean parser accepts a subset of the typer syntax and means the same by it
+(tests/test_entry.py compares both); anything else goes to typer.
+"""
 from __future__ import annotations
 
+import os
 import sys
 
 COMMANDS = ("build", "run", "plan", "ls", "rm", "doctor")
 
+# build's options, as in cli.build: value options (with their aliases) and flags
+BUILD_VALUES = {"--strategy": "strategy", "-s": "strategy", "--name": "name", "--state-dir": "state_dir"}
+BUILD_FLAGS = {"--replace": "replace", "--json": "as_json"}
+
+
+def parse_build(args: list[str]) -> dict[str, object] | None:
+    """`build [RECIPE] [OPTIONS]` as typer would parse it, or None to let typer decide."""
+    params: dict[str, object] = {"recipe": None, "strategy": "auto", "replace": False, "name": None,
+                                 "state_dir": os.environ.get("NSBUILD_STATE_DIR") or None, "as_json": False}
+    seen: set[str] = set()
+    i, positional_only = 0, False
+    while i < len(args):
+        arg = args[i]
+        if not positional_only and arg == "--":
+            positional_only = True
+        elif not positional_only and arg.startswith("-"):
+            key, eq, value = arg.partition("=")
+            if key in BUILD_FLAGS and not eq:
+                name = BUILD_FLAGS[key]
+                params[name] = True
+            elif key in BUILD_VALUES and (eq or i + 1 < len(args)) and not (key == "-s" and eq):
+                name = BUILD_VALUES[key]
+                if not eq:
+                    i += 1
+                    value = args[i]
+                params[name] = value
+            else:
+                return None  # help, unknown or unusual spellings: typer's to judge
+            if name in seen:
+                return None  # typer lets the last one win; keep it simple and defer
+            seen.add(name)
+        elif params["recipe"] is None:
+            params["recipe"] = arg
+        else:
+            return None
+        i += 1
+    return params
+
+
+RUN_VALUES = {"--state-dir": "state", "--strategy": "strategy", "-s": "strategy"}
+
+
+def parse_run(args: list[str]) -> dict[str, object] | None:
+    """`run [OPTIONS] TARGET [--] [CMD...]` as typer would parse it, or None to let typer decide.
+
+    Options come before TARGET (typer's run takes no interspersed options); after TARGET
+    everything belongs to CMD, and a leading "--" is dropped.
+    """
+    params: dict[str, object] = {"state": os.environ.get("NSBUILD_STATE_DIR") or None, "strategy": "auto"}
+    i = 0
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":
+        key, eq, value = args[i].partition("=")
+        if key not in RUN_VALUES or (key == "-s" and eq) or RUN_VALUES[key] in params.get("_seen", ()):
+            return None
+        if not eq:
+            i += 1
+            if i >= len(args):
+                return None
+            value = args[i]
+        params[RUN_VALUES[key]] = value
+        params.setdefault("_seen", set()).add(RUN_VALUES[key])  # type: ignore[union-attr]
+        i += 1
+    params.pop("_seen", None)
+    if i < len(args) and args[i] == "--":
+        i += 1
+    if i >= len(args):
+        return None
+    rest = args[i + 1:]
+    if rest[:1] != ["--"] and rest and rest[0].startswith("-"):
+        return None  # an option after TARGET: let typer say what it means
+    from builder.run import command_args
+
+    params["target"], params["command"] = args[i], command_args(rest)
+    return params
+
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "run":
-        from builder.run import lean_main
-
-        code = lean_main(args[1:])
-        if code is not None:
-            sys.exit(code)
-    elif args and args[0] not in COMMANDS and not args[0].startswith("-"):
+    if args and args[0] not in COMMANDS and not args[0].startswith("-"):
         args.insert(0, "build")  # `nsbuild recipe.toml` means `nsbuild build recipe.toml`
+    lean = None
+    if args and args[0] == "run" and (params := parse_run(args[1:])) is not None:
+        from builder.run import run as lean
+    elif args and args[0] == "build" and (params := parse_build(args[1:])) is not None:
+        from builder.build import build_command as lean
+    if lean is not None:
+        from builder.errors import NsbuildError
+
+        try:
+            lean(**params)  # type: ignore[arg-type]
+        except NsbuildError as e:
+            sys.exit(e.report())
+        except KeyboardInterrupt:
+            sys.exit(130)
+        return
     from builder.cli import app
 
     app(args=args, prog_name="nsbuild")

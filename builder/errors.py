@@ -1,6 +1,8 @@
 """Exceptions that the CLI turns into one clear message and a documented exit code."""
 from __future__ import annotations
 
+import sys
+
 EXIT_FAILED = 1  # a build, run or state operation failed
 EXIT_USAGE = 2   # bad recipe or bad command line
 
@@ -13,6 +15,13 @@ class NsbuildError(Exception):
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.hint = hint
+
+    def report(self) -> int:
+        """Print the message (and hint) on stderr; return the exit code."""
+        print(f"nsbuild: error: {self}", file=sys.stderr)
+        if self.hint:
+            print(f"hint: {self.hint}", file=sys.stderr)
+        return self.exit_code
 
 
 class UsageError(NsbuildError):

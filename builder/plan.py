@@ -108,6 +108,7 @@ class _Planner:
     notes: list[str] = field(default_factory=list)
     where: str = "host"
     dirs: dict[str, str] = field(default_factory=dict)  # sandbox dir -> fd opened on it
+    template: str | None = None  # unshare strategy: namespace file to unshare from
 
     def emit(self, call: str, *args: Arg, out: str | None = None, origin: str = "",
              ok: tuple[str, ...] = ()) -> str:
@@ -327,26 +328,48 @@ class _Planner:
         else:
             self.root_fs(namespace=False)
             units = self.submounts()
-            self.emit("fork", Flags(("%ns",)), origin="root")
-            self.where = "child"
-            self.emit("unshare", Flags(("CLONE_NEWNS",)), origin="root")
-            self.emit("openat", AT_FDCWD, "/proc/self/ns/mnt", Flags(("O_RDONLY", "O_CLOEXEC")), 0, out="%ns",
-                      origin="root")
-            # nothing done from here on may propagate back to the host
-            self.emit("mount_setattr", AT_FDCWD, "/", Flags(("AT_RECURSIVE",)), Flags(), Flags(),
-                      Flags(("MS_PRIVATE",)), origin="root")
-            # stack the new root on "/" of the private copy, so pivot_root can swap them
-            self.emit("move_mount", Fd("%root"), "", AT_FDCWD, "/", Flags(("MOVE_MOUNT_F_EMPTY_PATH",)),
-                      origin="root")
+            self.unshare_into_root()
             self.write_paths()
             self.attach(units)
-            self.emit("fchdir", Fd("%root"), origin="root")
-            self.emit("pivot_root", ".", ".", origin="root")
-            self.emit("umount2", ".", Flags(("MNT_DETACH",)), origin="root")
-            self.emit("chdir", "/", origin="root")
+            self.pivot()
             self.propagation(units)
         return Plan(recipe=self.recipe.file, name=self.recipe.name, strategy=strategy,
                     kernel=self.features.release, steps=tuple(self.steps), notes=tuple(self.notes))
+
+
+    def unshare_into_root(self) -> None:
+        """unshare strategy: a child with a private copy of a namespace, the new root stacked on "/".
+
+        With a template (a persisted namespace holding only an empty tmpfs, see state.py) the
+        child copies that instead of the host's whole mount table: builds stop growing with the
+        number of host mounts.
+        """
+        template = self.template
+        if template:
+            self.emit("openat", AT_FDCWD, template, Flags(("O_RDONLY", "O_CLOEXEC")), 0, out="%template",
+                      origin="root")
+        self.emit("fork", Flags(("%ns",)), origin="root")
+        self.where = "child"
+        if template:
+            # the template has no /proc: keep a handle on this process's /proc entry
+            self.emit("openat", AT_FDCWD, "/proc/self", Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), 0,
+                      out="%proc", origin="root")
+            self.emit("setns", Fd("%template"), Flags(("CLONE_NEWNS",)), origin="root")
+        self.emit("unshare", Flags(("CLONE_NEWNS",)), origin="root")
+        self.emit("openat", Fd("%proc") if template else AT_FDCWD, "ns/mnt" if template else "/proc/self/ns/mnt",
+                  Flags(("O_RDONLY", "O_CLOEXEC")), 0, out="%ns", origin="root")
+        # nothing done from here on may propagate back to the host
+        self.emit("mount_setattr", AT_FDCWD, "/", Flags(("AT_RECURSIVE",)), Flags(), Flags(),
+                  Flags(("MS_PRIVATE",)), origin="root")
+        # stack the new root on "/" of the private copy, so pivot_root can swap them
+        self.emit("move_mount", Fd("%root"), "", AT_FDCWD, "/", Flags(("MOVE_MOUNT_F_EMPTY_PATH",)),
+                  origin="root")
+
+    def pivot(self) -> None:
+        self.emit("fchdir", Fd("%root"), origin="root")
+        self.emit("pivot_root", ".", ".", origin="root")
+        self.emit("umount2", ".", Flags(("MNT_DETACH",)), origin="root")
+        self.emit("chdir", "/", origin="root")
 
 
 def workdir_for(upper: str) -> str:
@@ -354,6 +377,18 @@ def workdir_for(upper: str) -> str:
     return posixpath.join(posixpath.dirname(upper), "." + posixpath.basename(upper) + ".work")
 
 
-def make_plan(recipe: Recipe, features: Features, strategy: str) -> Plan:
-    """Plan the syscalls that build `recipe` with `strategy` on a kernel with `features`."""
-    return _Planner(recipe, features, strategy).build()
+def make_plan(recipe: Recipe, features: Features, strategy: str, template: str | None = None) -> Plan:
+    """Plan the syscalls that build `recipe` with `strategy` on a kernel with `features`.
+
+    `template` (unshare strategy only) is a persisted namespace file to unshare from.
+    """
+    return _Planner(recipe, features, strategy, template=template if strategy == "unshare" else None).build()
+
+
+def make_template_plan(features: Features) -> Plan:
+    """The template namespace: nothing but an empty, read-only tmpfs as "/" (see unshare_into_root)."""
+    p = _Planner(None, features, "unshare")  # type: ignore[arg-type]
+    p.new_fs("tmpfs", "/", "template", (("mode", "0755"), ("size", "4k")), ("ro", "nosuid", "nodev", "noexec"))
+    p.unshare_into_root()
+    p.pivot()
+    return Plan(recipe="", name=".template", strategy="unshare", kernel=features.release, steps=tuple(p.steps))

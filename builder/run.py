@@ -63,54 +63,24 @@ def run_persisted(name: str, command: list[str], state: str | None = None) -> No
     _exec(nsfd, command or list(run.get("command", ["/bin/sh"])), run.get("cwd", "/"), _env(run.get("env", {})))
 
 
-def run_recipe(path: str, command: list[str], strategy: str = "auto") -> None:
+def run_recipe(path: str, command: list[str], strategy: str = "auto", state: str | None = None) -> None:
     """Build an ephemeral sandbox, enter it: it is gone when the command exits."""
     from builder import executor, recipe as rcp
     from builder.build import plan_for
 
     r = rcp.load(path)
-    nsfd = executor.execute(plan_for(r, strategy))
+    nsfd = executor.execute(plan_for(r, strategy, state=StateDir(state_dir(state))))
     _exec(nsfd, command or list(r.run.command), r.run.cwd, _env(dict(r.run.env)))
+
+
+def command_args(command: list[str] | tuple[str, ...] | None) -> list[str]:
+    """CMD as given after TARGET: one leading "--" only separates it from nsbuild's options."""
+    args = list(command or [])
+    return args[1:] if args[:1] == ["--"] else args
 
 
 def run(target: str, command: list[str], state: str | None = None, strategy: str = "auto") -> None:
     """NAME of a persisted sandbox, or a recipe file (it ends in .toml or contains a '/')."""
     if target.endswith(".toml") or "/" in target:
-        run_recipe(target, command, strategy)
+        run_recipe(target, command, strategy, state)
     run_persisted(target, command, state)
-
-
-def lean_main(argv: list[str]) -> int | None:
-    """`nsbuild run [--state-dir D] [--strategy S] TARGET [--] [CMD...]` without typer.
-
-    Returns None for anything it does not parse (help, unknown options), so the
-    caller hands argv to the typer CLI, which accepts the same syntax.
-    """
-    opts: dict[str, str] = {}
-    i = 0
-    while i < len(argv) and argv[i].startswith("--") and argv[i] != "--":
-        key, eq, value = argv[i][2:].partition("=")
-        if key not in ("state-dir", "strategy"):
-            return None
-        if not eq:
-            i += 1
-            if i >= len(argv):
-                return None
-            value = argv[i]
-        opts[key] = value
-        i += 1
-    if i >= len(argv) or argv[i].startswith("-"):
-        return None
-    target, rest = argv[i], argv[i + 1:]
-    if rest and rest[0] == "--":
-        rest = rest[1:]
-    elif rest and rest[0].startswith("-"):
-        return None  # an option after TARGET: let typer say what it means
-    try:
-        run(target, rest, opts.get("state-dir"), opts.get("strategy", "auto"))
-    except NsbuildError as e:
-        print(f"nsbuild: error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    return 0  # not reached: run() execs

@@ -160,6 +160,8 @@ class StateDir:
         entries = sorted(os.listdir(self.path))
         for entry in entries:
             path = os.path.join(self.path, entry)
+            if entry.startswith("."):  # .lock, .template.mnt
+                continue
             if entry.endswith(".tmp"):
                 os.unlink(path)
                 cleaned.append(f"removed unfinished metadata {entry}")
@@ -184,21 +186,7 @@ class StateDir:
                 raise NsbuildError(f"a sandbox named '{name}' exists already",
                                    f"use --replace, or remove it with `nsbuild rm {name}`")
             stacked = is_mount_point(target)
-            if not stacked:
-                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            _test_kill("after-create")
-            tree = sc.open_tree(nsfd, "", sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH")))
-            try:
-                # replacing: slide the new namespace under the old one, then drop the old one,
-                # so the path always holds a namespace
-                flag = sc.flags(("MOVE_MOUNT_F_EMPTY_PATH",) + (("MOVE_MOUNT_BENEATH",) if stacked else ()))
-                sc.move_mount(tree, "", sc.AT_FDCWD, target, flag)
-            except sc.SyscallError as e:
-                if not stacked:
-                    os.unlink(target)
-                raise _persist_error(e, nsfd) from None
-            finally:
-                os.close(tree)
+            self._bind(nsfd, target, stacked)
             _test_kill("after-mount")
             try:
                 if stacked:
@@ -213,6 +201,43 @@ class StateDir:
                 self._remove(name)
                 raise
         return target
+
+    @staticmethod
+    def _bind(nsfd: int, target: str, stacked: bool) -> None:
+        """Pin a namespace on `target`. Replacing (stacked): slide the new one under the old one,
+        which the caller then detaches, so the path always holds a namespace."""
+        if not stacked:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        _test_kill("after-create")
+        tree = sc.open_tree(nsfd, "", sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH")))
+        try:
+            flag = sc.flags(("MOVE_MOUNT_F_EMPTY_PATH",) + (("MOVE_MOUNT_BENEATH",) if stacked else ()))
+            sc.move_mount(tree, "", sc.AT_FDCWD, target, flag)
+        except sc.SyscallError as e:
+            if not stacked:
+                os.unlink(target)
+            raise _persist_error(e, nsfd) from None
+        finally:
+            os.close(tree)
+
+    @property
+    def template_path(self) -> str:
+        return os.path.join(self.path, ".template.mnt")
+
+    def template(self) -> str | None:
+        """The template namespace file, if one is pinned here (see plan.unshare_into_root)."""
+        return self.template_path if os.path.isdir(self.path) and self.template_path in mount_points() else None
+
+    def ensure_template(self, nsfd_factory: object) -> None:
+        """Pin a template namespace once; `nsfd_factory()` builds it."""
+        with self.locked():
+            if self.template_path in mount_points():
+                return
+            nsfd = nsfd_factory()  # type: ignore[operator]
+            try:
+                self._bind(nsfd, self.template_path, stacked=False)
+            finally:
+                os.close(nsfd)
 
     @staticmethod
     def _write(path: str, data: bytes) -> None:

@@ -82,7 +82,8 @@ def test_dev_recipe_build_inspect_run_rm(nsbuild, state_dir: Path, tmp_path: Pat
 
     assert "dev: removed" in nsbuild("rm", "dev").stdout
     assert "dev: not found" in nsbuild("rm", "dev").stdout  # idempotent
-    assert sorted(p.name for p in state_dir.iterdir()) == [".lock"]  # no .mnt, .json or .run left
+    # no .mnt, .json or .run left; the template namespace stays for later builds (unshare only)
+    assert sorted(p.name for p in state_dir.iterdir()) in ([".lock"], [".lock", ".template.mnt"])
     assert json.loads(nsbuild("ls", "--json").stdout) == []
 
 
@@ -137,6 +138,24 @@ def test_state_dir_inside_a_recursive_bind(nsbuild, state_dir: Path, tmp_path: P
     assert "unbindable" in subprocess.run(["findmnt", "-n", "-o", "PROPAGATION", str(state_dir)],
                                           capture_output=True, text=True).stdout
     nsbuild("rm", "first", "second")
+
+
+@pytest.mark.skipif(not supported(FEATURES, "unshare"), reason="unshare strategy only")
+def test_later_builds_unshare_from_the_template(nsbuild, state_dir: Path) -> None:
+    recipe = str(RECIPES / "dev.toml")
+    first = json.loads(nsbuild("plan", recipe, "-s", "unshare", "--json").stdout)
+    assert not any(step["out"] == "%template" for step in first["steps"])
+    nsfs = json.loads(nsbuild("build", recipe, "-s", "unshare", "--json").stdout)["nsfs"]
+    before = findmnt(nsfs)
+    assert (state_dir / ".template.mnt").exists()
+    plan = json.loads(nsbuild("plan", recipe, "-s", "unshare", "--json").stdout)
+    calls = [(s["call"], s["where"]) for s in plan["steps"] if s["call"] in ("setns", "unshare")]
+    assert calls == [("setns", "child"), ("unshare", "child")]
+    nsbuild("build", recipe, "-s", "unshare", "--replace")
+    after = findmnt(nsfs)
+    assert after == before  # same tree, from a template of one mount instead of the host's table
+    assert in_sandbox(nsfs, "cat", "/etc/hostname") == "dev\n"
+    nsbuild("rm", "dev")
 
 
 def test_ephemeral_run_leaves_nothing(nsbuild, state_dir: Path) -> None:

@@ -10,6 +10,8 @@ import pytest
 from builder import executor
 from builder.build import plan_for
 from builder.errors import BuildError
+from builder.plan import make_template_plan
+from builder.state import StateDir
 from builder.features import STRATEGIES, probe, supported
 from builder.recipe import load
 
@@ -33,10 +35,19 @@ def kept_upper_recipe(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("strategy", AVAILABLE)
-@pytest.mark.parametrize("recipe", ["dev", "layers", "kept"])
-def test_fault_at_every_step_leaves_nothing(tmp_path: Path, monkeypatch, strategy: str, recipe: str) -> None:
-    path = kept_upper_recipe(tmp_path) if recipe == "kept" else RECIPES / f"{recipe}.toml"
-    plan = plan_for(load(str(path), cwd=str(tmp_path)), strategy)
+@pytest.mark.parametrize("recipe", ["dev", "layers", "kept", "dev+template"])
+def test_fault_at_every_step_leaves_nothing(tmp_path: Path, state_dir: Path, monkeypatch, strategy: str,
+                                            recipe: str) -> None:
+    path = kept_upper_recipe(tmp_path) if recipe == "kept" else RECIPES / f"{recipe.split('+')[0]}.toml"
+    state = None
+    if recipe.endswith("+template"):
+        if strategy != "unshare":
+            pytest.skip("templates serve the unshare strategy only")
+        state = StateDir(str(state_dir))
+        state.prepare()
+        state.ensure_template(lambda: executor.execute(make_template_plan(FEATURES)))
+    plan = plan_for(load(str(path), cwd=str(tmp_path)), strategy, state=state)
+    assert (state is not None) == any(step.out == "%template" for step in plan.steps)
     before, fds = mountinfo(), open_fds()
     for k in range(len(plan.steps)):
         if plan.steps[k].call == "fork":
