@@ -86,14 +86,14 @@ def need_root() -> None:
                            "run it with sudo; `nsbuild plan` works without root")
 
 
-def build_command(recipe_path: str | None, strategy: str, replace: bool, name: str | None,
+def build_command(recipe: str | None, strategy: str, replace: bool, name: str | None,
                   state_dir: str | None, as_json: bool) -> None:
     """`nsbuild build`, shared by the typer CLI and the lean entry point (builder.entry)."""
     from builder import recipe as rcp
     from builder.errors import UsageError
     from builder.state import state_dir as resolve
 
-    r = rcp.load(recipe_path or default_recipe())
+    r = rcp.load(recipe or default_recipe())
     if name is not None and not rcp.NAME_RE.match(name):
         raise UsageError(f"--name '{name}' is not a valid name",
                          "use lower-case letters, digits, '.', '_', '-', starting with a letter or digit")

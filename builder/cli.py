@@ -42,7 +42,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except NsbuildError as e:
             _fail(e)
         except KeyboardInterrupt:
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
     return wrapper
 
 
@@ -209,7 +209,7 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
     t.add_row("kernel", f.release)
     for probe, result in f.probes:
         t.add_row(f"probe {probe}", result)
-    for s, ok in report["strategies"].items():  # type: ignore[union-attr]
+    for s, ok in report["strategies"].items():  # type: ignore[union-attr,attr-defined]
         t.add_row(f"strategy {s}", "yes" if ok else "no")
     t.add_row("auto picks", auto)
     t.add_row("overlay layers as fds (6.13+)", "yes" if f.overlay_fd_layers else "no")

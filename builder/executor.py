@@ -13,7 +13,6 @@ import array  # noqa: F401 - socket.send_fds imports it lazily; a child in a new
 import errno as errnos
 import json
 import os
-import shutil
 import socket
 from typing import Callable
 
@@ -93,11 +92,7 @@ class _Run:
                     i += 1
             return self.fds.pop(self.plan.result)
         except BaseException as e:
-            for undo in reversed(self.undo):
-                try:
-                    undo()
-                except OSError:
-                    pass
+            self.unwind()
             if isinstance(e, StepFailed):
                 raise _build_error(self.plan, e) from None
             raise
@@ -105,6 +100,14 @@ class _Run:
             for fd in self.fds.values():
                 os.close(fd)
             os.umask(old_umask)
+
+    def unwind(self) -> None:
+        for undo in reversed(self.undo):
+            try:
+                undo()
+            except OSError:
+                pass
+        self.undo = []
 
     def child(self, start: int, end: int, returns: list[str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -117,18 +120,14 @@ class _Run:
                     for i in range(start, end):
                         self.step(i, self.plan.steps[i])
                     socket.send_fds(theirs, [b"ok"], [self.fds[r] for r in returns])
-                except StepFailed as e:
-                    for undo in reversed(self.undo):
-                        try:
-                            undo()
-                        except OSError:
-                            pass
-                    err = e.error
-                    theirs.send(json.dumps({"index": e.index, "call": err.call, "detail": err.detail,
-                                            "errno": err.errno, "kmsg": err.kmsg}).encode())
-                except BaseException as e:  # noqa: BLE001 - anything else, reported not raised
-                    theirs.send(json.dumps({"index": start, "call": "child", "detail": repr(e),
-                                            "errno": errnos.EIO, "kmsg": ""}).encode())
+                except BaseException as e:  # noqa: BLE001 - reported to the parent, not raised
+                    self.unwind()
+                    if isinstance(e, StepFailed):
+                        info = {"index": e.index, "call": e.error.call, "detail": e.error.detail,
+                                "errno": e.error.errno, "kmsg": e.error.kmsg}
+                    else:
+                        info = {"index": start, "call": "child", "detail": repr(e), "errno": errnos.EIO, "kmsg": ""}
+                    theirs.send(json.dumps(info).encode())
             finally:
                 os._exit(0)
         theirs.close()
@@ -150,15 +149,37 @@ class _Run:
         raise StepFailed(info["index"], sc.SyscallError(info["call"], info["detail"], info["errno"], info["kmsg"]))
 
     def created(self, dfd: int, name: str, is_dir: bool) -> None:
-        """Undone on failure. A directory goes with its content: all of it is from this build
-        (e.g. overlayfs's own work/ inside a work dir nsbuild made)."""
+        """Undone on failure. Inside the sandbox never recursively: by then a mount may cover
+        the directory, and deleting through it would reach the host (or detach host mounts on
+        what it deletes). A host directory nsbuild made (a kept upper, its work dir) holds only
+        what this build wrote through overlayfs, and goes with it, staying on its filesystem."""
         fd = _dirfd(dfd)
-        self.undo.append(lambda: shutil.rmtree(name, dir_fd=fd) if is_dir else os.unlink(name, dir_fd=fd))
+        if not is_dir:
+            self.undo.append(lambda: os.unlink(name, dir_fd=fd))
+        elif fd is None:
+            self.undo.append(lambda: _remove_tree(name))
+        else:
+            self.undo.append(lambda: os.rmdir(name, dir_fd=fd))
 
 
 def _detail(step: Step) -> str:
     line = strace_line(step)
     return line[line.index("(") + 1:line.rindex(")")] if "(" in line else ""
+
+
+def _remove_tree(path: str, dir_fd: int | None = None, dev: int | None = None) -> None:
+    """rm -r that never crosses into another filesystem (a mount) and never follows symlinks."""
+    dev = os.lstat(path, dir_fd=dir_fd).st_dev if dev is None else dev
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        for entry in os.scandir(fd):
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.name, dir_fd=fd)
+            elif entry.stat(follow_symlinks=False).st_dev == dev:
+                _remove_tree(entry.name, fd, dev)
+    finally:
+        os.close(fd)
+    os.rmdir(path, dir_fd=dir_fd)  # fails if a mount stayed inside: left alone, not crossed
 
 
 def _dirfd(fd: int) -> int | None:

@@ -33,7 +33,7 @@ def strace_line(step: Step) -> str:
     args = step.args
     if step.call == "mknodat":  # mknodat(dfd, name, S_IFCHR|0666, makedev(1, 3))
         dfd, name, kind, mode, major, minor = args
-        text = f"mknodat({_arg(dfd)}, {_arg(name)}, {_arg(kind)}|{mode:04o}, makedev({major}, {minor}))"
+        text = f"mknodat({_arg(dfd)}, {_arg(name)}, {_arg(kind)}|{mode:04o}, makedev({major!r}, {minor!r}))"  # type: ignore[str-bytes-safe]
     elif step.call == "mount_setattr":
         dfd, path, flags, aset, aclr, prop = args
         attr = f"{{attr_set={_arg(aset)}, attr_clr={_arg(aclr)}, propagation={_arg(prop)}}}"

@@ -46,13 +46,13 @@ def _env(recipe_env: dict[str, str]) -> dict[str, str]:
 def run_persisted(name: str, command: list[str], state: str | None = None) -> None:
     """Enter a persisted sandbox and exec; does not return."""
     sd = StateDir(state_dir(state))
-    run = sd.read_run(name)
-    if run is None:  # no fast cache: the metadata says why (missing, corrupt, foreign)
+    run: dict = sd.read_run(name) or {}  # type: ignore[type-arg]
+    if not run:  # no fast cache: the metadata says why (missing, corrupt, foreign)
         meta = sd.read(name)
         if meta is None:
             raise UsageError(f"no sandbox named '{name}' in {sd.path}",
                              "build one with `nsbuild RECIPE`, or list them with `nsbuild ls`")
-        run = meta.get("run") if isinstance(meta.get("run"), dict) else {}  # type: ignore[assignment]
+        run = meta["run"] if isinstance(meta.get("run"), dict) else {}  # type: ignore[assignment]
     try:
         nsfd = os.open(sd.ns_path(name), os.O_RDONLY | os.O_CLOEXEC)
         if sc.ns_type(nsfd) != sc.FLAGS["CLONE_NEWNS"]:

@@ -195,7 +195,7 @@ class StateDir:
                 import time
 
                 meta = dict(meta, name=name, nsfs=target, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-                self._write(self.run_path(name), marshal.dumps(meta["run"]))
+                self._write(self.run_path(name), marshal.dumps(meta["run"]))  # type: ignore[arg-type]
                 self._write(self.meta_path(name), json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
             except BaseException:
                 self._remove(name)

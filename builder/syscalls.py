@@ -112,7 +112,7 @@ class SyscallError(OSError):
 
     @property
     def errname(self) -> str:
-        return _errno.errorcode.get(self.errno, str(self.errno))
+        return _errno.errorcode.get(self.errno or 0, str(self.errno))
 
     def __str__(self) -> str:
         text = f"{self.call}({self.detail}) failed: {self.errname} ({self.strerror})"

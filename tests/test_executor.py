@@ -48,6 +48,9 @@ def test_fault_at_every_step_leaves_nothing(tmp_path: Path, state_dir: Path, mon
         state.ensure_template(lambda: executor.execute(make_template_plan(FEATURES)))
     plan = plan_for(load(str(path), cwd=str(tmp_path)), strategy, state=state)
     assert (state is not None) == any(step.out == "%template" for step in plan.steps)
+    # dev.toml binds $CWD (here tmp_path) read-write at /work: unwinding must not delete through it
+    sentinel = tmp_path / "sentinel"
+    sentinel.write_text("host data\n")
     before, fds = mountinfo(), open_fds()
     for k in range(len(plan.steps)):
         if plan.steps[k].call == "fork":
@@ -59,6 +62,7 @@ def test_fault_at_every_step_leaves_nothing(tmp_path: Path, state_dir: Path, mon
         assert plan.steps[k].origin in str(info.value)
         assert mountinfo() == before, f"a mount was left after a fault at step {k}"
         assert open_fds() == fds, f"an fd leaked after a fault at step {k}"
+        assert sentinel.read_text() == "host data\n", f"host files lost after a fault at step {k}"
         if recipe == "kept":
             assert sorted(os.listdir(tmp_path / "kept")) == [], f"left files after a fault at step {k}"
     monkeypatch.delenv("NSBUILD_TEST_FAULT")
