@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from builder import executor, features as feat
 from builder.errors import NsbuildError
@@ -28,6 +28,37 @@ def plan_for(recipe: Recipe, strategy: str = "auto", features: feat.Features | N
     return make_plan(recipe, features, feat.pick_strategy(features, strategy), state.template() if state else None)
 
 
+T = TypeVar("T")
+
+
+def retrying_on_each_cpu(make: Callable[[], int], persist: Callable[[int], T]) -> T:
+    """Make a namespace and persist it. Namespace ids come from per-CPU ranges (KERNEL-NOTES.md):
+    if the kernel refuses to pin one with a lower id than ours, make it again on each CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    attempts: list[int | None] = [None] + (cpus if len(cpus) > 1 else [])
+    try:
+        for cpu in attempts:
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+            nsfd = make()
+            try:
+                return persist(nsfd)
+            except NsbuildError as e:
+                if not getattr(e, "retry", False) or cpu == attempts[-1]:
+                    raise
+            finally:
+                os.close(nsfd)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    raise AssertionError("not reached")
+
+
+def ensure_template(state: StateDir, features: feat.Features) -> str:
+    """Pin the unshare strategy's template namespace in `state` (see plan.unshare_into_root)."""
+    return state.template() or retrying_on_each_cpu(lambda: executor.execute(make_template_plan(features)),
+                                                     state.pin_template)
+
+
 def metadata(recipe: Recipe, plan: Plan) -> dict[str, Any]:
     """What `run`, `ls` and `rm` need later, without parsing the recipe again."""
     return {
@@ -42,31 +73,17 @@ def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool
     start = time.perf_counter()
     features = feat.probe()
     plan = plan_for(recipe, strategy, features, state)
-    cpus = sorted(os.sched_getaffinity(0))
-    # namespace ids come from per-CPU ranges (KERNEL-NOTES.md): if the kernel refuses to pin a
-    # namespace with a lower id than ours, build it again on each CPU in turn
-    attempts: list[int | None] = [None] + (cpus if len(cpus) > 1 else [])
-    try:
-        for cpu in attempts:
-            if cpu is not None:
-                os.sched_setaffinity(0, {cpu})
-            nsfd = executor.execute(plan)
-            try:
-                state.prepare()  # only after a successful build: a failed one changes nothing
-                path = state.persist(name or recipe.name, nsfd, metadata(recipe, plan), replace)
-                break
-            except NsbuildError as e:
-                if not getattr(e, "retry", False) or cpu == attempts[-1]:
-                    raise
-            finally:
-                os.close(nsfd)
-    finally:
-        os.sched_setaffinity(0, cpus)
-    if plan.strategy == "unshare" and state.template() is None:
+
+    def persist(nsfd: int) -> str:
+        state.prepare()  # only after a successful build: a failed one changes nothing
+        return state.persist(name or recipe.name, nsfd, metadata(recipe, plan), replace)
+
+    path = retrying_on_each_cpu(lambda: executor.execute(plan), persist)
+    if plan.strategy == "unshare" and not any(step.out == "%template" for step in plan.steps):
         # first build here: pin the template that later builds unshare from (best effort: builds
         # work without it, they only copy more)
         try:
-            state.ensure_template(lambda: executor.execute(make_template_plan(features)))
+            ensure_template(state, features)
         except (NsbuildError, OSError):
             pass
     return Built(name or recipe.name, path, plan.strategy, time.perf_counter() - start)

@@ -149,14 +149,14 @@ class StateDir:
             return []
         return sorted(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
 
-    def recover(self) -> list[str]:
+    def recover(self, mounted: set[str] | None = None) -> list[str]:
         """Clean up what a killed nsbuild left (call with the lock held); say what was cleaned.
 
         Under the lock a NAME.mnt always has its NAME.json, so one without is an abandoned
         persist; *.tmp files are metadata that was never renamed into place.
         """
         cleaned = []
-        mounted = mount_points()
+        mounted = mount_points() if mounted is None else mounted
         entries = sorted(os.listdir(self.path))
         for entry in entries:
             path = os.path.join(self.path, entry)
@@ -180,12 +180,15 @@ class StateDir:
         """Bind `nsfd` onto NAME.mnt and write NAME.json; atomic with respect to readers."""
         target = self.ns_path(name)
         with self.locked():
-            self.report(self.recover())
-            exists = os.path.exists(self.meta_path(name)) or is_mount_point(target)
-            if exists and not replace:
+            mounted = mount_points()  # read once: with many sandboxes mountinfo is long
+            cleaned = self.recover(mounted)
+            self.report(cleaned)
+            if cleaned:
+                mounted = mount_points()
+            stacked = target in mounted
+            if (stacked or os.path.exists(self.meta_path(name))) and not replace:
                 raise NsbuildError(f"a sandbox named '{name}' exists already",
                                    f"use --replace, or remove it with `nsbuild rm {name}`")
-            stacked = is_mount_point(target)
             self._bind(nsfd, target, stacked)
             _test_kill("after-mount")
             try:
@@ -228,16 +231,12 @@ class StateDir:
         """The template namespace file, if one is pinned here (see plan.unshare_into_root)."""
         return self.template_path if os.path.isdir(self.path) and self.template_path in mount_points() else None
 
-    def ensure_template(self, nsfd_factory: object) -> None:
-        """Pin a template namespace once; `nsfd_factory()` builds it."""
+    def pin_template(self, nsfd: int) -> str:
+        """Pin `nsfd` as the template namespace, unless one is pinned already."""
         with self.locked():
-            if self.template_path in mount_points():
-                return
-            nsfd = nsfd_factory()  # type: ignore[operator]
-            try:
+            if self.template_path not in mount_points():
                 self._bind(nsfd, self.template_path, stacked=False)
-            finally:
-                os.close(nsfd)
+        return self.template_path
 
     @staticmethod
     def _write(path: str, data: bytes) -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from builder import executor
-from builder.build import plan_for
+from builder.build import ensure_template, plan_for
 from builder.errors import BuildError
-from builder.plan import make_template_plan
 from builder.state import StateDir
 from builder.features import STRATEGIES, probe, supported
 from builder.recipe import load
@@ -45,7 +44,7 @@ def test_fault_at_every_step_leaves_nothing(tmp_path: Path, state_dir: Path, mon
             pytest.skip("templates serve the unshare strategy only")
         state = StateDir(str(state_dir))
         state.prepare()
-        state.ensure_template(lambda: executor.execute(make_template_plan(FEATURES)))
+        ensure_template(state, FEATURES)
     plan = plan_for(load(str(path), cwd=str(tmp_path)), strategy, state=state)
     assert (state is not None) == any(step.out == "%template" for step in plan.steps)
     # dev.toml binds $CWD (here tmp_path) read-write at /work: unwinding must not delete through it
