@@ -177,7 +177,7 @@ def rm(
 def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
     """Show the kernel's features, the strategy `auto` picks and the state directory's health."""
     from builder import syscalls
-    from builder.state import _mountinfo_entry, state_dir as resolve
+    from builder.state import StateDir, _mountinfo_entry, state_dir as resolve
 
     f = feat.probe()
     try:
@@ -196,7 +196,7 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
         "root": os.geteuid() == 0,
         "ffi": "out-of-line (generated)" if syscalls.GENERATED else "in-line (parsed at import: slower start)",
         "state_dir": {"path": path, "exists": os.path.isdir(path), "mount_point": entry is not None,
-                      "unbindable": "unbindable" in tags},
+                      "unbindable": "unbindable" in tags, "template": StateDir(path).template() is not None},
     }
     if as_json:
         print(json.dumps(report, indent=2))
@@ -219,4 +219,6 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
     t.add_row("state dir", f"{path}: " + ("missing (created on first build)" if not sd["exists"] else  # type: ignore[index]
                                          "unbindable mount" if sd["unbindable"] else  # type: ignore[index]
                                          "not yet an unbindable mount (fixed on next build)"))
+    t.add_row("template namespace", "pinned" if sd["template"] else  # type: ignore[index]
+              "none yet (pinned by the first unshare build)")
     out.print(t)
