@@ -79,7 +79,7 @@ class StateDir:
         return _Lock(os.path.join(self.path, ".lock"))
 
     def prepare(self) -> None:
-        """Create the directory and make it a private mount of its own (once)."""
+        """Create the directory and make it an unbindable mount of its own (once)."""
         try:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
         except OSError as e:
