@@ -101,7 +101,9 @@ def plan(
         fmt = "json"
     if fmt not in ("table", "strace", "json"):
         raise UsageError(f"unknown format '{fmt}'", "use table, strace or json")
-    r = _load(recipe)
+    from builder.store import Store, store_dir
+
+    r = Store(store_dir()).resolve(_load(recipe), unpack=False)  # store paths, nothing written
     features = feat.probe()
     if strategy != "auto" and strategy in feat.STRATEGIES and not feat.supported(features, strategy):
         print(f"nsbuild: note: kernel {features.release} cannot run strategy '{strategy}'; "

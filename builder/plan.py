@@ -139,6 +139,8 @@ class _Planner:
                   origin=origin)
 
     def layer_fds(self) -> list[str]:
+        if any(layer.kind != "dir" for layer in self.recipe.layers):
+            raise ValueError("archive layers must be resolved to store directories first (Store.resolve)")
         return [self.emit("openat", AT_FDCWD, layer.path, Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), 0,
                           out=f"%layer{i}", origin=layer.origin)
                 for i, layer in enumerate(self.recipe.layers)]

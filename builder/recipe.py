@@ -56,8 +56,10 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 @dataclass(frozen=True)
 class Layer:
     origin: str  # key path, e.g. "layer[0]"
-    kind: str    # "dir" for now
+    kind: str    # "dir", or "archive" (unpacked into the content store before planning)
     path: str    # absolute host path
+    sha256: str | None = None  # pinned digest of an archive
+    devices: bool = False      # an archive may create device nodes
 
 
 @dataclass(frozen=True)
@@ -310,22 +312,37 @@ def _array_of_tables(c: _Checker, doc: dict[str, Any], key: str) -> list[tuple[s
 def _layers(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer]:
     layers = []
     for where, t in _array_of_tables(c, doc, "layer"):
-        c.keys(t, LAYER_KINDS + ("sha256",), where)
+        c.keys(t, LAYER_KINDS + ("sha256", "devices"), where)
         kinds = [k for k in LAYER_KINDS if k in t]
         if len(kinds) != 1:
             c.add(where, "needs exactly one source key" if not kinds else
                   f"has several source keys: {', '.join(kinds)}", "give one of: " + ", ".join(LAYER_KINDS))
             continue
-        if kinds[0] != "path":
-            c.add(f"{where}.{kinds[0]}", f"{kinds[0]} layers are not supported by this version",
+        kind = kinds[0]
+        if kind not in ("path", "archive"):
+            c.add(f"{where}.{kind}", f"{kind} layers are not supported by this version",
                   "unpack it into a directory and use path = \"...\"")
             continue
-        if "sha256" in t:
-            c.add(f"{where}.sha256", "digests of directory layers are not supported by this version")
-        value = c.typed(t, "path", str, where)
+        value = c.typed(t, kind, str, where)
+        digest = c.typed(t, "sha256", str, where)
+        devices = c.typed(t, "devices", bool, where, False)
+        if kind == "path":
+            for key in ("sha256", "devices"):
+                if key in t:
+                    c.add(f"{where}.{key}", "only applies to archive layers")
+        if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
+            c.add(f"{where}.sha256", "must be 64 lower-case hex digits", "see `sha256sum FILE`")
+            digest = None
         if value is None:
             continue
         host = _host_path(value, base, cwd)
+        if kind == "archive":
+            if not os.path.isfile(host):
+                c.add(f"{where}.archive", f"'{value}' ({host}) is not a file", "archive paths are relative to the "
+                      "recipe file; tar, tar.gz, tar.xz and tar.bz2 are read")
+                continue
+            layers.append(Layer(where, "archive", host, digest, devices))
+            continue
         if not os.path.isdir(host):
             c.add(f"{where}.path", f"'{value}' ({host}) is not a directory" if os.path.exists(host)
                   else f"'{value}' ({host}) does not exist", "layer paths are relative to the recipe file")

@@ -68,7 +68,7 @@ def state_dir(tmp_path: Path):
 @pytest.fixture
 def nsbuild(state_dir: Path, tmp_path: Path):
     """Run the CLI with the private state dir; returns CompletedProcess (text)."""
-    env = dict(os.environ, NSBUILD_STATE_DIR=str(state_dir))
+    env = dict(os.environ, NSBUILD_STATE_DIR=str(state_dir), NSBUILD_STORE=str(tmp_path / "store"))
     env.pop("NSBUILD_TEST_FAULT", None)
 
     # $CWD binds must not contain the state dir: a recursive bind would carry its nsfs mounts along

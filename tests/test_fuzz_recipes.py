@@ -10,6 +10,7 @@ from builder.errors import RecipeError
 from builder.features import STRATEGIES, Features
 from builder.plan import make_plan
 from builder.recipe import parse
+from builder.store import Store
 
 EXAMPLES = int(os.environ.get("NSBUILD_FUZZ_EXAMPLES", "10000"))
 K72 = Features("7.2.0", True, True, True)
@@ -32,7 +33,8 @@ path_keys = st.sampled_from(["path", "type", "content", "symlink", "mode", "uid"
 table = lambda keys: st.dictionaries(keys, values, max_size=7)  # noqa: E731
 documents = st.fixed_dictionaries({}, optional={
     "sandbox": st.dictionaries(st.sampled_from(["name", "description", "nmae"]), values, max_size=3),
-    "layer": st.lists(table(st.sampled_from(["path", "image", "sha256", "oci"])), max_size=3) | values,
+    "layer": st.lists(table(st.sampled_from(["path", "archive", "image", "sha256", "devices", "oci"])),
+                      max_size=3) | values,
     "root": table(st.sampled_from(["upper", "size", "attrs", "lower"])) | values,
     "mount": st.lists(table(mount_keys), max_size=5) | values,
     "path": st.lists(table(path_keys), max_size=4) | values,
@@ -52,6 +54,7 @@ def test_any_document_is_valid_or_one_clear_error(doc: dict) -> None:
             assert p.message and isinstance(p.key, str)
             assert p.render("fuzz.toml").startswith("fuzz.toml: ")
         return
+    recipe = Store("/nonexistent-store").resolve(recipe, unpack=False)  # archive layers: store paths
     for strategy in STRATEGIES:  # a valid recipe always plans
         plan = make_plan(recipe, K72, strategy)
         assert plan.steps and all(step.origin for step in plan.steps)

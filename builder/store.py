@@ -1,0 +1,105 @@
+"""The content store: archive layers unpacked once, addressed by the archive's sha256.
+
+    <store>/sha256/<digest>[-dev]/   an unpacked layer ("-dev": device nodes were allowed)
+    <store>/tmp/                     unpacking in progress; renamed into place when complete
+    <store>/.lock                    flock(2) held while unpacking
+
+A crash leaves at most a directory under tmp/, never a half layer under sha256/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+
+from builder.errors import NsbuildError, UsageError
+from builder.recipe import Layer, Recipe
+
+DEFAULT_STORE = "/var/lib/nsbuild/store"
+
+
+def store_dir() -> str:
+    return os.path.abspath(os.environ.get("NSBUILD_STORE") or DEFAULT_STORE)
+
+
+def sha256_of(path: str) -> str:
+    with open(path, "rb") as f:
+        if hasattr(hashlib, "file_digest"):  # Python 3.11+
+            return hashlib.file_digest(f, "sha256").hexdigest()
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        return h.hexdigest()
+
+
+def _layer_filter(devices: bool) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
+    """tarfile's own filters decide what is safe (PEP 706); a root filesystem keeps its owners and modes.
+
+    data_filter refuses absolute paths, paths and links leaving the layer, and device nodes;
+    tar_filter, used for device nodes when the recipe allows them, refuses the same paths.
+    Both would also drop owners and setuid bits, which a root filesystem needs: those come back.
+    """
+    def keep(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        special = member.ischr() or member.isblk() or member.isfifo()
+        checked = (tarfile.tar_filter if special and devices else tarfile.data_filter)(member, dest)
+        return checked.replace(uid=member.uid, gid=member.gid, uname=member.uname, gname=member.gname,
+                               mode=member.mode, deep=False)
+    return keep
+
+
+class Store:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def entry(self, digest: str, devices: bool) -> str:
+        return os.path.join(self.path, "sha256", digest + ("-dev" if devices else ""))
+
+    def resolve(self, recipe: Recipe, unpack: bool = True) -> Recipe:
+        """The recipe with each archive layer replaced by its store directory.
+
+        Digests are checked against the recipe's pins before anything is unpacked or mounted.
+        With unpack=False (for `nsbuild plan`) nothing is written.
+        """
+        layers: list[Layer] = []
+        for layer in recipe.layers:
+            if layer.kind != "archive":
+                layers.append(layer)
+                continue
+            digest = sha256_of(layer.path)
+            if layer.sha256 and digest != layer.sha256:
+                raise UsageError(f"{recipe.file}: {layer.origin}.sha256: {layer.path} has sha256 {digest}, "
+                                 f"but the recipe pins {layer.sha256}",
+                                 "the archive changed: check it, then update sha256")
+            path = self.entry(digest, layer.devices)
+            if unpack and not os.path.isdir(path):
+                self._unpack(layer, path)
+            layers.append(dataclasses.replace(layer, kind="dir", path=path))
+        return dataclasses.replace(recipe, layers=tuple(layers))
+
+    def _unpack(self, layer: Layer, dest: str) -> None:
+        for sub in ("sha256", "tmp"):
+            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        lock = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builds of one archive unpack it once
+            if os.path.isdir(dest):
+                return
+            tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=os.path.basename(dest) + ".")
+            try:
+                os.chmod(tmp, 0o755)  # the layer's "/" (a tar entry for "." sets it too)
+                with tarfile.open(layer.path, "r:*") as tar:
+                    tar.extractall(tmp, numeric_owner=True, filter=_layer_filter(layer.devices))
+                os.rename(tmp, dest)
+            except (tarfile.TarError, OSError) as e:
+                shutil.rmtree(tmp, ignore_errors=True)  # our own fresh directory: no mounts inside
+                hint = ("device nodes and fifos need devices = true on the layer"
+                        if isinstance(e, tarfile.SpecialFileError) else
+                        "nothing was unpacked; the archive may be corrupt or unsafe")
+                raise NsbuildError(f"{layer.origin}: cannot unpack {layer.path}: {e}", hint) from None
+        finally:
+            os.close(lock)

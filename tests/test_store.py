@@ -1,0 +1,118 @@
+"""Archive layers: unpacked once into the content store, pinned by sha256, hostile archives refused."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_root
+
+pytestmark = needs_root
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes = b"", **attrs: object) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    tar.addfile(info, io.BytesIO(data) if data else None)
+
+
+def archive(path: Path, build) -> Path:  # noqa: ANN001 - a callable filling the tar
+    with tarfile.open(path, "w:gz") as tar:
+        build(tar)
+    return path
+
+
+def good(tar: tarfile.TarFile) -> None:
+    add(tar, "etc", type=tarfile.DIRTYPE, mode=0o755)
+    add(tar, "etc/motd", b"from the tarball\n", mode=0o640, uid=1000, gid=1000)
+    add(tar, "usr", type=tarfile.DIRTYPE, mode=0o755)
+    add(tar, "tmp", type=tarfile.DIRTYPE, mode=0o1777)
+    add(tar, "sbin-tool", b"#!/bin/sh\n", mode=0o4755)
+    add(tar, "motd-link", type=tarfile.SYMTYPE, linkname="etc/motd")
+    add(tar, "motd-hard", type=tarfile.LNKTYPE, linkname="etc/motd", mode=0o640, uid=1000, gid=1000)
+    for link in ("bin", "lib", "lib64"):
+        add(tar, link, type=tarfile.SYMTYPE, linkname="usr/" + link)
+
+
+def recipe(tmp_path: Path, tar: Path, extra: str = "") -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(f'[sandbox]\nname = "arch"\n[[layer]]\narchive = "{tar.name}"\n{extra}'
+                    '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n')
+    return path
+
+
+def sh(nsfs: str, script: str) -> str:
+    return subprocess.run(["nsenter", f"--mount={nsfs}", "sh", "-c", script], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_archive_layer_is_unpacked_once_with_owners_and_modes(nsbuild, tmp_path: Path) -> None:
+    tar = archive(tmp_path / "root.tar.gz", good)
+    digest = hashlib.sha256(tar.read_bytes()).hexdigest()
+    r = recipe(tmp_path, tar, f'sha256 = "{digest}"\n')
+    nsfs = json.loads(nsbuild("build", str(r), "--json").stdout)["nsfs"]
+    out = sh(nsfs, "cat /etc/motd /motd-link /motd-hard; stat -c '%a %u:%g' /etc/motd /tmp /sbin-tool")
+    assert out == "from the tarball\n" * 3 + "640 1000:1000\n1777 0:0\n4755 0:0\n"
+    entry = tmp_path / "store" / "sha256" / digest
+    assert entry.is_dir() and os.listdir(tmp_path / "store" / "tmp") == []
+    stamp = entry.stat().st_ino, (entry / "etc/motd").stat().st_mtime_ns
+    nsbuild("build", str(r), "--replace")  # warm: the store entry is reused, nothing unpacked again
+    assert ((entry.stat().st_ino, (entry / "etc/motd").stat().st_mtime_ns)) == stamp
+    assert sorted(os.listdir(tmp_path / "store" / "sha256")) == [digest]
+    plan = json.loads(nsbuild("plan", str(r), "--json").stdout)
+    assert any(str(entry) in step["text"] for step in plan["steps"])
+    nsbuild("rm", "arch")
+
+
+def test_pinned_digest_mismatch_is_refused_before_anything(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    tar = archive(tmp_path / "root.tar.gz", good)
+    proc = nsbuild("build", str(recipe(tmp_path, tar, f'sha256 = "{"0" * 64}"\n')), check=False)
+    assert proc.returncode == 2 and "layer[0].sha256" in proc.stderr and "pins" in proc.stderr
+    assert not (tmp_path / "store").exists() and not state_dir.exists()
+
+
+HOSTILE = {
+    "traversal": lambda t: add(t, "../../escaped", b"x"),
+    "absolute symlink": lambda t: add(t, "passwd", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
+    "relative symlink escape": lambda t: add(t, "up", type=tarfile.SYMTYPE, linkname="../../../../etc"),
+    "symlink then write through it": lambda t: (add(t, "d", type=tarfile.SYMTYPE, linkname="/tmp"),
+                                                add(t, "d/nsbuild-through-link", b"x")),
+    "hardlink to a host file": lambda t: add(t, "shadow", type=tarfile.LNKTYPE, linkname="/etc/shadow"),
+    "device node": lambda t: add(t, "mem", type=tarfile.CHRTYPE, devmajor=1, devminor=1),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_archives_are_refused(nsbuild, state_dir: Path, tmp_path: Path, kind: str) -> None:
+    tar = archive(tmp_path / "evil.tar.gz", lambda t: (add(t, "ok", b"fine"), HOSTILE[kind](t)))
+    proc = nsbuild("build", str(recipe(tmp_path, tar)), check=False)
+    assert proc.returncode == 1 and "layer[0]: cannot unpack" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert os.listdir(tmp_path / "store" / "tmp") == [] and os.listdir(tmp_path / "store" / "sha256") == []
+    assert not Path("/tmp/nsbuild-through-link").exists()
+    assert not (tmp_path.parent / "escaped").exists() and not state_dir.exists()
+
+
+def test_absolute_member_names_stay_inside_the_layer(nsbuild, tmp_path: Path) -> None:
+    """Like GNU tar, tarfile's filters strip the leading "/": the file lands in the layer."""
+    tar = archive(tmp_path / "abs.tar.gz", lambda t: (good(t), add(t, "/etc/nsbuild-absolute", b"inside\n")))
+    nsfs = json.loads(nsbuild("build", str(recipe(tmp_path, tar)), "--json").stdout)["nsfs"]
+    assert sh(nsfs, "cat /etc/nsbuild-absolute") == "inside\n"
+    assert not Path("/etc/nsbuild-absolute").exists()
+    nsbuild("rm", "arch")
+
+
+def test_device_nodes_when_the_recipe_allows_them(nsbuild, tmp_path: Path) -> None:
+    tar = archive(tmp_path / "dev.tar.gz", lambda t: (good(t), add(t, "null", type=tarfile.CHRTYPE, devmajor=1,
+                                                                         devminor=3, mode=0o666)))
+    nsfs = json.loads(nsbuild("build", str(recipe(tmp_path, tar, "devices = true\n")), "--json").stdout)["nsfs"]
+    assert sh(nsfs, "stat -c '%t:%T %F' /null") == "1:3 character special file\n"
+    nsbuild("rm", "arch")
