@@ -38,15 +38,20 @@ def sha256_of(path: str) -> str:
 
 
 def _layer_filter(devices: bool) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
-    """tarfile's own filters decide what is safe (PEP 706); a root filesystem keeps its owners and modes.
+    """tarfile's own filters decide what is safe (PEP 706); a root filesystem keeps owners and modes.
 
-    data_filter refuses absolute paths, paths and links leaving the layer, and device nodes;
-    tar_filter, used for device nodes when the recipe allows them, refuses the same paths.
-    Both would also drop owners and setuid bits, which a root filesystem needs: those come back.
+    - tar_filter: no member may land outside the layer, also not through a symlink extracted
+      before it (paths are resolved), and a leading "/" is stripped;
+    - data_filter, for hard links: the target must be a file inside the layer;
+    - data_filter also refuses device nodes and fifos unless the recipe allows them.
+    Symlinks may point anywhere: in a root filesystem, absolute ones are the rule
+    (/etc/alternatives, /etc/ssl/certs), and they resolve inside the sandbox's root, which
+    nsbuild itself only walks with RESOLVE_IN_ROOT. Owners and setuid bits come back afterwards.
     """
     def keep(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-        special = member.ischr() or member.isblk() or member.isfifo()
-        checked = (tarfile.tar_filter if special and devices else tarfile.data_filter)(member, dest)
+        if member.islnk() or ((member.ischr() or member.isblk() or member.isfifo()) and not devices):
+            tarfile.data_filter(member, dest)  # raises for escaping hard links and refused special files
+        checked = tarfile.tar_filter(member, dest)
         return checked.replace(uid=member.uid, gid=member.gid, uname=member.uname, gname=member.gname,
                                mode=member.mode, deep=False)
     return keep
