@@ -87,21 +87,32 @@ class Store:
         return dataclasses.replace(recipe, layers=tuple(layers))
 
     def _unpack(self, layer: Layer, dest: str) -> None:
-        for sub in ("sha256", "tmp"):
-            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
-        lock = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        made = [d for d in (self.path, os.path.join(self.path, "sha256"), os.path.join(self.path, "tmp"))
+                if not os.path.isdir(d)]
+        for d in made:
+            os.makedirs(d, mode=0o700)
+        lock_path = os.path.join(self.path, ".lock")
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builds of one archive unpack it once
             if os.path.isdir(dest):
                 return
-            tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=os.path.basename(dest) + ".")
+            tmp = ""
             try:
+                tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=os.path.basename(dest) + ".")
                 os.chmod(tmp, 0o755)  # the layer's "/" (a tar entry for "." sets it too)
                 with tarfile.open(layer.path, "r:*") as tar:
                     tar.extractall(tmp, numeric_owner=True, filter=_layer_filter(layer.devices))
                 os.rename(tmp, dest)
             except (tarfile.TarError, OSError) as e:
-                shutil.rmtree(tmp, ignore_errors=True)  # our own fresh directory: no mounts inside
+                if tmp:
+                    shutil.rmtree(tmp, ignore_errors=True)  # our own fresh directory: no mounts inside
+                if made:  # a first unpack that failed leaves no store behind either
+                    for path in [lock_path] + made[::-1]:
+                        try:
+                            os.rmdir(path) if path != lock_path else os.unlink(path)
+                        except OSError:
+                            pass  # another build is using it now
                 hint = ("device nodes and fifos need devices = true on the layer"
                         if isinstance(e, tarfile.SpecialFileError) else
                         "nothing was unpacked; the archive may be corrupt or unsafe")

@@ -95,7 +95,7 @@ def test_hostile_archives_are_refused(nsbuild, state_dir: Path, tmp_path: Path, 
     proc = nsbuild("build", str(recipe(tmp_path, tar)), check=False)
     assert proc.returncode == 1 and "layer[0]: cannot unpack" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert os.listdir(tmp_path / "store" / "tmp") == [] and os.listdir(tmp_path / "store" / "sha256") == []
+    assert not (tmp_path / "store").exists()  # the first unpack failed: no store was left behind
     assert not Path("/tmp/nsbuild-through-link").exists()
     assert not (tmp_path.parent / "escaped").exists() and not state_dir.exists()
 
