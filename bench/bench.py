@@ -242,7 +242,7 @@ def main() -> int:
             for extra in (25, 225, 2025):
                 proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, __file__,
                                        "_scale", str(extra), str(recipe), "50"], check=True, capture_output=True,
-                                      text=True, env=dict(os.environ, BENCH_TEMPLATE=template))
+                                      text=True, env=dict(os.environ, BENCH_TEMPLATE=template, TMPDIR=str(top)))
                 label = "from the template" if template == "1" else "from the parent's table"
                 row(results, f"scale: executor, {extra} parent mounts, {label}", json.loads(proc.stdout))
 

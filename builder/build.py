@@ -110,14 +110,15 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
     from builder.errors import UsageError
     from builder.state import state_dir as resolve
 
-    from builder.store import Store, store_dir
-
     r = rcp.load(recipe or default_recipe())
     if name is not None and not rcp.NAME_RE.match(name):
         raise UsageError(f"--name '{name}' is not a valid name",
                          "use lower-case letters, digits, '.', '_', '-', starting with a letter or digit")
     need_root()
-    r = Store(store_dir()).resolve(r)  # archive layers -> unpacked store directories
+    if any(layer.kind == "archive" for layer in r.layers):  # tarfile & co. only when needed
+        from builder.store import Store, store_dir
+
+        r = Store(store_dir()).resolve(r)  # archive layers -> unpacked store directories
     b = build(r, StateDir(resolve(state_dir)), strategy, replace, name)
     if as_json:
         import json

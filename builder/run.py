@@ -67,9 +67,11 @@ def run_recipe(path: str, command: list[str], strategy: str = "auto", state: str
     """Build an ephemeral sandbox, enter it: it is gone when the command exits."""
     from builder import executor, recipe as rcp
     from builder.build import plan_for
-    from builder.store import Store, store_dir
+    r = rcp.load(path)
+    if any(layer.kind == "archive" for layer in r.layers):
+        from builder.store import Store, store_dir
 
-    r = Store(store_dir()).resolve(rcp.load(path))
+        r = Store(store_dir()).resolve(r)
     nsfd = executor.execute(plan_for(r, strategy, state=StateDir(state_dir(state))))
     _exec(nsfd, command or list(r.run.command), r.run.cwd, _env(dict(r.run.env)))
 
