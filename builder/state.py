@@ -243,12 +243,16 @@ class StateDir:
         """Write-then-rename, so readers see the old file or the whole new one."""
         tmp = path + f".{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _test_kill("after-tmp")
-        os.rename(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            _test_kill("after-tmp")
+            os.rename(tmp, path)
+        except BaseException:
+            os.unlink(tmp)  # a failed write (ENOSPC, EIO) leaves no *.tmp behind
+            raise
 
     def remove(self, name: str) -> bool:
         """Unmount and forget a sandbox; True if there was anything to remove."""

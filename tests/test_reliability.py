@@ -199,3 +199,27 @@ def test_namespace_id_order_inside_a_non_initial_namespace(tmp_path: Path) -> No
     for _ in range(3):
         ok = inside_cpu1("0,1")
         assert ok.returncode == 0, ok.stderr
+
+
+def test_failed_metadata_write_leaves_nothing(state_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Persisting fails after the namespace is bound (here: the metadata rename): all of it goes."""
+    from builder import executor, state as state_mod
+    from builder.build import plan_for
+    from builder.recipe import load
+
+    sd = state_mod.StateDir(str(state_dir))
+    sd.prepare()
+    nsfd = executor.execute(plan_for(load(str(tiny_recipe(tmp_path)))))
+
+    def failing_rename(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state_mod.os, "rename", failing_rename)
+    try:
+        with pytest.raises(OSError):
+            sd.persist("tiny", nsfd, {"run": {"command": ["true"], "cwd": "/", "env": {}}}, replace=False)
+    finally:
+        os.close(nsfd)
+    monkeypatch.undo()
+    assert sorted(p.name for p in state_dir.iterdir()) == [".lock"]
+    assert not any(str(state_dir / "tiny.mnt") in line for line in mountinfo())
