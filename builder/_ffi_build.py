@@ -19,6 +19,27 @@ struct open_how {
     uint64_t mode;
     uint64_t resolve;
 };
+struct loop_info64 {
+    uint64_t lo_device;
+    uint64_t lo_inode;
+    uint64_t lo_rdevice;
+    uint64_t lo_offset;
+    uint64_t lo_sizelimit;
+    uint32_t lo_number;
+    uint32_t lo_encrypt_type;
+    uint32_t lo_encrypt_key_size;
+    uint32_t lo_flags;
+    uint8_t lo_file_name[64];
+    uint8_t lo_crypt_name[64];
+    uint8_t lo_encrypt_key[32];
+    uint64_t lo_init[2];
+};
+struct loop_config {
+    uint32_t fd;
+    uint32_t block_size;
+    struct loop_info64 info;
+    uint64_t reserved[8];
+};
 long syscall(long number, ...);
 int unshare(int flags);
 int setns(int fd, int nstype);

@@ -21,10 +21,24 @@ class Built:
     seconds: float
 
 
+def features_for(recipe: Recipe) -> feat.Features:
+    return feat.probe(erofs=any(layer.kind == "image" and layer.fstype == "erofs" for layer in recipe.layers))
+
+
+def resolve_layers(recipe: Recipe, unpack: bool = True) -> Recipe:
+    """Archive, OCI and binaries layers as content-store directories; pins checked. unpack=False
+    (for `nsbuild plan`) writes nothing."""
+    if all(layer.kind == "dir" for layer in recipe.layers):
+        return recipe  # the content store (tarfile, hashlib & co.) only when needed
+    from builder.store import Store, store_dir
+
+    return Store(store_dir()).resolve(recipe, unpack)
+
+
 def plan_for(recipe: Recipe, strategy: str = "auto", features: feat.Features | None = None,
              state: StateDir | None = None) -> Plan:
     """The plan a build runs: with the state dir's template namespace where there is one."""
-    features = features or feat.probe()
+    features = features or features_for(recipe)
     return make_plan(recipe, features, feat.pick_strategy(features, strategy), state.template() if state else None)
 
 
@@ -71,7 +85,7 @@ def metadata(recipe: Recipe, plan: Plan) -> dict[str, Any]:
 def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool = False,
           name: str | None = None) -> Built:
     start = time.perf_counter()
-    features = feat.probe()
+    features = features_for(recipe)
     plan = plan_for(recipe, strategy, features, state)
 
     def persist(nsfd: int) -> str:
@@ -115,11 +129,7 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
         raise UsageError(f"--name '{name}' is not a valid name",
                          "use lower-case letters, digits, '.', '_', '-', starting with a letter or digit")
     need_root()
-    if any(layer.kind == "archive" for layer in r.layers):  # tarfile & co. only when needed
-        from builder.store import Store, store_dir
-
-        r = Store(store_dir()).resolve(r)  # archive layers -> unpacked store directories
-    b = build(r, StateDir(resolve(state_dir)), strategy, replace, name)
+    b = build(resolve_layers(r), StateDir(resolve(state_dir)), strategy, replace, name)
     if as_json:
         import json
 

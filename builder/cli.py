@@ -101,10 +101,10 @@ def plan(
         fmt = "json"
     if fmt not in ("table", "strace", "json"):
         raise UsageError(f"unknown format '{fmt}'", "use table, strace or json")
-    from builder.store import Store, store_dir
+    from builder.build import features_for, resolve_layers
 
-    r = Store(store_dir()).resolve(_load(recipe), unpack=False)  # store paths, nothing written
-    features = feat.probe()
+    r = resolve_layers(_load(recipe), unpack=False)  # store paths, nothing written
+    features = features_for(r)
     if strategy != "auto" and strategy in feat.STRATEGIES and not feat.supported(features, strategy):
         print(f"nsbuild: note: kernel {features.release} cannot run strategy '{strategy}'; "
               "showing its plan anyway", file=sys.stderr)

@@ -18,7 +18,7 @@ from typing import Callable
 
 from builder import syscalls as sc
 from builder.errors import BuildError
-from builder.plan import Fd, FdPath, Flags, Plan, Step
+from builder.plan import Fd, FdPath, Flags, LoopPath, Plan, Step
 from builder.render import strace_line
 
 Undo = Callable[[], None]
@@ -44,6 +44,7 @@ class _Run:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.fds: dict[str, int] = {}
+        self.values: dict[str, int] = {}  # results that are not fds ("#loop0": a loop device number)
         self.undo: list[Undo] = []
         self.fault = _fault()
 
@@ -57,6 +58,8 @@ class _Run:
             return self.fd(arg)
         if isinstance(arg, FdPath):
             return f"/proc/self/fd/{self.fds[str(arg)]}"
+        if isinstance(arg, LoopPath):
+            return f"/dev/loop{self.values[str(arg)]}"
         if isinstance(arg, Flags):
             return sc.flags(arg)
         return arg
@@ -72,14 +75,18 @@ class _Run:
                 return
             err = e if isinstance(e, sc.SyscallError) else sc.SyscallError(step.call, _detail(step), e.errno or 0)
             raise StepFailed(index, err) from None
-        if step.out:
+        if step.out and step.out.startswith("#"):
+            self.values[step.out] = result  # type: ignore[assignment]
+        elif step.out:
+            if step.out in self.fds:  # a step run again (see Step.again)
+                os.close(self.fds[step.out])
             self.fds[step.out] = result  # type: ignore[assignment]
 
     def run(self) -> int:
         steps = self.plan.steps
         old_umask = os.umask(0)  # modes in the plan are exact
         try:
-            i = 0
+            i = tries = 0
             while i < len(steps):
                 if steps[i].call == "fork":
                     end = i + 1
@@ -88,7 +95,14 @@ class _Run:
                     self.child(i + 1, end, [str(f) for f in steps[i].args[0]])  # type: ignore[union-attr]
                     i = end
                 else:
-                    self.step(i, steps[i])
+                    try:
+                        self.step(i, steps[i])
+                    except StepFailed as e:
+                        if not (steps[i].again and e.error.errno == errnos.EBUSY and tries < 8):
+                            raise
+                        tries += 1
+                        i -= steps[i].again
+                        continue
                     i += 1
             return self.fds.pop(self.plan.result)
         except BaseException as e:
@@ -202,6 +216,16 @@ def _write(r: _Run, fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _ioctl(r: _Run, fd: int, request: str, *args: object) -> int | None:
+    if request == "LOOP_CTL_GET_FREE":
+        return sc.loop_get_free(fd)
+    if request == "LOOP_CONFIGURE":
+        backing, lo_flags = args
+        sc.loop_configure(fd, backing, lo_flags, os.readlink(f"/proc/self/fd/{backing}"))  # type: ignore[arg-type]
+        return None
+    raise ValueError(f"unknown ioctl {request}")
+
+
 CALLS: dict[str, Callable[..., object]] = {
     "fsopen": lambda r, name, fl: sc.fsopen(name, fl),
     "fsconfig": lambda r, fd, cmd, key, value, aux: sc.fsconfig(fd, cmd, key, value, aux),
@@ -220,6 +244,7 @@ CALLS: dict[str, Callable[..., object]] = {
     "fchmod": lambda r, fd, mode: os.fchmod(fd, mode),
     "fchown": lambda r, fd, uid, gid: os.fchown(fd, uid, gid),
     "write": _write,
+    "ioctl": _ioctl,
     "setns": lambda r, fd, fl: sc.setns(fd, fl),
     "unshare": lambda r, fl: sc.unshare(fl),
     "fchdir": lambda r, fd: os.fchdir(fd),

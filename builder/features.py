@@ -17,6 +17,7 @@ class Features:
     new_mount_api: bool        # fsopen & co (5.2+), mount_setattr (5.12+)
     fsmount_namespace: bool    # FSMOUNT_NAMESPACE (7.1+)
     open_tree_namespace: bool  # OPEN_TREE_NAMESPACE (7.0+)
+    erofs_file: bool = False   # erofs mounts a regular file, no loop device (CONFIG_EROFS_FS_BACKED_BY_FILE)
     probes: tuple[tuple[str, str], ...] = ()  # probe -> errno name, for `doctor`
 
     @property
@@ -36,12 +37,16 @@ class Features:
         return d
 
 
-def probe() -> Features:
-    """Ask the kernel (KERNEL-NOTES.md): EBADF means the flag is known, EINVAL/EPERM/ENOSYS not."""
+def probe(erofs: bool = False) -> Features:
+    """Ask the kernel (KERNEL-NOTES.md): EBADF means the flag is known, EINVAL/EPERM/ENOSYS not.
+
+    erofs=True also asks whether erofs mounts regular files (only recipes with erofs images
+    need to know, and the probe loads the erofs module).
+    """
     from builder import syscalls
 
-    results = {name: syscalls.probe_errno(name) for name in
-               ("fsmount", "fsmount-namespace", "open-tree-namespace")}
+    names = ("fsmount", "fsmount-namespace", "open-tree-namespace") + (("erofs-file",) if erofs else ())
+    results = {name: syscalls.probe_errno(name) for name in names}
     names = tuple((k, errno.errorcode.get(v, str(v)) if v else "OK") for k, v in results.items())
     api = results["fsmount"] != errno.ENOSYS
     release = os.uname().release
@@ -54,6 +59,8 @@ def probe() -> Features:
         new_mount_api=api,
         fsmount_namespace=api and fsmount_ns,
         open_tree_namespace=api and results["open-tree-namespace"] in (errno.EBADF, errno.EPERM),
+        # EINVAL: the file was read (and is no erofs image); ENOTBLK: only block devices
+        erofs_file=erofs and results["erofs-file"] == errno.EINVAL,
         probes=names,
     )
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from builder.features import Features
-from builder.recipe import Mount, Recipe, parent_mount
+from builder.recipe import Layer, Mount, Recipe, parent_mount
 
 
 class Fd(str):
@@ -40,7 +40,11 @@ class Flags(tuple):
     """Symbolic flag names, OR-ed by the executor."""
 
 
-Arg = Union[int, str, bytes, None, Fd, FdPath, Flags]
+class LoopPath(str):
+    """"/dev/loopN", N being the value a LOOP_CTL_GET_FREE step returned ("#loop0")."""
+
+
+Arg = Union[int, str, bytes, None, Fd, FdPath, Flags, LoopPath]
 AT_FDCWD = Fd("AT_FDCWD")
 RESOLVE = Flags(("RESOLVE_IN_ROOT", "RESOLVE_NO_MAGICLINKS"))
 
@@ -68,6 +72,7 @@ class Step:
     origin: str = ""            # recipe key path
     where: str = "host"         # "host" or "child"
     ok: tuple[str, ...] = ()    # errno names that count as success (EEXIST for mkdir -p)
+    again: int = 0              # on EBUSY (a race for a free loop device): rerun from this many steps back
 
 
 @dataclass(frozen=True)
@@ -111,14 +116,15 @@ class _Planner:
     template: str | None = None  # unshare strategy: namespace file to unshare from
 
     def emit(self, call: str, *args: Arg, out: str | None = None, origin: str = "",
-             ok: tuple[str, ...] = ()) -> str:
-        self.steps.append(Step(call, tuple(args), out, origin, self.where, ok))
+             ok: tuple[str, ...] = (), again: int = 0) -> str:
+        self.steps.append(Step(call, tuple(args), out, origin, self.where, ok, again))
         return out or ""
 
     # -- 1. detached filesystems -------------------------------------------------
 
     def new_fs(self, fstype: str, target: str, origin: str, options: tuple[tuple[str, str | bool], ...],
-               attrs: tuple[str, ...], source: str | None = None, namespace: bool = False) -> str:
+               attrs: tuple[str, ...], source: str | None = None, namespace: bool = False,
+               out: str | None = None) -> str:
         fs = self.emit("fsopen", fstype, Flags(("FSOPEN_CLOEXEC",)), out=f"%fs:{target}", origin=origin)
         if source is not None:
             self.emit("fsconfig", Fd(fs), Flags(("FSCONFIG_SET_STRING",)), "source", source, 0, origin=origin)
@@ -129,7 +135,7 @@ class _Planner:
                 self.emit("fsconfig", Fd(fs), Flags(("FSCONFIG_SET_STRING",)), key, value, 0, origin=origin)
         self.emit("fsconfig", Fd(fs), Flags(("FSCONFIG_CMD_CREATE",)), None, None, 0, origin=origin)
         mflags = ("FSMOUNT_CLOEXEC", "FSMOUNT_NAMESPACE") if namespace else ("FSMOUNT_CLOEXEC",)
-        out = "%ns" if namespace else ("%root" if target == "/" else f"%mnt:{target}")
+        out = "%ns" if namespace else out or ("%root" if target == "/" else f"%mnt:{target}")
         return self.emit("fsmount", Fd(fs), Flags(mflags), _attr_flags(attrs), out=out, origin=origin)
 
     def setattr(self, fd: str, attrs: tuple[str, ...], recursive: bool, origin: str) -> None:
@@ -139,14 +145,43 @@ class _Planner:
                   origin=origin)
 
     def layer_fds(self) -> list[str]:
-        if any(layer.kind != "dir" for layer in self.recipe.layers):
-            raise ValueError("archive layers must be resolved to store directories first (Store.resolve)")
-        return [self.emit("openat", AT_FDCWD, layer.path, Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), 0,
-                          out=f"%layer{i}", origin=layer.origin)
-                for i, layer in enumerate(self.recipe.layers)]
+        fds = []
+        for i, layer in enumerate(self.recipe.layers):
+            if layer.kind == "image":
+                fds.append(self.image(i, layer, out=f"%layer{i}"))
+            elif layer.kind == "dir":
+                fds.append(self.emit("openat", AT_FDCWD, layer.path, Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")),
+                                     0, out=f"%layer{i}", origin=layer.origin))
+            else:
+                raise ValueError(f"{layer.kind} layers must be resolved to store directories first (store.py)")
+        return fds
+
+    def image(self, i: int, layer: Layer, out: str, namespace: bool = False, attrs: tuple[str, ...] = ()) -> str:
+        """An image file mounted read-only, detached: straight from the file (erofs, where the kernel
+        can), else through a loop device that AUTOCLEAR frees with the last mount, also on failure."""
+        source: str = layer.path
+        if not (layer.fstype == "erofs" and self.features.erofs_file):
+            if "%loop-control" not in (s.out for s in self.steps):
+                self.emit("openat", AT_FDCWD, "/dev/loop-control", Flags(("O_RDWR", "O_CLOEXEC")), 0,
+                          out="%loop-control", origin=layer.origin)
+            backing = self.emit("openat", AT_FDCWD, layer.path, Flags(("O_RDONLY", "O_CLOEXEC")), 0,
+                                out=f"%image{i}", origin=layer.origin)
+            number = self.emit("ioctl", Fd("%loop-control"), "LOOP_CTL_GET_FREE", out=f"#loop{i}",
+                               origin=layer.origin)
+            source = LoopPath(number)
+            device = self.emit("openat", AT_FDCWD, source, Flags(("O_RDWR", "O_CLOEXEC")), 0, out=f"%loop{i}",
+                               origin=layer.origin)
+            self.emit("ioctl", Fd(device), "LOOP_CONFIGURE", Fd(backing),
+                      Flags(("LO_FLAGS_READ_ONLY", "LO_FLAGS_AUTOCLEAR")), origin=layer.origin, again=2)
+        return self.new_fs(layer.fstype or "", f"layer{i}", layer.origin, (("ro", True),),
+                           attrs or ("ro", "nosuid", "nodev"), source=source, namespace=namespace, out=out)
 
     def root_fs(self, namespace: bool) -> str:
         r = self.recipe.root
+        if r.upper == "none" and len(self.recipe.layers) == 1 and self.recipe.layers[0].kind == "image":
+            # the image's own filesystem is the root: with FSMOUNT_NAMESPACE, one fsmount makes the namespace
+            attrs = tuple(sorted(set(r.attrs) | {"ro"}, key=list(ATTR_FLAG).index))
+            return self.image(0, self.recipe.layers[0], "%root", namespace, attrs)
         layers = self.layer_fds()
         if not layers:  # no layers: the root is a plain tmpfs, like bwrap's
             opts = (("mode", "0755"),) + ((("size", r.size),) if r.size else ())
@@ -297,7 +332,8 @@ class _Planner:
 
     def build(self) -> Plan:
         strategy = self.strategy
-        bind_root = self.recipe.root.upper == "none" and len(self.recipe.layers) == 1
+        layers = self.recipe.layers
+        bind_root = self.recipe.root.upper == "none" and len(layers) == 1 and layers[0].kind == "dir"
         if strategy == "fsmount-namespace" and bind_root:
             # FSMOUNT_NAMESPACE needs a new filesystem; a bind root uses open_tree (7.0+, always there on 7.1+)
             strategy = "open-tree-namespace"

@@ -56,10 +56,15 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 @dataclass(frozen=True)
 class Layer:
     origin: str  # key path, e.g. "layer[0]"
-    kind: str    # "dir", or "archive" (unpacked into the content store before planning)
-    path: str    # absolute host path
-    sha256: str | None = None  # pinned digest of an archive
-    devices: bool = False      # an archive may create device nodes
+    kind: str    # "dir" or "image"; "archive", "oci", "binaries" become "dir"s of the content store
+    path: str    # absolute host path ("" for binaries)
+    sha256: str | None = None  # pinned digest: the file's, the OCI manifest's, the binaries layer's
+    devices: bool = False      # an archive or OCI layer may create device nodes
+    fstype: str | None = None  # image: erofs, squashfs or ext4
+    ref: str | None = None     # oci: tag or sha256:digest
+    platform: str | None = None  # oci: os/arch[/variant]; default: the host's
+    binaries: tuple[str, ...] = ()  # host programs, copied with their shared-library closure
+    files: tuple[str, ...] = ()     # host files copied as they are
 
 
 @dataclass(frozen=True)
@@ -309,39 +314,85 @@ def _array_of_tables(c: _Checker, doc: dict[str, Any], key: str) -> list[tuple[s
     return out
 
 
+LAYER_KEYS: dict[str, tuple[str, ...]] = {  # the keys each kind of layer takes besides its source key
+    "path": (),
+    "archive": ("sha256", "devices"),
+    "image": ("sha256", "type"),
+    "oci": ("sha256", "ref", "platform", "devices"),
+    "binaries": ("sha256", "files"),
+}
+IMAGE_TYPES = ("erofs", "squashfs", "ext4")
+
+
+def image_type(path: str) -> str | None:
+    """The filesystem in an image file, from its magic number."""
+    with open(path, "rb") as f:
+        head = f.read(1082)
+    if head[:4] == b"hsqs":
+        return "squashfs"
+    if head[1024:1028] == b"\xe2\xe1\xf5\xe0":
+        return "erofs"
+    if head[1080:1082] == b"\x53\xef":
+        return "ext4"  # also ext2/ext3: ext4 mounts them
+    return None
+
+
 def _layers(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer]:
     layers = []
     for where, t in _array_of_tables(c, doc, "layer"):
-        c.keys(t, LAYER_KINDS + ("sha256", "devices"), where)
         kinds = [k for k in LAYER_KINDS if k in t]
+        c.keys(t, LAYER_KINDS + ("sha256", "devices", "type", "ref", "platform", "files"), where)
         if len(kinds) != 1:
             c.add(where, "needs exactly one source key" if not kinds else
                   f"has several source keys: {', '.join(kinds)}", "give one of: " + ", ".join(LAYER_KINDS))
             continue
         kind = kinds[0]
-        if kind not in ("path", "archive"):
-            c.add(f"{where}.{kind}", f"{kind} layers are not supported by this version",
-                  "unpack it into a directory and use path = \"...\"")
-            continue
-        value = c.typed(t, kind, str, where)
+        for key in t:
+            if key not in LAYER_KINDS and key not in LAYER_KEYS[kind] and key in (
+                    "sha256", "devices", "type", "ref", "platform", "files"):
+                users = [k for k, keys in LAYER_KEYS.items() if key in keys]
+                c.add(f"{where}.{key}", f"does not apply to {kind} layers", f"it applies to {', '.join(users)} layers")
         digest = c.typed(t, "sha256", str, where)
         devices = c.typed(t, "devices", bool, where, False)
-        if kind == "path":
-            for key in ("sha256", "devices"):
-                if key in t:
-                    c.add(f"{where}.{key}", "only applies to archive layers")
         if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
-            c.add(f"{where}.sha256", "must be 64 lower-case hex digits", "see `sha256sum FILE`")
+            c.add(f"{where}.sha256", "must be 64 lower-case hex digits", "see `sha256sum FILE` or `nsbuild lock`")
             digest = None
+        if kind == "binaries":
+            layer = _binaries_layer(c, t, where, base, cwd, digest)
+            if layer:
+                layers.append(layer)
+            continue
+        value = c.typed(t, kind, str, where)
         if value is None:
             continue
         host = _host_path(value, base, cwd)
-        if kind == "archive":
+        if kind in ("archive", "image"):
             if not os.path.isfile(host):
-                c.add(f"{where}.archive", f"'{value}' ({host}) is not a file", "archive paths are relative to the "
-                      "recipe file; tar, tar.gz, tar.xz and tar.bz2 are read")
+                c.add(f"{where}.{kind}", f"'{value}' ({host}) is not a file", f"{kind} paths are relative to the "
+                      "recipe file" + ("; tar, tar.gz, tar.xz and tar.bz2 are read" if kind == "archive" else ""))
                 continue
-            layers.append(Layer(where, "archive", host, digest, devices))
+            if kind == "archive":
+                layers.append(Layer(where, "archive", host, digest, devices))
+                continue
+            fstype = c.typed(t, "type", str, where)
+            if fstype is not None and fstype not in IMAGE_TYPES:
+                c.add(f"{where}.type", f"unknown image type '{fstype}'", "use " + ", ".join(IMAGE_TYPES))
+                continue
+            fstype = fstype or image_type(host)
+            if fstype is None:
+                c.add(f"{where}.image", f"'{value}' is not an erofs, squashfs or ext4 image",
+                      "make one with mkfs.erofs or mksquashfs, or set type = \"...\"")
+                continue
+            layers.append(Layer(where, "image", host, digest, fstype=fstype))
+            continue
+        if kind == "oci":
+            ref = c.typed(t, "ref", str, where)
+            platform = c.typed(t, "platform", str, where)
+            if not os.path.isfile(os.path.join(host, "oci-layout")):
+                c.add(f"{where}.oci", f"'{value}' ({host}) is not an OCI image layout (no oci-layout file)",
+                      "point it at a directory written by `skopeo copy ... oci:DIR:TAG` or umoci")
+                continue
+            layers.append(Layer(where, "oci", host, digest, devices, ref=ref, platform=platform))
             continue
         if not os.path.isdir(host):
             c.add(f"{where}.path", f"'{value}' ({host}) is not a directory" if os.path.exists(host)
@@ -349,6 +400,28 @@ def _layers(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer
             continue
         layers.append(Layer(where, "dir", host))
     return layers
+
+
+def _binaries_layer(c: _Checker, t: dict[str, Any], where: str, base: str, cwd: str,
+                    digest: str | None) -> Layer | None:
+    lists: dict[str, tuple[str, ...]] = {}
+    for key in ("binaries", "files"):
+        items = c.typed(t, key, list, where, [])
+        paths = []
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or not item:
+                c.add(f"{where}.{key}[{i}]", "must be a non-empty string", "give a host path")
+                continue
+            host = _host_path(item, base, cwd)
+            if not os.path.isfile(host):
+                c.add(f"{where}.{key}[{i}]", f"'{item}' ({host}) is not a file on this host",
+                      "give the path of an installed program" if key == "binaries" else "give an existing file")
+                continue
+            paths.append(host)
+        lists[key] = tuple(paths)
+    if t.get("binaries") == []:
+        c.add(f"{where}.binaries", "is empty", "list host programs, e.g. [\"/bin/sh\"]")
+    return Layer(where, "binaries", "", digest, binaries=lists["binaries"], files=lists["files"])
 
 
 def _root(c: _Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[Layer]) -> Root:

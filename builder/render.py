@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from builder.plan import Fd, FdPath, Flags, Plan, Step
+from builder.plan import Fd, FdPath, Flags, LoopPath, Plan, Step
 
 
 def _arg(arg: object) -> str:
@@ -12,6 +12,8 @@ def _arg(arg: object) -> str:
         return str(arg)
     if isinstance(arg, FdPath):
         return f'"/proc/self/fd/{arg}"'
+    if isinstance(arg, LoopPath):
+        return f'"/dev/loop{arg}"'
     if isinstance(arg, Flags):
         return "|".join(arg) if arg else "0"
     if arg is None:
@@ -59,6 +61,8 @@ def _json_arg(arg: object) -> Any:
         return {"fd": str(arg)}
     if isinstance(arg, FdPath):
         return {"fd_path": str(arg)}
+    if isinstance(arg, LoopPath):
+        return {"loop_path": str(arg)}
     if isinstance(arg, Flags):
         return {"flags": list(arg)}
     if isinstance(arg, bytes):

@@ -66,12 +66,8 @@ def run_persisted(name: str, command: list[str], state: str | None = None) -> No
 def run_recipe(path: str, command: list[str], strategy: str = "auto", state: str | None = None) -> None:
     """Build an ephemeral sandbox, enter it: it is gone when the command exits."""
     from builder import executor, recipe as rcp
-    from builder.build import plan_for
-    r = rcp.load(path)
-    if any(layer.kind == "archive" for layer in r.layers):
-        from builder.store import Store, store_dir
-
-        r = Store(store_dir()).resolve(r)
+    from builder.build import plan_for, resolve_layers
+    r = resolve_layers(rcp.load(path))
     nsfd = executor.execute(plan_for(r, strategy, state=StateDir(state_dir(state))))
     _exec(nsfd, command or list(r.run.command), r.run.cwd, _env(dict(r.run.env)))
 

@@ -3,6 +3,8 @@
     <store>/sha256/<digest>[-dev]/   an unpacked layer ("-dev": device nodes were allowed)
     <store>/tmp/                     unpacking in progress; renamed into place when complete
     <store>/.lock                    flock(2) held while unpacking
+    <store>/digests.json             sha256 of input files by (device, inode, size, mtime, ctime): a
+                                     rebuild does not read a large image or archive again
 
 A crash leaves at most a directory under tmp/, never a half layer under sha256/.
 """
@@ -11,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
 
+from builder import progress
 from builder.errors import NsbuildError, UsageError
 from builder.recipe import Layer, Recipe
 
@@ -28,12 +32,12 @@ def store_dir() -> str:
 
 
 def sha256_of(path: str) -> str:
-    with open(path, "rb") as f:
-        if hasattr(hashlib, "file_digest"):  # Python 3.11+
-            return hashlib.file_digest(f, "sha256").hexdigest()
+    with open(path, "rb") as f, progress.bar(f"hashing {os.path.basename(path)}",
+                                             os.fstat(f.fileno()).st_size) as advance:
         h = hashlib.sha256()
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+            advance(len(chunk))
         return h.hexdigest()
 
 
@@ -57,9 +61,18 @@ def _layer_filter(devices: bool) -> Callable[[tarfile.TarInfo, str], tarfile.Tar
     return keep
 
 
+def _check_pin(recipe: Recipe, layer: Layer, digest: str) -> None:
+    if layer.sha256 and digest != layer.sha256:
+        raise UsageError(f"{recipe.file}: {layer.origin}.sha256: {layer.path} has sha256 {digest}, "
+                         f"but the recipe pins {layer.sha256}",
+                         f"the {layer.kind} changed: check it, then update sha256 (or run `nsbuild lock`)")
+
+
 class Store:
     def __init__(self, path: str) -> None:
         self.path = path
+        self._known: dict[str, list] | None = None  # digests.json
+        self._dirty = False
 
     def entry(self, digest: str, devices: bool) -> str:
         return os.path.join(self.path, "sha256", digest + ("-dev" if devices else ""))
@@ -72,25 +85,68 @@ class Store:
         """
         layers: list[Layer] = []
         for layer in recipe.layers:
-            if layer.kind != "archive":
+            if layer.kind == "dir":
                 layers.append(layer)
                 continue
-            digest = sha256_of(layer.path)
-            if layer.sha256 and digest != layer.sha256:
-                raise UsageError(f"{recipe.file}: {layer.origin}.sha256: {layer.path} has sha256 {digest}, "
-                                 f"but the recipe pins {layer.sha256}",
-                                 "the archive changed: check it, then update sha256")
+            if layer.kind == "image":
+                if layer.sha256:
+                    _check_pin(recipe, layer, self.digest(layer.path))
+                layers.append(layer)
+                continue
+            digest = self.digest(layer.path)
+            _check_pin(recipe, layer, digest)
             path = self.entry(digest, layer.devices)
             if unpack and not os.path.isdir(path):
                 self._unpack(layer, path)
             layers.append(dataclasses.replace(layer, kind="dir", path=path))
+        if unpack:
+            self.save_digests()
         return dataclasses.replace(recipe, layers=tuple(layers))
 
-    def _unpack(self, layer: Layer, dest: str) -> None:
+    def digest(self, path: str) -> str:
+        """sha256 of a file, remembered by its identity and times: ctime changes with any write,
+        and no one can set it back. New digests are saved by save_digests()."""
+        st = os.stat(path)
+        key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        if self._known is None:
+            try:
+                with open(os.path.join(self.path, "digests.json")) as f:
+                    self._known = json.load(f)
+            except (OSError, ValueError):
+                self._known = {}
+        if self._known.get(path, [])[:-1] == key:
+            return str(self._known[path][-1])
+        digest = sha256_of(path)
+        self._known[path] = key + [digest]
+        self._dirty = True
+        return digest
+
+    def save_digests(self) -> None:
+        if not self._dirty or self._known is None:
+            return
+        cache_file = os.path.join(self.path, "digests.json")
+        tmp = f"{cache_file}.{os.getpid()}.tmp"
+        self._ensure_dirs()
+        try:
+            with open(tmp, "w") as f:
+                json.dump({p: v for p, v in self._known.items() if os.path.exists(p)}, f)
+            os.rename(tmp, cache_file)  # readers see the old or the new file, never half of one
+            self._dirty = False
+        except OSError:  # a cache: losing it costs time only
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def _ensure_dirs(self) -> list[str]:
         made = [d for d in (self.path, os.path.join(self.path, "sha256"), os.path.join(self.path, "tmp"))
                 if not os.path.isdir(d)]
         for d in made:
-            os.makedirs(d, mode=0o700)
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        return made
+
+    def _unpack(self, layer: Layer, dest: str) -> None:
+        made = self._ensure_dirs()
         lock_path = os.path.join(self.path, ".lock")
         lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -101,7 +157,10 @@ class Store:
             try:
                 tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=os.path.basename(dest) + ".")
                 os.chmod(tmp, 0o755)  # the layer's "/" (a tar entry for "." sets it too)
-                with tarfile.open(layer.path, "r:*") as tar:
+                size = os.stat(layer.path).st_size
+                with open(layer.path, "rb") as raw, \
+                        progress.bar(f"unpacking {os.path.basename(layer.path)}", size) as advance, \
+                        tarfile.open(fileobj=progress.CountingReader(raw, advance), mode="r:*") as tar:  # type: ignore
                     tar.extractall(tmp, numeric_owner=True, filter=_layer_filter(layer.devices))
                 os.rename(tmp, dest)
             except (tarfile.TarError, OSError) as e:

@@ -79,6 +79,9 @@ FLAGS: dict[str, int] = {
     "RESOLVE_NO_SYMLINKS": 0x04,
     "RESOLVE_BENEATH": 0x08,
     "RESOLVE_IN_ROOT": 0x10,
+    "O_RDWR": os.O_RDWR,
+    "LO_FLAGS_READ_ONLY": 1,
+    "LO_FLAGS_AUTOCLEAR": 4,
     "S_IFCHR": 0o020000,
     "S_IFREG": 0o100000,
 }
@@ -91,6 +94,8 @@ FLAGS.update(FSCONFIG_SET_FLAG=FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING=FSCONFIG_S
 AT_FDCWD = -100
 NS_GET_NSTYPE = 0xB703
 NS_GET_MNTNS_ID = 0x8008B705  # _IOR(0xb7, 5, __u64), 6.8+
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CTL_GET_FREE = 0x4C82
 
 
 def flags(names: tuple[str, ...] | list[str]) -> int:
@@ -243,6 +248,22 @@ def mntns_id(fd: int) -> int:
     return int(out[0])
 
 
+def loop_get_free(ctl_fd: int) -> int:
+    """The number of a free loop device (LOOP_CTL_GET_FREE on /dev/loop-control)."""
+    return _check(lib.ioctl(ctl_fd, ffi.cast("unsigned long", LOOP_CTL_GET_FREE)), "ioctl", "LOOP_CTL_GET_FREE")
+
+
+def loop_configure(dev_fd: int, backing_fd: int, lo_flags: int, name: str) -> None:
+    """Attach a backing file to a loop device in one call (LOOP_CONFIGURE, 5.8+)."""
+    config = ffi.new("struct loop_config *")
+    config.fd = backing_fd
+    config.info.lo_flags = lo_flags
+    shown = name.encode()[:63]  # what losetup shows as the backing file
+    ffi.memmove(config.info.lo_file_name, shown, len(shown))
+    _check(lib.ioctl(dev_fd, ffi.cast("unsigned long", LOOP_CONFIGURE), config), "ioctl",
+           f"LOOP_CONFIGURE {name!r}")
+
+
 def probe_errno(call: str) -> int:
     """Run one side-effect-free probe (KERNEL-NOTES.md) and return its errno (0: succeeded)."""
     if call == "fsmount":  # does the new mount API exist at all
@@ -251,6 +272,19 @@ def probe_errno(call: str) -> int:
         res = _fsmount(-1, FLAGS["FSMOUNT_NAMESPACE"], 0)
     elif call == "open-tree-namespace":
         res = _open_tree(-1, b"", FLAGS["OPEN_TREE_NAMESPACE"] | FLAGS["AT_EMPTY_PATH"])
+    elif call == "erofs-file":  # erofs on a regular file: ENOTBLK without CONFIG_EROFS_FS_BACKED_BY_FILE
+        try:
+            fd = fsopen("erofs", FLAGS["FSOPEN_CLOEXEC"])
+        except SyscallError as e:
+            return e.errno or _errno.EIO
+        try:  # this module is no erofs image: EINVAL says the file was read, so files are supported
+            fsconfig(fd, FSCONFIG_SET_STRING, "source", __file__)
+            fsconfig(fd, FSCONFIG_CMD_CREATE)
+            return 0
+        except SyscallError as e:
+            return e.errno or _errno.EIO
+        finally:
+            os.close(fd)
     else:
         raise ValueError(call)
     if res >= 0:
