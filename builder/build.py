@@ -25,14 +25,19 @@ def features_for(recipe: Recipe) -> feat.Features:
     return feat.probe(erofs=any(layer.kind == "image" and layer.fstype == "erofs" for layer in recipe.layers))
 
 
-def resolve_layers(recipe: Recipe, unpack: bool = True) -> Recipe:
+def resolve_layers(recipe: Recipe, unpack: bool = True, state: StateDir | None = None) -> Recipe:
     """Archive, OCI and binaries layers as content-store directories; pins checked. unpack=False
-    (for `nsbuild plan`) writes nothing."""
+    (for `nsbuild plan`) writes nothing. `state`: the state dir the build persists into, which
+    `nsbuild gc` then reads to keep the entries its sandboxes use."""
     if all(layer.kind == "dir" for layer in recipe.layers):
         return recipe  # the content store (tarfile, hashlib & co.) only when needed
     from builder.store import Store, store_dir
 
-    return Store(store_dir()).resolve(recipe, unpack)
+    store = Store(store_dir())
+    resolved = store.resolve(recipe, unpack)
+    if state is not None and store.entries(resolved):
+        store.add_root(state.path)
+    return resolved
 
 
 def plan_for(recipe: Recipe, strategy: str = "auto", features: feat.Features | None = None,
@@ -79,7 +84,16 @@ def metadata(recipe: Recipe, plan: Plan) -> dict[str, Any]:
         "recipe": recipe.file, "recipe_sha256": recipe.sha256, "strategy": plan.strategy,
         "kernel": plan.kernel, "upper": recipe.root.upper, "description": recipe.description,
         "run": {"command": list(recipe.run.command), "cwd": recipe.run.cwd, "env": dict(recipe.run.env)},
+        "store": _store_entries(recipe),
     }
+
+
+def _store_entries(recipe: Recipe) -> list[str]:
+    if not any("/sha256/" in layer.path for layer in recipe.layers):
+        return []
+    from builder.store import Store, store_dir
+
+    return Store(store_dir()).entries(recipe)
 
 
 def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool = False,
@@ -118,22 +132,33 @@ def need_root() -> None:
 
 
 def build_command(recipe: str | None, strategy: str, replace: bool, name: str | None,
-                  state_dir: str | None, as_json: bool) -> None:
+                  state_dir: str | None, as_json: bool, locked: bool = False, quiet: bool = False) -> None:
     """`nsbuild build`, shared by the typer CLI and the lean entry point (builder.entry)."""
     from builder import recipe as rcp
     from builder.errors import UsageError
     from builder.state import state_dir as resolve
 
+    if quiet:
+        from builder import progress
+
+        progress.QUIET = True
     r = rcp.load(recipe or default_recipe())
     if name is not None and not rcp.NAME_RE.match(name):
         raise UsageError(f"--name '{name}' is not a valid name",
                          "use lower-case letters, digits, '.', '_', '-', starting with a letter or digit")
     need_root()
-    b = build(resolve_layers(r), StateDir(resolve(state_dir)), strategy, replace, name)
+    state = StateDir(resolve(state_dir))
+    if locked:
+        from builder import lock
+
+        lock.check(r)
+    b = build(resolve_layers(r, state=state), state, strategy, replace, name)
     if as_json:
         import json
 
         print(json.dumps({"name": b.name, "nsfs": b.nsfs, "strategy": b.strategy, "seconds": round(b.seconds, 6)}))
+        return
+    if quiet:
         return
     print(f"built {b.name} in {b.seconds * 1000:.1f} ms (strategy {b.strategy})")
     print(f"  namespace: {b.nsfs}")

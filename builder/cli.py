@@ -62,11 +62,13 @@ def build(
     name: Optional[str] = typer.Option(None, "--name", help="Persist under this name instead of [sandbox] name."),
     state_dir: Optional[str] = StateOpt,
     as_json: bool = JsonOpt,
+    locked: bool = typer.Option(False, "--locked", help="Refuse to build if an input drifted from RECIPE.lock."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary."),
 ) -> None:
     """Build RECIPE and persist its mount namespace (also: `nsbuild RECIPE`)."""
     from builder.build import build_command
 
-    build_command(recipe, strategy, replace, name, state_dir, as_json)
+    build_command(recipe, strategy, replace, name, state_dir, as_json, locked, quiet)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -120,6 +122,42 @@ def plan(
         out.print(render.table(p))
         for note in p.notes:
             out.print(f"note: {note}")
+
+
+@app.command()
+@handled
+def lock(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Write RECIPE.lock: the digest of every input, for `nsbuild build --locked`."""
+    from builder import lock as lk, progress
+
+    progress.QUIET = quiet
+    path = lk.write(_load(recipe))
+    out.print(f"wrote {path}")
+
+
+@app.command()
+@handled
+def gc(
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only list what would be removed."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove store entries that no lock file and no persisted sandbox references."""
+    from builder.store import Store, store_dir
+
+    store = Store(store_dir())
+    if not dry_run:
+        need_root()
+    removed = store.gc(dry_run)
+    if as_json:
+        print(json.dumps({"store": store.path, "dry_run": dry_run, "removed": removed}, indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for path in removed:
+        out.print(f"{verb} {path}")
+    out.print(f"{len(removed)} entries {verb} from {store.path}")
 
 
 @app.command("ls")

@@ -13,17 +13,18 @@ TYPE_CHECKING = False  # typing costs ~4 ms at start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-COMMANDS = ("build", "run", "plan", "ls", "rm", "doctor")
+COMMANDS = ("build", "run", "plan", "check", "lock", "gc", "ls", "rm", "doctor")
 
 # build's options, as in cli.build: value options (with their aliases) and flags
 BUILD_VALUES = {"--strategy": "strategy", "-s": "strategy", "--name": "name", "--state-dir": "state_dir"}
-BUILD_FLAGS = {"--replace": "replace", "--json": "as_json"}
+BUILD_FLAGS = {"--replace": "replace", "--json": "as_json", "--locked": "locked", "--quiet": "quiet", "-q": "quiet"}
 
 
 def parse_build(args: list[str]) -> dict[str, object] | None:
     """`build [RECIPE] [OPTIONS]` as typer would parse it, or None to let typer decide."""
     params: dict[str, object] = {"recipe": None, "strategy": "auto", "replace": False, "name": None,
-                                 "state_dir": os.environ.get("NSBUILD_STATE_DIR") or None, "as_json": False}
+                                 "state_dir": os.environ.get("NSBUILD_STATE_DIR") or None, "as_json": False,
+                                 "locked": False, "quiet": False}
     seen: set[str] = set()
     i, positional_only = 0, False
     while i < len(args):

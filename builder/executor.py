@@ -171,7 +171,7 @@ class _Run:
         if not is_dir:
             self.undo.append(lambda: os.unlink(name, dir_fd=fd))
         elif fd is None:
-            self.undo.append(lambda: _remove_tree(name))
+            self.undo.append(lambda: remove_tree(name))
         else:
             self.undo.append(lambda: os.rmdir(name, dir_fd=fd))
 
@@ -181,7 +181,7 @@ def _detail(step: Step) -> str:
     return line[line.index("(") + 1:line.rindex(")")] if "(" in line else ""
 
 
-def _remove_tree(path: str, dir_fd: int | None = None, dev: int | None = None) -> None:
+def remove_tree(path: str, dir_fd: int | None = None, dev: int | None = None) -> None:
     """rm -r that never crosses into another filesystem (a mount) and never follows symlinks."""
     dev = os.lstat(path, dir_fd=dir_fd).st_dev if dev is None else dev
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -190,7 +190,7 @@ def _remove_tree(path: str, dir_fd: int | None = None, dev: int | None = None) -
             if not entry.is_dir(follow_symlinks=False):
                 os.unlink(entry.name, dir_fd=fd)
             elif entry.stat(follow_symlinks=False).st_dev == dev:
-                _remove_tree(entry.name, fd, dev)
+                remove_tree(entry.name, fd, dev)
     finally:
         os.close(fd)
     os.rmdir(path, dir_fd=dir_fd)  # fails if a mount stayed inside: left alone, not crossed
@@ -271,6 +271,8 @@ def _hint(step: Step, err: sc.SyscallError) -> str:
     name = err.errname
     if step.call == "fsconfig" and name == "EINVAL" and not err.kmsg:
         return "overlayfs logs its reason to the kernel log only: see `dmesg | tail`"
+    if step.call == "openat" and step.args[1] == "/dev/loop-control" and name == "ENOENT":
+        return "image layers need loop devices: load the driver with `modprobe loop`"
     if step.call == "openat2" and name == "ENOENT":
         return "the mount point does not exist inside the sandbox and cannot be created there"
     if name == "EPERM":

@@ -3,6 +3,7 @@
     <store>/sha256/<digest>[-dev]/   an unpacked layer ("-dev": device nodes were allowed)
     <store>/tmp/                     unpacking in progress; renamed into place when complete
     <store>/.lock                    flock(2) held while unpacking
+    <store>/roots/                   symlinks to lock files and state dirs: what `nsbuild gc` keeps
     <store>/digests.json             sha256 of input files by (device, inode, size, mtime, ctime): a
                                      rebuild does not read a large image or archive again
 
@@ -22,6 +23,7 @@ from collections.abc import Callable
 
 from builder import progress
 from builder.errors import NsbuildError, UsageError
+from builder.executor import remove_tree
 from builder.recipe import Layer, Recipe
 
 DEFAULT_STORE = "/var/lib/nsbuild/store"
@@ -72,7 +74,13 @@ class Store:
     def __init__(self, path: str) -> None:
         self.path = path
         self._known: dict[str, list] | None = None  # digests.json
+        self._hold: int | None = None  # the gc lock, shared
         self._dirty = False
+
+    def entries(self, recipe: Recipe) -> list[str]:
+        """The store entries a resolved recipe's layers are (their names under sha256/)."""
+        top = os.path.join(self.path, "sha256")
+        return [os.path.basename(layer.path) for layer in recipe.layers if os.path.dirname(layer.path) == top]
 
     def entry(self, digest: str, devices: bool) -> str:
         return os.path.join(self.path, "sha256", digest + ("-dev" if devices else ""))
@@ -83,6 +91,8 @@ class Store:
         Digests are checked against the recipe's pins before anything is unpacked or mounted.
         With unpack=False (for `nsbuild plan`) nothing is written.
         """
+        if unpack:
+            self.hold()
         layers: list[Layer] = []
         for layer in recipe.layers:
             if layer.kind == "dir":
@@ -102,6 +112,16 @@ class Store:
         if unpack:
             self.save_digests()
         return dataclasses.replace(recipe, layers=tuple(layers))
+
+    def input_digest(self, layer: Layer) -> str:
+        """The digest a lock file records for a layer (see lock.py)."""
+        if layer.kind == "dir":
+            from builder.lock import tree_digest
+
+            return tree_digest(layer.path)
+        if layer.kind in ("image", "archive"):
+            return self.digest(layer.path)
+        raise ValueError(f"no input digest for {layer.kind} layers")
 
     def digest(self, path: str) -> str:
         """sha256 of a file, remembered by its identity and times: ctime changes with any write,
@@ -147,6 +167,7 @@ class Store:
 
     def _unpack(self, layer: Layer, dest: str) -> None:
         made = self._ensure_dirs()
+        self.hold()  # before tmp/ gets anything: gc deletes what it finds there
         lock_path = os.path.join(self.path, ".lock")
         lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -167,9 +188,12 @@ class Store:
                 if tmp:
                     shutil.rmtree(tmp, ignore_errors=True)  # our own fresh directory: no mounts inside
                 if made:  # a first unpack that failed leaves no store behind either
-                    for path in [lock_path] + made[::-1]:
+                    if self._hold is not None:
+                        os.close(self._hold)
+                        self._hold = None
+                    for path in [lock_path, os.path.join(self.path, ".gc.lock")] + made[::-1]:
                         try:
-                            os.rmdir(path) if path != lock_path else os.unlink(path)
+                            os.rmdir(path) if path in made else os.unlink(path)
                         except OSError:
                             pass  # another build is using it now
                 hint = ("device nodes and fifos need devices = true on the layer"
@@ -178,3 +202,79 @@ class Store:
                 raise NsbuildError(f"{layer.origin}: cannot unpack {layer.path}: {e}", hint) from None
         finally:
             os.close(lock)
+
+    # -- garbage collection ------------------------------------------------------------
+
+    def add_root(self, path: str) -> None:
+        """Remember a lock file or state dir whose store entries `gc` must keep."""
+        roots = os.path.join(self.path, "roots")
+        os.makedirs(roots, mode=0o700, exist_ok=True)
+        link = os.path.join(roots, hashlib.sha256(os.fsencode(path)).hexdigest()[:32])
+        if os.path.islink(link) and os.readlink(link) == path:
+            return
+        tmp = f"{link}.{os.getpid()}.tmp"
+        os.symlink(path, tmp)
+        os.rename(tmp, link)
+
+    def referenced(self) -> tuple[set[str], list[str]]:
+        """Store entries named by live roots, and the roots that are gone."""
+        from builder import lock
+
+        keep: set[str] = set()
+        dead: list[str] = []
+        roots = os.path.join(self.path, "roots")
+        for name in sorted(os.listdir(roots)) if os.path.isdir(roots) else []:
+            target = os.readlink(os.path.join(roots, name))
+            if os.path.isdir(target):  # a state dir: every sandbox's metadata lists its entries
+                for meta in sorted(os.listdir(target)):
+                    if meta.endswith(".json"):
+                        keep.update(_json_list(os.path.join(target, meta), "store"))
+            elif os.path.isfile(target) and target.endswith(".lock"):
+                keep.update(_json_list(target, "store"))
+                if not lock.is_lock_file(target):
+                    dead.append(name)
+            else:
+                dead.append(name)
+        return keep, dead
+
+    def gc(self, dry_run: bool = False) -> list[str]:
+        """Remove store entries that no lock file and no persisted sandbox references, and
+        leftovers of interrupted unpacks. Builds hold the gc lock shared while they use the store."""
+        if not os.path.isdir(self.path):
+            return []
+        lock_fd = os.open(os.path.join(self.path, ".gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            keep, dead = self.referenced()
+            removed = []
+            entries = os.path.join(self.path, "sha256")
+            for name in sorted(os.listdir(entries)) if os.path.isdir(entries) else []:
+                if name not in keep:
+                    removed.append(os.path.join(entries, name))
+            tmp = os.path.join(self.path, "tmp")
+            removed += [os.path.join(tmp, n) for n in sorted(os.listdir(tmp))] if os.path.isdir(tmp) else []
+            removed += [os.path.join(self.path, "roots", n) for n in dead]
+            if not dry_run:
+                for path in removed:
+                    if os.path.islink(path) or not os.path.isdir(path):
+                        os.unlink(path)
+                    else:
+                        remove_tree(path)
+            return removed
+        finally:
+            os.close(lock_fd)
+
+    def hold(self) -> None:
+        """Keep `gc` away while this process builds from the store (released when it exits)."""
+        if self._hold is None and os.path.isdir(self.path):
+            self._hold = os.open(os.path.join(self.path, ".gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._hold, fcntl.LOCK_SH)
+
+
+def _json_list(path: str, key: str) -> list[str]:
+    try:
+        with open(path) as f:
+            value = json.load(f).get(key, [])
+        return [str(v) for v in value] if isinstance(value, list) else []
+    except (OSError, ValueError, AttributeError):
+        return []
