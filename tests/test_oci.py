@@ -1,4 +1,4 @@
-"""OCI image layouts: picking an image, verifying blobs.
+"""OCI image layouts: picking an image, verifying blobs, unpacking layers in overlayfs form.
 
 Layouts are written from scratch here, as skopeo would: blobs/sha256/<hex>, index.json, oci-layout.
 """
@@ -9,15 +9,19 @@ import hashlib
 import io
 import json
 import os
+import stat
+import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import needs_root
 
 from builder import oci
 from builder.errors import UsageError
+from builder.store import _layer_filter
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -248,3 +252,133 @@ def test_bad_layouts(tmp_path: Path, case: str) -> None:
             "bad index": "manifests[0] has no mediaType"}[case] in msg
     if case != "bad index":
         assert "skopeo copy" in msg  # the hint says what a layout is
+
+
+# --- unpacking layers
+
+def unpack(blob: oci.Blob, dest: Path) -> Path:
+    dest.mkdir()
+    oci.unpack_layer(blob, str(dest), _layer_filter(False))
+    return dest
+
+
+def is_whiteout(path: Path) -> bool:
+    st = os.lstat(path)
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@needs_root
+@pytest.mark.parametrize("layer_type", [TAR, TAR_GZ, "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                                        "application/vnd.docker.image.rootfs.diff.tar.gzip"])
+def test_layer_media_types_unpack(tmp_path: Path, layer_type: str) -> None:
+    layout = tmp_path / "layout"
+    data = tar_bytes(dir_("etc"), file_("etc/motd", b"hi\n"), compress=not layer_type.endswith(".tar"))
+    img = oci.open_layout(str(finish(layout, image(layout, data, layer_type=layer_type)))).image()
+    dest = unpack(img.layers[0], tmp_path / "l")
+    assert (dest / "etc/motd").read_text() == "hi\n"
+
+
+def two_layers(tmp_path: Path) -> tuple[Path, Path]:
+    """Layer 2 deletes etc/file and gone/, empties opq/ (adding new), replaces redo/ by a new one."""
+    layout = tmp_path / "layout"
+    l1 = tar_bytes(dir_("etc"), file_("etc/keep"), file_("etc/file"), dir_("opq"), file_("opq/old"),
+                   dir_("opq/sub"), file_("opq/sub/old2"), dir_("gone"), file_("gone/x"), dir_("redo"),
+                   file_("redo/old"), dir_("deep"), dir_("deep/er"), file_("deep/er/x"))
+    l2 = tar_bytes(file_("etc/.wh.file", b""), dir_("opq"), file_("opq/new"), file_("opq/.wh..wh..opq", b""),
+                   file_(".wh.gone", b""), file_(".wh.redo", b""), dir_("redo"), file_("redo/new"),
+                   file_("deep/er/.wh.x", b""))  # a whiteout whose parents the layer does not list
+    img = oci.open_layout(str(finish(layout, image(layout, l1, l2)))).image()
+    return unpack(img.layers[0], tmp_path / "l1"), unpack(img.layers[1], tmp_path / "l2")
+
+
+@needs_root
+def test_whiteouts_become_overlayfs_whiteouts(tmp_path: Path) -> None:
+    _, l2 = two_layers(tmp_path)
+    assert is_whiteout(l2 / "etc/file") and is_whiteout(l2 / "gone") and is_whiteout(l2 / "deep/er/x")
+    assert opaque(l2 / "opq") and not opaque(l2 / "etc")
+    assert opaque(l2 / "redo") and (l2 / "redo/new").is_file()  # the layer's own redo/ stays, made opaque
+    assert not [name for name in tree(l2) if ".wh." in name]
+    assert tree(l2) == ["deep", "deep/er", "deep/er/x", "etc", "etc/file", "gone", "opq", "opq/new", "redo",
+                        "redo/new"]
+
+
+@needs_root
+def test_overlay_of_the_layers_hides_what_layer_two_deleted(tmp_path: Path) -> None:
+    l1, l2 = two_layers(tmp_path)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    script = f"mount -t overlay nsbuild-test -o lowerdir={l2}:{l1} {merged} && cd {merged} && find . | sort"
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [".", "./deep", "./deep/er", "./etc", "./etc/keep", "./opq", "./opq/new",
+                                   "./redo", "./redo/new"]
+    assert os.listdir(merged) == []  # the mount lived in the private namespace only
+
+
+@needs_root
+@pytest.mark.parametrize("corruption", ["file data", "gzip stream", "trailing bytes"])
+def test_corrupt_layer_is_a_digest_mismatch(tmp_path: Path, corruption: str) -> None:
+    layout = tmp_path / "layout"
+    data = tar_bytes(dir_("etc"), file_("etc/motd", os.urandom(4096)))  # incompressible: the middle is file data
+    img = oci.open_layout(str(finish(layout, image(layout, data)))).image()
+    broken = bytearray(data)
+    if corruption == "file data":  # tarfile unpacks it without noticing (it checks no gzip CRC)
+        broken[len(data) // 2] ^= 0xFF
+    elif corruption == "gzip stream":  # tarfile fails first: still reported as the digest mismatch
+        broken[10:] = bytes(len(data) - 10)
+    else:  # the tar reads fine; the file is not the blob
+        broken += b"trailing"
+    Path(img.layers[0].path).write_bytes(bytes(broken))
+    msg = error(lambda: unpack(img.layers[0], tmp_path / "l"))
+    assert f"({len(broken)} bytes), not {img.layers[0].digest} ({len(data)} bytes)" in msg
+    assert "corrupt or was modified" in msg
+
+
+HOSTILE: dict[str, Callable[[Path], list[Entry]]] = {  # the directory outside the layer -> tar entries
+    "dotdot": lambda out: [file_("../.wh.x", b"")],
+    "dotdot opaque": lambda out: [file_("a/../../.wh..wh..opq", b"")],
+    "through a symlink out": lambda out: [symlink("d", str(out)), file_("d/.wh.y", b"")],
+    "through a relative symlink out": lambda out: [symlink("d", "../../outside"), file_("d/.wh..wh..opq", b"")],
+    "symlink unpacked after the whiteout": lambda out: [file_("d/.wh.y", b""), symlink("d", str(out))],
+    # inside the layer, yet refused: whiteouts never follow symlinks (tarfile would resolve this one)
+    "through a symlink inside": lambda out: [dir_("e"), symlink("d", "e"), file_("d/.wh.x", b"")],
+}
+
+
+@needs_root
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_whiteouts_are_refused(tmp_path: Path, case: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "y").write_text("host file\n")
+    layout = tmp_path / "layout"
+    img = oci.open_layout(str(finish(layout, image(layout, tar_bytes(file_("ok"), *HOSTILE[case](outside)))))).image()
+    (tmp_path / "layer").mkdir()
+    with pytest.raises(tarfile.FilterError):
+        unpack(img.layers[0], tmp_path / "layer" / "dest")
+    assert tree(outside) == ["y"] and (outside / "y").read_text() == "host file\n"
+    assert os.listdir(tmp_path / "layer") == ["dest"]
+    assert not opaque(outside) and not opaque(tmp_path / "layer") and not opaque(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["layer", "layout", "outside"]
+
+
+@needs_root
+def test_absolute_whiteouts_stay_inside_the_layer(tmp_path: Path) -> None:
+    """Like every member with an absolute name, the filter strips the leading "/" (see test_store)."""
+    layout = tmp_path / "layout"
+    data = tar_bytes(file_("/nsbuild-abs-test/.wh.x", b""), file_("/.wh.nsbuild-abs-test2", b""))
+    img = oci.open_layout(str(finish(layout, image(layout, data)))).image()
+    dest = unpack(img.layers[0], tmp_path / "l")
+    assert is_whiteout(dest / "nsbuild-abs-test/x") and is_whiteout(dest / "nsbuild-abs-test2")
+    assert not Path("/nsbuild-abs-test").exists() and not Path("/nsbuild-abs-test2").exists()
