@@ -1,0 +1,384 @@
+"""OCI image layouts: picking an image, verifying blobs, unpacking layers in overlayfs form.
+
+Layouts are written from scratch here, as skopeo would: blobs/sha256/<hex>, index.json, oci-layout.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import subprocess
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import needs_root
+
+from builder import oci
+from builder.errors import UsageError
+from builder.store import _layer_filter
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+TAR = "application/vnd.oci.image.layer.v1.tar"
+TAR_GZ = TAR + "+gzip"
+HOST = oci.host_platform()
+OTHER = ("linux", "s390x" if HOST[1] != "s390x" else "amd64", "")
+
+Entry = Callable[[tarfile.TarFile], None]
+
+
+# --- writing layouts
+
+def add(tar: tarfile.TarFile, name: str, data: bytes = b"", **attrs: object) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    tar.addfile(info, io.BytesIO(data) if data else None)
+
+
+def dir_(name: str) -> Entry:
+    return lambda t: add(t, name, type=tarfile.DIRTYPE, mode=0o755)
+
+
+def file_(name: str, data: bytes = b"x\n") -> Entry:
+    return lambda t: add(t, name, data, mode=0o644)
+
+
+def symlink(name: str, target: str) -> Entry:
+    return lambda t: add(t, name, type=tarfile.SYMTYPE, linkname=target)
+
+
+def tar_bytes(*entries: Entry, compress: bool = True) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for entry in entries:
+            entry(tar)
+    return gzip.compress(buf.getvalue(), mtime=0) if compress else buf.getvalue()
+
+
+def put(layout: Path, data: bytes, media_type: str, **extra: Any) -> dict[str, Any]:
+    """Write a blob; its descriptor."""
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"mediaType": media_type, "digest": "sha256:" + digest, "size": len(data), **extra}
+
+
+def put_json(layout: Path, doc: dict[str, Any], media_type: str, **extra: Any) -> dict[str, Any]:
+    return put(layout, json.dumps(doc).encode(), media_type, **extra)
+
+
+def image(layout: Path, *layers: bytes, layer_type: str = TAR_GZ, runs_on: tuple[str, str, str] = HOST,
+          manifest_type: str = OCI_MANIFEST, config_type: str = OCI_CONFIG, **extra: Any) -> dict[str, Any]:
+    """Write config, layers and manifest; the manifest's descriptor (with `extra`, e.g. annotations)."""
+    os_, arch, variant = runs_on
+    config = put_json(layout, {"os": os_, "architecture": arch, **({"variant": variant} if variant else {}),
+                               "rootfs": {"type": "layers", "diff_ids": []}}, config_type)
+    descs = [put(layout, data, layer_type) for data in layers]
+    return put_json(layout, {"schemaVersion": 2, "mediaType": manifest_type, "config": config, "layers": descs},
+                    manifest_type, **extra)
+
+
+def tagged(name: str) -> dict[str, Any]:
+    return {"annotations": {oci.REF_NAME: name}}
+
+
+def on(platform: tuple[str, str, str]) -> dict[str, Any]:
+    os_, arch, variant = platform
+    return {"platform": {"os": os_, "architecture": arch, **({"variant": variant} if variant else {})}}
+
+
+def finish(layout: Path, *manifests: dict[str, Any]) -> Path:
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                                   "manifests": list(manifests)}))
+    return layout
+
+
+def blob_path(layout: Path, desc: dict[str, Any]) -> Path:
+    return layout / "blobs" / "sha256" / desc["digest"].removeprefix("sha256:")
+
+
+def error(call: Callable[[], object]) -> str:
+    with pytest.raises(UsageError) as e:
+        call()
+    return f"{e.value} | {e.value.hint}"
+
+
+# --- picking an image
+
+def test_the_only_manifest_needs_no_ref(tmp_path: Path) -> None:
+    m = image(tmp_path, tar_bytes(file_("a")), tar_bytes(file_("b")))
+    img = oci.open_layout(str(finish(tmp_path, m))).image()
+    manifest = json.loads(blob_path(tmp_path, m).read_bytes())
+    assert img.manifest_digest == m["digest"] and img.config_digest == manifest["config"]["digest"]
+    assert [b.digest for b in img.layers] == [d["digest"] for d in manifest["layers"]]  # bottom -> top
+    assert all(b.media_type == TAR_GZ and Path(b.path) == blob_path(tmp_path, d) and b.size == d["size"]
+               for b, d in zip(img.layers, manifest["layers"]))
+    assert img.config["architecture"] == HOST[1]
+
+
+def test_pick_by_tag_and_by_digest(tmp_path: Path) -> None:
+    one = image(tmp_path, tar_bytes(file_("one")), **tagged("1.0"))
+    two = image(tmp_path, tar_bytes(file_("two")), **tagged("2.0"))
+    layout = oci.open_layout(str(finish(tmp_path, one, two)))
+    assert layout.tags() == ["1.0", "2.0"]
+    assert layout.image("2.0").manifest_digest == two["digest"]
+    assert layout.image("1.0").manifest_digest == one["digest"]
+    assert layout.image(one["digest"]).manifest_digest == one["digest"]
+
+
+def test_several_manifests_without_ref_list_the_tags(tmp_path: Path) -> None:
+    finish(tmp_path, image(tmp_path, tar_bytes(file_("one")), **tagged("1.0")),
+           image(tmp_path, tar_bytes(file_("two")), **tagged("2.0")))
+    msg = error(oci.open_layout(str(tmp_path)).image)
+    assert str(tmp_path) in msg and "several images" in msg and "1.0, 2.0" in msg
+
+
+def test_unknown_tag_and_digest(tmp_path: Path) -> None:
+    layout = oci.open_layout(str(finish(tmp_path, image(tmp_path, tar_bytes(file_("a")), **tagged("latest")))))
+    msg = error(lambda: layout.image("3.0"))
+    assert str(tmp_path) in msg and "'3.0'" in msg and "available tags: latest" in msg
+    msg = error(lambda: layout.image("sha256:" + "0" * 64))
+    assert "no image or index has digest sha256:000" in msg
+
+
+def nested(layout: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """index.json -> an index blob -> one manifest per platform (as `skopeo copy --all` writes it)."""
+    host = image(layout, tar_bytes(file_("host")), runs_on=HOST, **on(HOST))
+    other = image(layout, tar_bytes(file_("other")), runs_on=OTHER, **on(OTHER))
+    index = put_json(layout, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [other, host]}, OCI_INDEX,
+                     **tagged("multi"))
+    finish(layout, index)
+    return index, host, other
+
+
+def test_nested_index_picks_the_host_platform_or_the_one_asked_for(tmp_path: Path) -> None:
+    index, host, other = nested(tmp_path)
+    layout = oci.open_layout(str(tmp_path))
+    assert layout.image("multi").manifest_digest == host["digest"]
+    assert layout.image().manifest_digest == host["digest"]
+    assert layout.image("multi", "/".join(p for p in OTHER if p)).manifest_digest == other["digest"]
+    assert layout.image(index["digest"], "/".join(OTHER[:2])).manifest_digest == other["digest"]
+    assert layout.image(other["digest"]).manifest_digest == other["digest"]  # a platform's own digest
+    msg = error(lambda: layout.image("multi", "linux/mips64le"))
+    assert "no image for platform linux/mips64le" in msg and "/".join(OTHER[:2]) in msg and "/".join(HOST[:2]) in msg
+
+
+def test_platform_variants_compare_by_meaning(tmp_path: Path) -> None:
+    arm64 = image(tmp_path, tar_bytes(file_("arm64")), runs_on=("linux", "arm64", ""), **on(("linux", "arm64", "")))
+    armv7 = image(tmp_path, tar_bytes(file_("v7")), runs_on=("linux", "arm", "v7"), **on(("linux", "arm", "v7")))
+    armv6 = image(tmp_path, tar_bytes(file_("v6")), runs_on=("linux", "arm", "v6"), **on(("linux", "arm", "v6")))
+    layout = oci.open_layout(str(finish(tmp_path, armv6, armv7, arm64)))
+    assert layout.image(platform="linux/arm64/v8").manifest_digest == arm64["digest"]
+    assert layout.image(platform="linux/arm").manifest_digest == armv7["digest"]  # arm means v7
+    assert layout.image(platform="linux/arm/v6").manifest_digest == armv6["digest"]
+    assert "os/arch[/variant]" in error(lambda: layout.image(platform="arm64"))
+
+
+def test_an_explicit_platform_is_checked_also_for_a_single_image(tmp_path: Path) -> None:
+    layout = oci.open_layout(str(finish(tmp_path, image(tmp_path, tar_bytes(file_("a")), runs_on=OTHER))))
+    assert layout.image().manifest_digest  # no platform asked for: the only image
+    msg = error(lambda: layout.image(platform="linux/mips64le"))
+    assert "is for platform " + "/".join(OTHER[:2]) in msg
+
+
+def test_docker_media_types(tmp_path: Path) -> None:
+    m = image(tmp_path, tar_bytes(file_("a")), layer_type="application/vnd.docker.image.rootfs.diff.tar.gzip",
+              manifest_type="application/vnd.docker.distribution.manifest.v2+json",
+              config_type="application/vnd.docker.container.image.v1+json")
+    img = oci.open_layout(str(finish(tmp_path, m))).image()
+    assert img.manifest_digest == m["digest"] and len(img.layers) == 1
+
+
+# --- errors
+
+def test_missing_blobs(tmp_path: Path) -> None:
+    m = image(tmp_path, tar_bytes(file_("a")), **tagged("a"))
+    layout = oci.open_layout(str(finish(tmp_path, m)))
+    layer = layout.image("a").layers[0]
+    os.unlink(layer.path)
+    msg = error(lambda: layout.image("a"))
+    assert f"blob {layer.path} is missing" in msg and "copy the image again" in msg
+    blob_path(tmp_path, m).unlink()
+    assert f"manifest {m['digest']}: blob" in error(lambda: layout.image("a"))
+
+
+def test_corrupt_manifest_is_a_digest_mismatch(tmp_path: Path) -> None:
+    m = image(tmp_path, tar_bytes(file_("a")))
+    path = blob_path(tmp_path, finish(tmp_path, m) and m)
+    path.write_bytes(path.read_bytes().replace(b'"schemaVersion": 2', b'"schemaVersion": 3'))  # same size
+    msg = error(oci.open_layout(str(tmp_path)).image)
+    assert str(tmp_path) in msg and f"not {m['digest']}" in msg and "corrupt or was modified" in msg
+
+
+def test_blob_type_must_match_its_descriptor(tmp_path: Path) -> None:
+    m = image(tmp_path, tar_bytes(file_("a")))
+    finish(tmp_path, dict(m, mediaType=OCI_INDEX))  # index.json says index, the blob says manifest
+    assert "blob says it is" in error(oci.open_layout(str(tmp_path)).image)
+
+
+def test_zstd_layers_are_refused_with_a_way_out(tmp_path: Path) -> None:
+    finish(tmp_path, image(tmp_path, b"(\xb5/\xfd not really zstd", layer_type=TAR + "+zstd"))
+    msg = error(oci.open_layout(str(tmp_path)).image)
+    assert "zstd" in msg and "skopeo copy --dest-compress-format gzip" in msg
+
+
+@pytest.mark.parametrize("case", ["no dir", "no oci-layout", "version 2", "not json", "no index.json", "bad index"])
+def test_bad_layouts(tmp_path: Path, case: str) -> None:
+    finish(tmp_path, image(tmp_path, tar_bytes(file_("a"))))
+    if case == "no dir":
+        target = tmp_path / "nowhere"
+    else:
+        target = tmp_path
+        {"no oci-layout": lambda: (tmp_path / "oci-layout").unlink(),
+         "version 2": lambda: (tmp_path / "oci-layout").write_text('{"imageLayoutVersion": "2.0.0"}'),
+         "not json": lambda: (tmp_path / "oci-layout").write_text("{"),
+         "no index.json": lambda: (tmp_path / "index.json").unlink(),
+         "bad index": lambda: (tmp_path / "index.json").write_text('{"schemaVersion": 2, "manifests": [{}]}'),
+         }[case]()
+    msg = error(lambda: oci.open_layout(str(target)))
+    assert f"OCI layout {target}:" in msg
+    assert {"no dir": "not a directory", "no oci-layout": "oci-layout is missing", "version 2": "'2.0.0', not 1.x",
+            "not json": "cannot read oci-layout", "no index.json": "index.json is missing",
+            "bad index": "manifests[0] has no mediaType"}[case] in msg
+    if case != "bad index":
+        assert "skopeo copy" in msg  # the hint says what a layout is
+
+
+# --- unpacking layers
+
+def unpack(blob: oci.Blob, dest: Path) -> Path:
+    dest.mkdir()
+    oci.unpack_layer(blob, str(dest), _layer_filter(False))
+    return dest
+
+
+def is_whiteout(path: Path) -> bool:
+    st = os.lstat(path)
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@needs_root
+@pytest.mark.parametrize("layer_type", [TAR, TAR_GZ, "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                                        "application/vnd.docker.image.rootfs.diff.tar.gzip"])
+def test_layer_media_types_unpack(tmp_path: Path, layer_type: str) -> None:
+    layout = tmp_path / "layout"
+    data = tar_bytes(dir_("etc"), file_("etc/motd", b"hi\n"), compress=not layer_type.endswith(".tar"))
+    img = oci.open_layout(str(finish(layout, image(layout, data, layer_type=layer_type)))).image()
+    dest = unpack(img.layers[0], tmp_path / "l")
+    assert (dest / "etc/motd").read_text() == "hi\n"
+
+
+def two_layers(tmp_path: Path) -> tuple[Path, Path]:
+    """Layer 2 deletes etc/file and gone/, empties opq/ (adding new), replaces redo/ by a new one."""
+    layout = tmp_path / "layout"
+    l1 = tar_bytes(dir_("etc"), file_("etc/keep"), file_("etc/file"), dir_("opq"), file_("opq/old"),
+                   dir_("opq/sub"), file_("opq/sub/old2"), dir_("gone"), file_("gone/x"), dir_("redo"),
+                   file_("redo/old"), dir_("deep"), dir_("deep/er"), file_("deep/er/x"))
+    l2 = tar_bytes(file_("etc/.wh.file", b""), dir_("opq"), file_("opq/new"), file_("opq/.wh..wh..opq", b""),
+                   file_(".wh.gone", b""), file_(".wh.redo", b""), dir_("redo"), file_("redo/new"),
+                   file_("deep/er/.wh.x", b""))  # a whiteout whose parents the layer does not list
+    img = oci.open_layout(str(finish(layout, image(layout, l1, l2)))).image()
+    return unpack(img.layers[0], tmp_path / "l1"), unpack(img.layers[1], tmp_path / "l2")
+
+
+@needs_root
+def test_whiteouts_become_overlayfs_whiteouts(tmp_path: Path) -> None:
+    _, l2 = two_layers(tmp_path)
+    assert is_whiteout(l2 / "etc/file") and is_whiteout(l2 / "gone") and is_whiteout(l2 / "deep/er/x")
+    assert opaque(l2 / "opq") and not opaque(l2 / "etc")
+    assert opaque(l2 / "redo") and (l2 / "redo/new").is_file()  # the layer's own redo/ stays, made opaque
+    assert not [name for name in tree(l2) if ".wh." in name]
+    assert tree(l2) == ["deep", "deep/er", "deep/er/x", "etc", "etc/file", "gone", "opq", "opq/new", "redo",
+                        "redo/new"]
+
+
+@needs_root
+def test_overlay_of_the_layers_hides_what_layer_two_deleted(tmp_path: Path) -> None:
+    l1, l2 = two_layers(tmp_path)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    script = f"mount -t overlay nsbuild-test -o lowerdir={l2}:{l1} {merged} && cd {merged} && find . | sort"
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [".", "./deep", "./deep/er", "./etc", "./etc/keep", "./opq", "./opq/new",
+                                   "./redo", "./redo/new"]
+    assert os.listdir(merged) == []  # the mount lived in the private namespace only
+
+
+@needs_root
+@pytest.mark.parametrize("corruption", ["file data", "gzip stream", "trailing bytes"])
+def test_corrupt_layer_is_a_digest_mismatch(tmp_path: Path, corruption: str) -> None:
+    layout = tmp_path / "layout"
+    data = tar_bytes(dir_("etc"), file_("etc/motd", os.urandom(4096)))  # incompressible: the middle is file data
+    img = oci.open_layout(str(finish(layout, image(layout, data)))).image()
+    broken = bytearray(data)
+    if corruption == "file data":  # tarfile unpacks it without noticing (it checks no gzip CRC)
+        broken[len(data) // 2] ^= 0xFF
+    elif corruption == "gzip stream":  # tarfile fails first: still reported as the digest mismatch
+        broken[10:] = bytes(len(data) - 10)
+    else:  # the tar reads fine; the file is not the blob
+        broken += b"trailing"
+    Path(img.layers[0].path).write_bytes(bytes(broken))
+    msg = error(lambda: unpack(img.layers[0], tmp_path / "l"))
+    assert f"({len(broken)} bytes), not {img.layers[0].digest} ({len(data)} bytes)" in msg
+    assert "corrupt or was modified" in msg
+
+
+HOSTILE: dict[str, Callable[[Path], list[Entry]]] = {  # the directory outside the layer -> tar entries
+    "dotdot": lambda out: [file_("../.wh.x", b"")],
+    "dotdot opaque": lambda out: [file_("a/../../.wh..wh..opq", b"")],
+    "through a symlink out": lambda out: [symlink("d", str(out)), file_("d/.wh.y", b"")],
+    "through a relative symlink out": lambda out: [symlink("d", "../../outside"), file_("d/.wh..wh..opq", b"")],
+    "symlink unpacked after the whiteout": lambda out: [file_("d/.wh.y", b""), symlink("d", str(out))],
+    # inside the layer, yet refused: whiteouts never follow symlinks (tarfile would resolve this one)
+    "through a symlink inside": lambda out: [dir_("e"), symlink("d", "e"), file_("d/.wh.x", b"")],
+}
+
+
+@needs_root
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_whiteouts_are_refused(tmp_path: Path, case: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "y").write_text("host file\n")
+    layout = tmp_path / "layout"
+    img = oci.open_layout(str(finish(layout, image(layout, tar_bytes(file_("ok"), *HOSTILE[case](outside)))))).image()
+    (tmp_path / "layer").mkdir()
+    with pytest.raises(tarfile.FilterError):
+        unpack(img.layers[0], tmp_path / "layer" / "dest")
+    assert tree(outside) == ["y"] and (outside / "y").read_text() == "host file\n"
+    assert os.listdir(tmp_path / "layer") == ["dest"]
+    assert not opaque(outside) and not opaque(tmp_path / "layer") and not opaque(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["layer", "layout", "outside"]
+
+
+@needs_root
+def test_absolute_whiteouts_stay_inside_the_layer(tmp_path: Path) -> None:
+    """Like every member with an absolute name, the filter strips the leading "/" (see test_store)."""
+    layout = tmp_path / "layout"
+    data = tar_bytes(file_("/nsbuild-abs-test/.wh.x", b""), file_("/.wh.nsbuild-abs-test2", b""))
+    img = oci.open_layout(str(finish(layout, image(layout, data)))).image()
+    dest = unpack(img.layers[0], tmp_path / "l")
+    assert is_whiteout(dest / "nsbuild-abs-test/x") and is_whiteout(dest / "nsbuild-abs-test2")
+    assert not Path("/nsbuild-abs-test").exists() and not Path("/nsbuild-abs-test2").exists()
