@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -70,6 +69,14 @@ def _check_pin(recipe: Recipe, layer: Layer, digest: str) -> None:
                          f"the {layer.kind} changed: check it, then update sha256 (or run `nsbuild lock`)")
 
 
+def _untar(layer: Layer, dest: str) -> None:
+    size = os.stat(layer.path).st_size
+    with open(layer.path, "rb") as raw, \
+            progress.bar(f"unpacking {os.path.basename(layer.path)}", size) as advance, \
+            tarfile.open(fileobj=progress.CountingReader(raw, advance), mode="r:*") as tar:  # type: ignore
+        tar.extractall(dest, numeric_owner=True, filter=_layer_filter(layer.devices))
+
+
 class Store:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -86,7 +93,8 @@ class Store:
         return os.path.join(self.path, "sha256", digest + ("-dev" if devices else ""))
 
     def resolve(self, recipe: Recipe, unpack: bool = True) -> Recipe:
-        """The recipe with each archive layer replaced by its store directory.
+        """The recipe with each archive, OCI and binaries layer replaced by store directories
+        (an OCI image gives one per layer blob).
 
         Digests are checked against the recipe's pins before anything is unpacked or mounted.
         With unpack=False (for `nsbuild plan`) nothing is written.
@@ -97,21 +105,39 @@ class Store:
         for layer in recipe.layers:
             if layer.kind == "dir":
                 layers.append(layer)
-                continue
-            if layer.kind == "image":
+            elif layer.kind == "image":
                 if layer.sha256:
                     _check_pin(recipe, layer, self.digest(layer.path))
                 layers.append(layer)
-                continue
-            digest = self.digest(layer.path)
-            _check_pin(recipe, layer, digest)
-            path = self.entry(digest, layer.devices)
-            if unpack and not os.path.isdir(path):
-                self._unpack(layer, path)
-            layers.append(dataclasses.replace(layer, kind="dir", path=path))
+            elif layer.kind == "archive":
+                digest = self.digest(layer.path)
+                _check_pin(recipe, layer, digest)
+                path = self.entry(digest, layer.devices)
+                if unpack:
+                    self._fill(layer.origin, layer.path, path, lambda tmp: _untar(layer, tmp))
+                layers.append(dataclasses.replace(layer, kind="dir", path=path))
+            elif layer.kind == "oci":
+                layers += self._oci(recipe, layer, unpack)
+            else:
+                raise ValueError(f"unknown layer kind {layer.kind}")
         if unpack:
             self.save_digests()
         return dataclasses.replace(recipe, layers=tuple(layers))
+
+    def _oci(self, recipe: Recipe, layer: Layer, unpack: bool) -> list[Layer]:
+        """One store directory per layer blob, whiteouts in overlayfs form ("-oci" entries)."""
+        from builder import oci
+
+        image = oci.open_layout(layer.path).image(layer.ref, layer.platform)
+        _check_pin(recipe, layer, image.manifest_digest.removeprefix("sha256:"))
+        out = []
+        for k, blob in enumerate(image.layers):
+            path = self.entry(blob.digest.removeprefix("sha256:") + "-oci", layer.devices)
+            if unpack:
+                self._fill(f"{layer.origin} blob {k}", blob.path, path,
+                           lambda tmp, b=blob: oci.unpack_layer(b, tmp, _layer_filter(layer.devices)))
+            out.append(Layer(f"{layer.origin}.blob[{k}]", "dir", path))
+        return out
 
     def input_digest(self, layer: Layer) -> str:
         """The digest a lock file records for a layer (see lock.py)."""
@@ -121,6 +147,11 @@ class Store:
             return tree_digest(layer.path)
         if layer.kind in ("image", "archive"):
             return self.digest(layer.path)
+        if layer.kind == "oci":
+            from builder import oci
+
+            image = oci.open_layout(layer.path).image(layer.ref, layer.platform)
+            return image.manifest_digest.removeprefix("sha256:")
         raise ValueError(f"no input digest for {layer.kind} layers")
 
     def digest(self, path: str) -> str:
@@ -165,28 +196,31 @@ class Store:
             os.makedirs(d, mode=0o700, exist_ok=True)
         return made
 
-    def _unpack(self, layer: Layer, dest: str) -> None:
+    def _fill(self, origin: str, source: str, dest: str, fill: Callable[[str], None]) -> None:
+        """Make the store entry `dest` with fill(tmp) unless it exists: in a fresh directory under
+        tmp/, renamed into place when complete, under the store lock."""
+        if os.path.isdir(dest):
+            return
         made = self._ensure_dirs()
         self.hold()  # before tmp/ gets anything: gc deletes what it finds there
         lock_path = os.path.join(self.path, ".lock")
         lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builds of one archive unpack it once
+            fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builds of one layer make it once
             if os.path.isdir(dest):
                 return
             tmp = ""
             try:
                 tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=os.path.basename(dest) + ".")
                 os.chmod(tmp, 0o755)  # the layer's "/" (a tar entry for "." sets it too)
-                size = os.stat(layer.path).st_size
-                with open(layer.path, "rb") as raw, \
-                        progress.bar(f"unpacking {os.path.basename(layer.path)}", size) as advance, \
-                        tarfile.open(fileobj=progress.CountingReader(raw, advance), mode="r:*") as tar:  # type: ignore
-                    tar.extractall(tmp, numeric_owner=True, filter=_layer_filter(layer.devices))
+                fill(tmp)
                 os.rename(tmp, dest)
-            except (tarfile.TarError, OSError) as e:
+            except BaseException as e:
                 if tmp:
-                    shutil.rmtree(tmp, ignore_errors=True)  # our own fresh directory: no mounts inside
+                    try:
+                        remove_tree(tmp)  # our own fresh directory: nothing is mounted inside
+                    except OSError:
+                        pass  # left under tmp/ for `nsbuild gc`
                 if made:  # a first unpack that failed leaves no store behind either
                     if self._hold is not None:
                         os.close(self._hold)
@@ -196,10 +230,12 @@ class Store:
                             os.rmdir(path) if path in made else os.unlink(path)
                         except OSError:
                             pass  # another build is using it now
+                if not isinstance(e, (tarfile.TarError, OSError)):
+                    raise
                 hint = ("device nodes and fifos need devices = true on the layer"
                         if isinstance(e, tarfile.SpecialFileError) else
                         "nothing was unpacked; the archive may be corrupt or unsafe")
-                raise NsbuildError(f"{layer.origin}: cannot unpack {layer.path}: {e}", hint) from None
+                raise NsbuildError(f"{origin}: cannot unpack {source}: {e}", hint) from None
         finally:
             os.close(lock)
 
