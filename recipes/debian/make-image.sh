@@ -24,6 +24,6 @@ unshare --mount --propagation private \
     debootstrap --variant=minbase "$suite" "$scratch/rootfs" ${mirror:+"$mirror"}
 rm -rf "$scratch/rootfs/var/cache/apt/archives/"*.deb "$scratch/rootfs/var/lib/apt/lists/"*
 
-mkfs.erofs -zlz4hc "$image.tmp" "$scratch/rootfs"
+mkfs.erofs --quiet -zlz4hc "$image.tmp" "$scratch/rootfs"
 mv "$image.tmp" "$image"
 echo "wrote $image ($(du -h "$image" | cut -f1)); sha256: $(sha256sum "$image" | cut -d' ' -f1)"
