@@ -42,7 +42,44 @@ def sha256_of(path: str) -> str:
         return h.hexdigest()
 
 
-def _layer_filter(devices: bool) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
+# xattrs restored from archives: ACLs, file capabilities and user data. Never trusted.* (overlayfs
+# keeps whiteouts, redirects and metacopy there: a layer must not forge them) nor security labels.
+XATTRS = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
+PAX_XATTR = "SCHILY.xattr."
+
+
+class Xattrs:
+    """xattrs from PAX headers, which tarfile reads but does not restore: noted while the filter
+    passes members, set after extraction through fds resolved beneath the layer."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, dict[str, bytes]]] = []
+
+    def note(self, member: tarfile.TarInfo) -> None:
+        found = {k[len(PAX_XATTR):]: v.encode("utf-8", "surrogateescape") for k, v in member.pax_headers.items()
+                 if k.startswith(PAX_XATTR) and k[len(PAX_XATTR):].startswith(XATTRS)}
+        if found and not member.issym():
+            self.pending.append((member.name, found))
+
+    def apply(self, dest: str) -> None:
+        from builder import syscalls as sc
+
+        root = os.open(dest, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for name, attrs in self.pending:
+                # no symlink on the way, and nothing outside the layer: the kernel checks both
+                fd = sc.openat2(root, name, sc.flags(("O_PATH", "O_NOFOLLOW", "O_CLOEXEC")),
+                                sc.flags(("RESOLVE_BENEATH", "RESOLVE_NO_SYMLINKS")))
+                try:
+                    for key, value in attrs.items():
+                        os.setxattr(f"/proc/self/fd/{fd}", key, value)  # O_PATH fds take no f*xattr
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(root)
+
+
+def _layer_filter(devices: bool, xattrs: Xattrs | None = None) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
     """tarfile's own filters decide what is safe (PEP 706); a root filesystem keeps owners and modes.
 
     - tar_filter: no member may land outside the layer, also not through a symlink extracted
@@ -57,6 +94,8 @@ def _layer_filter(devices: bool) -> Callable[[tarfile.TarInfo, str], tarfile.Tar
         if member.islnk() or ((member.ischr() or member.isblk() or member.isfifo()) and not devices):
             tarfile.data_filter(member, dest)  # raises for escaping hard links and refused special files
         checked = tarfile.tar_filter(member, dest)
+        if xattrs is not None:
+            xattrs.note(checked)
         return checked.replace(uid=member.uid, gid=member.gid, uname=member.uname, gname=member.gname,
                                mode=member.mode, deep=False)
     return keep
@@ -74,7 +113,9 @@ def _untar(layer: Layer, dest: str) -> None:
     with open(layer.path, "rb") as raw, \
             progress.bar(f"unpacking {os.path.basename(layer.path)}", size) as advance, \
             tarfile.open(fileobj=progress.CountingReader(raw, advance), mode="r:*") as tar:  # type: ignore
-        tar.extractall(dest, numeric_owner=True, filter=_layer_filter(layer.devices))
+        xattrs = Xattrs()
+        tar.extractall(dest, numeric_owner=True, filter=_layer_filter(layer.devices, xattrs))
+    xattrs.apply(dest)
 
 
 class Store:
@@ -131,11 +172,15 @@ class Store:
         image = oci.open_layout(layer.path).image(layer.ref, layer.platform)
         _check_pin(recipe, layer, image.manifest_digest.removeprefix("sha256:"))
         out = []
+        def unpack_blob(blob: oci.Blob, tmp: str) -> None:
+            xattrs = Xattrs()
+            oci.unpack_layer(blob, tmp, _layer_filter(layer.devices, xattrs))
+            xattrs.apply(tmp)
+
         for k, blob in enumerate(image.layers):
             path = self.entry(blob.digest.removeprefix("sha256:") + "-oci", layer.devices)
             if unpack:
-                self._fill(f"{layer.origin} blob {k}", blob.path, path,
-                           lambda tmp, b=blob: oci.unpack_layer(b, tmp, _layer_filter(layer.devices)))
+                self._fill(f"{layer.origin} blob {k}", blob.path, path, lambda tmp, b=blob: unpack_blob(b, tmp))
             out.append(Layer(f"{layer.origin}.blob[{k}]", "dir", path))
         return out
 

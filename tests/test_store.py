@@ -127,3 +127,21 @@ def test_device_nodes_when_the_recipe_allows_them(nsbuild, tmp_path: Path) -> No
     nsfs = json.loads(nsbuild("build", str(recipe(tmp_path, tar, "devices = true\n")), "--json").stdout)["nsfs"]
     assert sh(nsfs, "stat -c '%t:%T %F' /null") == "1:3 character special file\n"
     nsbuild("rm", "arch")
+
+
+def test_xattrs_come_back_but_never_overlayfs_ones(nsbuild, tmp_path: Path) -> None:
+    """PAX xattrs: user data, ACLs and file capabilities are restored; trusted.* (where overlayfs
+    keeps whiteouts and redirects) is not, so a layer cannot forge them."""
+    cap = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw+ep, as on Debian's ping
+    with tarfile.open(tmp_path / "x.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "dir", type=tarfile.DIRTYPE, mode=0o755, pax_headers={"SCHILY.xattr.trusted.overlay.opaque": "y"})
+        add(tar, "dir/ping", b"\x7fELF", mode=0o755,
+            pax_headers={"SCHILY.xattr.security.capability": cap.decode("utf-8", "surrogateescape"),
+                         "SCHILY.xattr.user.origin": "tarball"})
+    digest = hashlib.sha256((tmp_path / "x.tar").read_bytes()).hexdigest()
+    nsbuild("build", str(recipe(tmp_path, tmp_path / "x.tar")))
+    entry = tmp_path / "store" / "sha256" / digest
+    assert os.getxattr(entry / "dir" / "ping", "user.origin") == b"tarball"
+    assert os.getxattr(entry / "dir" / "ping", "security.capability") == cap
+    assert "trusted.overlay.opaque" not in os.listxattr(entry / "dir")
+    nsbuild("rm", "arch")
