@@ -42,3 +42,50 @@ def test_every_strategy_builds_the_same_tree(nsbuild, state_dir: Path, recipe: s
     for strategy in AVAILABLE[1:]:
         assert trees[strategy][0] == first[0], f"mounts differ: {AVAILABLE[0]} vs {strategy}"
         assert trees[strategy][1] == first[1], f"files differ: {AVAILABLE[0]} vs {strategy}"
+
+
+HASHES = ("find / -path /proc -prune -o -path /usr -prune -o -path /sys -prune -o -path /dev -prune -o "
+          "-type f -exec sha256sum {} + | sort")
+
+
+def every_kind_recipe(tmp_path: Path) -> Path:
+    """A directory, an archive, an OCI layout (with a whiteout) and an image, bottom to top."""
+    from test_images import make_image
+    from test_oci import two_layer_image
+    from test_store import archive, good
+
+    archive(tmp_path / "base.tar.gz", good)
+    two_layer_image(tmp_path / "layout")
+    (tmp_path / "img" / "etc").mkdir(parents=True)
+    (tmp_path / "img" / "etc" / "from-image").write_text("image\n")
+    make_image("squashfs", tmp_path / "img", tmp_path / "top.sqfs")
+    (tmp_path / "dir" / "etc").mkdir(parents=True)
+    (tmp_path / "dir" / "etc" / "from-dir").write_text("dir\n")
+    recipe = tmp_path / "kinds.toml"
+    recipe.write_text('[sandbox]\nname = "kinds"\n'
+                      '[[layer]]\npath = "dir"\n[[layer]]\narchive = "base.tar.gz"\n'
+                      '[[layer]]\noci = "layout"\nref = "v1"\n[[layer]]\nimage = "top.sqfs"\n'
+                      '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n'
+                      '[[mount]]\ntarget = "/proc"\ntype = "proc"\n')
+    return recipe
+
+
+def test_same_recipe_and_lock_give_the_same_tree(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    """Built twice per strategy from one lock file: identical listings, content hashes included."""
+    recipe = every_kind_recipe(tmp_path)
+    nsbuild("lock", str(recipe))
+    trees = []
+    for strategy in AVAILABLE:
+        for attempt in range(2):
+            name = f"kinds-{attempt}-{strategy}"
+            nsfs = json.loads(nsbuild("build", str(recipe), "--locked", "-s", strategy, "--name", name,
+                                      "--json").stdout)["nsfs"]
+            hashes = subprocess.run(["nsenter", f"--mount={nsfs}", "/usr/bin/sh", "-c", HASHES],
+                                    capture_output=True, text=True, check=True).stdout
+            trees.append((strategy, tree(nsfs), hashes))
+            nsbuild("rm", name)
+    first = trees[0]
+    assert "/etc/keep" in first[1][1] and "/etc/gone" not in first[1][1] and "/etc/from-image" in first[1][1]
+    assert "/etc/from-dir" in first[1][1] and "/etc/motd" in first[1][1] and len(first[2].splitlines()) >= 6
+    for strategy, listing, hashes in trees[1:]:
+        assert (listing, hashes) == (first[1], first[2]), f"{strategy} differs from {first[0]}"
