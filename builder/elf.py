@@ -117,13 +117,14 @@ def _read_elf(f: BinaryIO) -> ElfInfo | None:
     from elftools.common.exceptions import ELFError
     from elftools.elf.dynamic import DynamicSegment
     from elftools.elf.elffile import ELFFile
+    from elftools.elf.segments import InterpSegment
 
     try:
         elf = ELFFile(f)
         interp = None
         tags: dict[str, list[str]] = {"needed": [], "rpath": [], "runpath": [], "soname": []}
         for seg in elf.iter_segments():
-            if seg["p_type"] == "PT_INTERP":
+            if isinstance(seg, InterpSegment):
                 interp = seg.get_interp_name()
             elif isinstance(seg, DynamicSegment):
                 for tag in seg.iter_tags():
@@ -302,10 +303,15 @@ Kind = Union[ElfInfo, Script, None]
 
 
 class Search:
-    """ld.so's dependency search over a View. No LD_LIBRARY_PATH unless given (the host closure has none)."""
+    """ld.so's dependency search over a View. No LD_LIBRARY_PATH unless given (the host closure has none).
 
-    def __init__(self, view: View, ld_library_path: str = "") -> None:
+    `proc`: whether /proc is mounted where the program runs. ld.so takes the program's own $ORIGIN from
+    /proc/self/exe and drops the entries using it when that fails (a libraries' $ORIGIN needs no /proc).
+    """
+
+    def __init__(self, view: View, ld_library_path: str = "", proc: bool = True) -> None:
         self.view = view
+        self.proc = proc
         self.env_dirs = tuple(d for d in re.split("[:;]", ld_library_path) if d)
         self._conf: tuple[str, ...] | None = None
         self._kinds: dict[str, Kind] = {}
@@ -405,7 +411,8 @@ class Search:
 
     def _expand(self, entry: str, obj: Obj) -> list[str]:
         """Dynamic string tokens; $LIB has one compiled-in value that depends on the distribution."""
-        values = {"ORIGIN": [obj.origin], "PLATFORM": [os.uname().machine], "LIB": lib_names(obj.info)}
+        origin = [obj.origin] if obj.loader is not None or self.proc else []
+        values = {"ORIGIN": origin, "PLATFORM": [os.uname().machine], "LIB": lib_names(obj.info)}
         out = [""]
         pos = 0
         for m in _DST.finditer(entry):
