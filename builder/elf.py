@@ -212,9 +212,9 @@ class View:
                     raise SymlinkLoop(path, tuple(links))
                 if child.link.startswith("/"):
                     here = "/"
-                todo.extendleft(reversed(_parts(child.link) or [""]))  # an empty target is ENOENT
+                todo.extendleft(reversed(_parts(child.link)))
                 continue
-            if child is None or (todo and child.kind != "dir"):
+            if child is None or (todo and child.kind != "dir"):  # ENOENT, or ENOTDIR in the middle
                 return Resolved(posixpath.normpath(posixpath.join(nxt, *todo)), None, tuple(links), here)
             here = nxt
         return Resolved(here, self.node(here), tuple(links), posixpath.dirname(here))
@@ -281,6 +281,7 @@ class Obj:
 
     @property
     def source(self) -> str:
+        """Who supplies the file: the view's Node.origin, e.g. "layer[1]"."""
         return self.real.node.origin if self.real.node else "?"
 
 
@@ -437,7 +438,11 @@ class Search:
             words = line.split()
             if words and words[0] == "include":
                 for pattern in words[1:]:
-                    for conf in self.view.glob(posixpath.join(posixpath.dirname(path), pattern)):
+                    try:
+                        confs = self.view.glob(posixpath.join(posixpath.dirname(path), pattern))
+                    except SymlinkLoop:
+                        continue  # ldconfig skips what it cannot open
+                    for conf in confs:
                         self._read_conf(conf, out, seen, depth + 1)
             elif line.startswith("/"):
                 out.append(line)

@@ -57,6 +57,9 @@ def _opaque(host: str) -> bool:
 
 
 class SandboxTree(View):
+    """The merged tree of `recipe`; `layer_dirs` stand in for its layers (bottom to top) when they are not
+    directories themselves, e.g. images mounted somewhere."""
+
     def __init__(self, recipe: Recipe, layer_dirs: list[str] | None = None) -> None:
         self.recipe = recipe
         self.layers = _layers(recipe, layer_dirs)     # (origin, host dir), top first
@@ -101,7 +104,7 @@ class SandboxTree(View):
     # -- the View --
 
     def node(self, path: str) -> Node | None:
-        held = self._mount_at(path)
+        held = self.mount_at(path)
         if held is not None:
             return _mount_node(*held, path)
         if path in self._paths:
@@ -114,7 +117,7 @@ class SandboxTree(View):
         return node
 
     def names(self, path: str) -> list[str]:
-        held = self._mount_at(path)
+        held = self.mount_at(path)
         found: set[str] = set()
         if held is None:
             for _, host in self._merged(path)[1]:
@@ -139,8 +142,9 @@ class SandboxTree(View):
 
     # -- the parts --
 
-    def _mount_at(self, path: str) -> tuple[str, Mount] | None:
-        """The deepest mount holding `path` (the last one wins when two share a target, as stacked mounts)."""
+    def mount_at(self, path: str) -> tuple[str, Mount] | None:
+        """The deepest mount holding `path`, with its canonical target (the last one wins when two share a
+        target: they stack)."""
         best: tuple[str, Mount] | None = None
         for target, m in self._mounts:
             if is_under(path, target) and (best is None or len(target) >= len(best[0])):
@@ -167,7 +171,7 @@ class SandboxTree(View):
         for i, (origin, root) in enumerate(self.layers):
             if not _in_layer(root, path):
                 continue
-            held = self._mount_at(path)
+            held = self.mount_at(path)
             if held is not None:
                 return f"{origin} has {path}, but {held[1].origin} mounts {held[1].type} on {held[0]}"
             for upper_origin, upper in self.layers[:i]:
@@ -292,7 +296,7 @@ def check_run(tree: SandboxTree) -> list[Problem]:
 class _Preflight:
     def __init__(self, tree: SandboxTree, env: dict[str, str], cwd: str, key: str) -> None:
         self.tree, self.env, self.cwd, self.key = tree, env, cwd, key
-        held = tree._mount_at("/proc")
+        held = tree.mount_at("/proc")
         self.proc = held is not None and held[0] == "/proc" and held[1].type == "proc"
         self.search = Search(tree, env.get("LD_LIBRARY_PATH", ""), self.proc)
         self.problems: list[Problem] = []
@@ -370,14 +374,18 @@ class _Preflight:
             if res is not None:
                 self.add(f"{m.name}{role}{by}, is not a loadable ELF object{skipped}")
             return
-        hint = self.no_proc(m.needed_by) or next((h for h in (self.tree.hidden(posixpath.join(self.canonical(d), m.name))
-                                 for d in m.searched) if h), None)
-        if hint is None:
-            there = next((d for d in m.searched if self.tree.node(self.canonical(d))), None)
-            hint = (f"add it to a layer, e.g. in {there} ({self.tree.describe(self.canonical(there))})"
-                    if there else "add it to a layer")
         self.add(f"{m.name}, needed by {by}, is not found in the sandbox (searched {', '.join(m.searched)}"
-                 f"{skipped})", hint)
+                 f"{skipped})", self.no_proc(m.needed_by) or self.library_hint(m))
+
+    def library_hint(self, m: Missing) -> str:
+        """A layer hides the library, or where it could go: the first searched directory that exists."""
+        dirs = [self.canonical(d) for d in m.searched]
+        hidden = next((h for h in (self.tree.hidden(posixpath.join(d, m.name)) for d in dirs) if h), None)
+        if hidden:
+            return hidden
+        there = next(((d, c) for d, c in zip(m.searched, dirs) if self.tree.node(c)), None)
+        return f"add it to a layer, e.g. in {there[0]} ({self.tree.describe(there[1])})" if there else \
+            "add it to a layer"
 
     def no_proc(self, obj: Obj) -> str | None:
         """A hint when the program's $ORIGIN paths are lost for want of /proc."""
@@ -411,9 +419,9 @@ class _Preflight:
             return None
         if res.node is not None:
             return res
-        hint = self.tree.hidden(res.path) or (
-            f"its nearest existing parent, {res.parent}, comes from {self.tree.describe(res.parent)}: "
-            "add it to that layer or one above")
+        origin = self.tree.describe(res.parent)
+        hint = self.tree.hidden(res.path) or f"its nearest existing parent, {res.parent}, comes from {origin}" + (
+            ": add it to that layer or one above" if origin.startswith(("layer[", "root.upper")) else "")
         via = f" (it leads to {res.path})" if res.links else ""
         self.add(f"{path}{role} does not exist in the sandbox{via}", hint)
         return None

@@ -143,7 +143,8 @@ def test_closure_is_deterministic() -> None:
 def test_closure_runs_in_an_empty_root(tmp_path: Path) -> None:
     ls = shutil.which("ls") or "/bin/ls"
     copy_tree(elf.closure(["/bin/sh", ls, "/usr/bin/env"]), tmp_path)
-    out = subprocess.run([shutil.which("chroot") or "chroot", str(tmp_path), "/bin/sh", "-c", f"{ls} /; /usr/bin/env -i A=1 /usr/bin/env"],
+    script = f"{ls} /; /usr/bin/env -i A=1 /usr/bin/env"
+    out = subprocess.run([shutil.which("chroot") or "chroot", str(tmp_path), "/bin/sh", "-c", script],
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert "usr" in out.stdout.split() and "A=1" in out.stdout.split()
@@ -263,6 +264,10 @@ def test_a_view_keeps_symlinks_inside_its_root(tmp_path: Path) -> None:
     assert view.resolve("/up/lib").links == ("/up",)
     missing = view.resolve("/abs/nothing/deeper")
     assert (missing.node, missing.path, missing.parent) == (None, "/usr/lib/nothing/deeper", "/usr/lib")
+    os.symlink(".", tmp_path / "usr/lib/here")        # "." is the link's own directory
+    (tmp_path / "usr/lib/file").write_text("")
+    assert view.resolve("/usr/lib/here/here/file").path == "/usr/lib/file"
+    assert view.resolve("/usr/lib/file/x").node is None     # ENOTDIR
 
 
 @pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")

@@ -366,3 +366,11 @@ def test_origin_without_proc_fails_for_the_real_ld_so_too(sh_layers: Path) -> No
     assert [p.message.split(",")[0] for p in check_command(sh_tree(sh_layers), ("/opt/app/bin/prog",), ENV)] == [
         "libfoo.so.1"]
     assert check_command(sh_tree(sh_layers, PROC), ("/opt/app/bin/prog",), ENV) == []
+
+
+def test_missing_under_a_mount_names_the_mount(sh_layers: Path) -> None:
+    tree = sh_tree(sh_layers, '[[mount]]\ntarget = "/work"\ntype = "tmpfs"\n')
+    assert check_command(tree, ("/work/build.sh",), ENV) == [
+        Problem(KEY, "/work/build.sh does not exist in the sandbox",
+                "its nearest existing parent, /work, comes from mount[0]")]
+    assert check_command(tree, (), ENV) == [Problem(KEY, "is empty", 'e.g. command = ["/bin/sh"]')]
