@@ -104,6 +104,11 @@ def identify(f: BinaryIO) -> ElfInfo | Script | None:
     return None
 
 
+def identify_file(path: str) -> ElfInfo | Script | None:
+    with open(path, "rb") as f:
+        return identify(f)
+
+
 def _shebang(head: bytes) -> Script | None:
     m = re.match(rb"[ \t]*([^ \t\n]*)[ \t]*([^\n]*)", head[2:])
     interp, arg = (m.group(1), m.group(2).rstrip(b" \t")) if m else (b"", b"")

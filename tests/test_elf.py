@@ -19,8 +19,7 @@ PROGRAMS = ["/bin/sh", "/usr/bin/env", shutil.which("ls") or "/bin/ls", "/usr/bi
 
 
 def info(path: str) -> elf.ElfInfo:
-    with open(path, "rb") as f:
-        kind = elf.identify(f)
+    kind = elf.identify_file(path)
     assert isinstance(kind, elf.ElfInfo)
     return kind
 

@@ -19,8 +19,7 @@ KEY = "run.command"
 
 
 def info(path: str) -> elf.ElfInfo:
-    with open(path, "rb") as f:
-        kind = elf.identify(f)
+    kind = elf.identify_file(path)
     assert isinstance(kind, elf.ElfInfo)
     return kind
 
