@@ -181,6 +181,12 @@ class SandboxTree(View):
             return None
         return None
 
+    def noexec(self, path: str) -> str | None:
+        """The recipe entry that mounts canonical `path` noexec ("root" or "mount[2]"), if any."""
+        held = self.mount_at(path)
+        attrs, origin = (held[1].attrs, held[1].origin) if held else (self.recipe.root.attrs, "root")
+        return origin if "noexec" in attrs else None
+
     def describe(self, path: str) -> str:
         """Where `path` comes from, for messages: "layer[1]", or "not in the sandbox"."""
         n = self.node(path)
@@ -330,6 +336,8 @@ class _Preflight:
             self.add(f"{path}{role} is not executable (mode {node.mode:04o}, {node.origin})",
                      "give it an exec bit in its layer, or a mode in its [[path]]")
             return
+        if self.noexec(path, role, res):
+            return
         try:
             kind = self.search.identify(res)
         except OSError as e:
@@ -362,8 +370,17 @@ class _Preflight:
                      f"but this host runs ELF{elfclass} {machine}",
                      f"use a layer built for {os.uname().machine}")
             return
-        for missing in self.search.load(path, res, info).missing:
+        deps = self.search.load(path, res, info)
+        for obj in deps.objects[1:]:  # ld.so maps them executable: EPERM on a noexec mount
+            self.noexec(obj.real.path, f", loaded for {res.path},", obj.real)
+        for missing in deps.missing:
             self.missing(missing)
+
+    def noexec(self, path: str, role: str, res: Resolved) -> bool:
+        origin = self.tree.noexec(res.path)
+        if origin:
+            self.add(f"{path}{role} is on a noexec mount ({origin})", f'drop "noexec" from {origin}.attrs')
+        return origin is not None
 
     def missing(self, m: Missing) -> None:
         by = f"{m.needed_by.real.path} ({m.needed_by.source})"

@@ -373,3 +373,17 @@ def test_missing_under_a_mount_names_the_mount(sh_layers: Path) -> None:
         Problem(KEY, "/work/build.sh does not exist in the sandbox",
                 "its nearest existing parent, /work, comes from mount[0]")]
     assert check_command(tree, (), ENV) == [Problem(KEY, "is empty", 'e.g. command = ["/bin/sh"]')]
+
+
+def test_noexec_mounts(sh_layers: Path) -> None:
+    (sh_layers / "scripts").mkdir()
+    (sh_layers / "scripts/build.sh").write_text("#!/bin/sh\n")
+    (sh_layers / "scripts/build.sh").chmod(0o755)
+    bind = '[[mount]]\ntarget = "/scripts"\ntype = "bind"\nsource = "scripts"\n'
+    assert check_command(sh_tree(sh_layers, bind), ("/scripts/build.sh",), ENV) == []
+    assert check_command(sh_tree(sh_layers, bind + 'attrs = ["noexec"]\n'), ("/scripts/build.sh",), ENV) == [
+        Problem(KEY, "/scripts/build.sh is on a noexec mount (mount[0])", 'drop "noexec" from mount[0].attrs')]
+    tree = sh_tree(sh_layers, '[root]\nattrs = ["noexec"]\n')
+    sh = next(f"{d}/sh" for d in recipe.DEFAULT_PATH.split(":") if tree.lookup(f"{d}/sh"))
+    assert check_command(tree, ("sh",), ENV) == [
+        Problem(KEY, f"{sh} is on a noexec mount (root)", 'drop "noexec" from root.attrs')]
