@@ -96,15 +96,42 @@ def _store_entries(recipe: Recipe) -> list[str]:
     return Store(store_dir()).entries(recipe)
 
 
+def preflight(recipe: Recipe, features: feat.Features, state: StateDir, name: str) -> str | None:
+    """Check that [run]'s command starts in the tree, unless this sandbox passed with the same inputs.
+    Returns the key to remember. Not checked (None): a recipe without a [run] command (a rootfs for
+    other uses: `nsbuild check` still checks the default /bin/sh), and image layers, which the check
+    would have to mount (`nsbuild check` does)."""
+    from builder import preflight as pf
+    from builder.errors import RecipeError
+
+    if not recipe.run.given or any(layer.kind == "image" for layer in recipe.layers):
+        return None
+    key = pf.key(recipe)
+    try:
+        old = state.read(name) if os.path.isdir(state.path) else None
+    except NsbuildError:
+        old = None
+    if old and old.get("checked") == key:
+        return key
+    found = pf.problems(recipe, features)
+    if found:
+        error = RecipeError(recipe.file, found)
+        error.hint = "fix the recipe, or build anyway with --no-check"
+        raise error
+    return key
+
+
 def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool = False,
-          name: str | None = None) -> Built:
+          name: str | None = None, check: bool = True) -> Built:
     start = time.perf_counter()
     features = features_for(recipe)
     plan = plan_for(recipe, strategy, features, state)
+    checked = preflight(recipe, features, state, name or recipe.name) if check else None
 
     def persist(nsfd: int) -> str:
         state.prepare()  # only after a successful build: a failed one changes nothing
-        return state.persist(name or recipe.name, nsfd, metadata(recipe, plan), replace)
+        meta = dict(metadata(recipe, plan), checked=checked)
+        return state.persist(name or recipe.name, nsfd, meta, replace)
 
     path = retrying_on_each_cpu(lambda: executor.execute(plan), persist)
     if plan.strategy == "unshare" and not any(step.out == "%template" for step in plan.steps):
@@ -132,7 +159,8 @@ def need_root() -> None:
 
 
 def build_command(recipe: str | None, strategy: str, replace: bool, name: str | None,
-                  state_dir: str | None, as_json: bool, locked: bool = False, quiet: bool = False) -> None:
+                  state_dir: str | None, as_json: bool, locked: bool = False, quiet: bool = False,
+                  check: bool = True) -> None:
     """`nsbuild build`, shared by the typer CLI and the lean entry point (builder.entry)."""
     from builder import recipe as rcp
     from builder.errors import UsageError
@@ -152,7 +180,7 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
         from builder import lock
 
         lock.check(r)
-    b = build(resolve_layers(r, state=state), state, strategy, replace, name)
+    b = build(resolve_layers(r, state=state), state, strategy, replace, name, check)
     if as_json:
         import json
 

@@ -64,11 +64,13 @@ def build(
     as_json: bool = JsonOpt,
     locked: bool = typer.Option(False, "--locked", help="Refuse to build if an input drifted from RECIPE.lock."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary."),
+    check: bool = typer.Option(True, "--check/--no-check",
+                               help="Check first that [run]'s command starts in the tree (as `nsbuild check`)."),
 ) -> None:
     """Build RECIPE and persist its mount namespace (also: `nsbuild RECIPE`)."""
     from builder.build import build_command
 
-    build_command(recipe, strategy, replace, name, state_dir, as_json, locked, quiet)
+    build_command(recipe, strategy, replace, name, state_dir, as_json, locked, quiet, check)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -122,6 +124,29 @@ def plan(
         out.print(render.table(p))
         for note in p.notes:
             out.print(f"note: {note}")
+
+
+@app.command()
+@handled
+def check(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Check that [run]'s command starts in RECIPE's tree: program, #! and ELF interpreters, libraries,
+    architecture. Image layers are mounted detached (needs root); nothing is attached anywhere."""
+    from builder import preflight, progress
+    from builder.build import features_for, resolve_layers
+    from builder.errors import RecipeError
+
+    progress.QUIET = quiet
+    r = _load(recipe)
+    if any(layer.kind == "image" for layer in r.layers):
+        need_root()
+    r = resolve_layers(r)
+    found = preflight.problems(r, features_for(r))
+    if found:
+        raise RecipeError(r.file, found)
+    print(f"{r.file}: ok: {r.run.command[0]} starts in the tree (program, interpreters, libraries)")
 
 
 @app.command()

@@ -17,14 +17,15 @@ COMMANDS = ("build", "run", "plan", "check", "lock", "gc", "ls", "rm", "doctor")
 
 # build's options, as in cli.build: value options (with their aliases) and flags
 BUILD_VALUES = {"--strategy": "strategy", "-s": "strategy", "--name": "name", "--state-dir": "state_dir"}
-BUILD_FLAGS = {"--replace": "replace", "--json": "as_json", "--locked": "locked", "--quiet": "quiet", "-q": "quiet"}
+BUILD_FLAGS = {"--replace": "replace", "--json": "as_json", "--locked": "locked", "--quiet": "quiet", "-q": "quiet",
+               "--no-check": "check"}
 
 
 def parse_build(args: list[str]) -> dict[str, object] | None:
     """`build [RECIPE] [OPTIONS]` as typer would parse it, or None to let typer decide."""
     params: dict[str, object] = {"recipe": None, "strategy": "auto", "replace": False, "name": None,
                                  "state_dir": os.environ.get("NSBUILD_STATE_DIR") or None, "as_json": False,
-                                 "locked": False, "quiet": False}
+                                 "locked": False, "quiet": False, "check": True}
     seen: set[str] = set()
     i, positional_only = 0, False
     while i < len(args):
@@ -35,7 +36,7 @@ def parse_build(args: list[str]) -> dict[str, object] | None:
             key, eq, value = arg.partition("=")
             if key in BUILD_FLAGS and not eq:
                 name = BUILD_FLAGS[key]
-                params[name] = True
+                params[name] = key != "--no-check"
             elif key in BUILD_VALUES and (eq or i + 1 < len(args)) and not (key == "-s" and eq):
                 name = BUILD_VALUES[key]
                 if not eq:

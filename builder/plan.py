@@ -430,3 +430,11 @@ def make_template_plan(features: Features) -> Plan:
     p.unshare_into_root()
     p.pivot()
     return Plan(recipe="", name=".template", strategy="unshare", kernel=features.release, steps=tuple(p.steps))
+
+
+def make_image_plan(recipe: Recipe, index: int, features: Features) -> Plan:
+    """Only recipe.layers[index], an image, mounted detached and read-only (for the pre-flight check)."""
+    p = _Planner(recipe, features, "unshare")
+    out = p.image(index, recipe.layers[index], out=f"%layer{index}")
+    return Plan(recipe=recipe.file, name=recipe.name, strategy="", kernel=features.release, steps=tuple(p.steps),
+                result=out)

@@ -108,6 +108,7 @@ class Run:
     command: tuple[str, ...] = ("/bin/sh",)
     cwd: str = "/"
     env: tuple[tuple[str, str], ...] = ()
+    given: bool = False  # the recipe names the command (else /bin/sh is only the default)
 
 
 @dataclass(frozen=True)
@@ -413,9 +414,11 @@ def _binaries_layer(c: _Checker, t: dict[str, Any], where: str, base: str, cwd: 
                 c.add(f"{where}.{key}[{i}]", "must be a non-empty string", "give a host path")
                 continue
             host = _host_path(item, base, cwd)
-            if not os.path.isfile(host):
-                c.add(f"{where}.{key}[{i}]", f"'{item}' ({host}) is not a file on this host",
-                      "give the path of an installed program" if key == "binaries" else "give an existing file")
+            if not (os.path.isfile(host) if key == "binaries" else os.path.exists(host)):
+                c.add(f"{where}.{key}[{i}]", f"'{item}' ({host}) is not a file on this host" if key == "binaries"
+                      else f"'{item}' ({host}) does not exist on this host",
+                      "give the path of an installed program" if key == "binaries" else
+                      "give an existing file or directory")
                 continue
             paths.append(host)
         lists[key] = tuple(paths)
@@ -632,4 +635,4 @@ def _run(c: _Checker, doc: dict[str, Any]) -> Run:
             c.add(f"run.env.{k}", "is not a valid environment variable")
         else:
             env[k] = v
-    return Run(tuple(command), cwd, tuple(sorted(env.items())))
+    return Run(tuple(command), cwd, tuple(sorted(env.items())), "command" in t)

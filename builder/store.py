@@ -16,6 +16,8 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -118,6 +120,49 @@ def _untar(layer: Layer, dest: str) -> None:
     xattrs.apply(dest)
 
 
+def _walk(path: str) -> list[str]:
+    """`path` and, for a directory, everything under it (symlinks not followed)."""
+    out = [path]
+    if os.path.isdir(path) and not os.path.islink(path):
+        for top, dirs, files in os.walk(path):
+            out += [os.path.join(top, n) for n in dirs + files]
+    return out
+
+
+def _copy_host_paths(paths: list[str], dest: str) -> None:
+    """Copy host paths (parents listed before children) into dest, keeping links, modes and owners."""
+    total = sum(os.lstat(p).st_size for p in paths if os.path.isfile(p) and not os.path.islink(p))
+    with progress.bar("copying host binaries", total) as advance:
+        for path in paths:
+            target = dest + path
+            parent = os.path.dirname(target)
+            if not os.path.isdir(parent):  # a parent not listed itself: made like the host's
+                _copy_parents(os.path.dirname(path), dest)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(path), target)
+            elif stat.S_ISDIR(st.st_mode):
+                os.mkdir(target)
+                os.chmod(target, stat.S_IMODE(st.st_mode))
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copyfile(path, target, follow_symlinks=False)
+                os.chmod(target, stat.S_IMODE(st.st_mode))
+                advance(st.st_size)
+            else:
+                continue  # sockets, fifos, devices: not programs
+            os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+
+
+def _copy_parents(path: str, dest: str) -> None:
+    if path == "/" or os.path.isdir(dest + path):
+        return
+    _copy_parents(os.path.dirname(path), dest)
+    st = os.stat(path)
+    os.mkdir(dest + path)
+    os.chmod(dest + path, stat.S_IMODE(st.st_mode))
+    os.chown(dest + path, st.st_uid, st.st_gid)
+
+
 class Store:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -159,6 +204,13 @@ class Store:
                 layers.append(dataclasses.replace(layer, kind="dir", path=path))
             elif layer.kind == "oci":
                 layers += self._oci(recipe, layer, unpack)
+            elif layer.kind == "binaries":
+                digest, paths = self._binaries(layer)
+                _check_pin(recipe, layer, digest)
+                path = self.entry(digest + "-bin", False)
+                if unpack:
+                    self._fill(layer.origin, "host binaries", path, lambda tmp: _copy_host_paths(paths, tmp))
+                layers.append(dataclasses.replace(layer, kind="dir", path=path))
             else:
                 raise ValueError(f"unknown layer kind {layer.kind}")
         if unpack:
@@ -184,6 +236,38 @@ class Store:
             out.append(Layer(f"{layer.origin}.blob[{k}]", "dir", path))
         return out
 
+    def _binaries(self, layer: Layer) -> tuple[str, list[str]]:
+        """The host paths a binaries layer copies (programs with their shared-library closure, extra
+        files and directories, every symlink on the way) and the digest of what it copies: paths,
+        types, modes, owners, link targets and contents."""
+        from builder import elf
+
+        view = elf.HostView()
+        paths: set[str] = set(elf.closure(list(layer.binaries)))
+        elves: list[str] = []
+        for item in layer.files:
+            res = view.resolve(item)
+            paths.update(res.links)
+            for path in _walk(res.path):
+                paths.add(path)
+                # a library among the files (Python's extension modules) brings its own libraries
+                is_lib = ".so" in os.path.basename(path) and os.path.isfile(path) and not os.path.islink(path)
+                if is_lib and isinstance(elf.identify_file(path), elf.ElfInfo):
+                    elves.append(path)
+        if elves:
+            paths.update(elf.closure(elves))
+        ordered = sorted(paths, key=lambda p: p.split("/"))  # parents first
+        h = hashlib.sha256()
+        for path in ordered:
+            st = os.lstat(path)
+            h.update(f"{path}\0{st.st_mode:o} {st.st_uid}:{st.st_gid}\0".encode())
+            if os.path.islink(path):
+                h.update(os.fsencode(os.readlink(path)))
+            elif os.path.isfile(path):
+                h.update(self.digest(path).encode())
+            h.update(b"\n")
+        return h.hexdigest(), ordered
+
     def input_digest(self, layer: Layer) -> str:
         """The digest a lock file records for a layer (see lock.py)."""
         if layer.kind == "dir":
@@ -197,6 +281,8 @@ class Store:
 
             image = oci.open_layout(layer.path).image(layer.ref, layer.platform)
             return image.manifest_digest.removeprefix("sha256:")
+        if layer.kind == "binaries":
+            return self._binaries(layer)[0]
         raise ValueError(f"no input digest for {layer.kind} layers")
 
     def digest(self, path: str) -> str:
