@@ -3,25 +3,34 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
 
-from builder import executor, features as feat
+from builder import executor
 from builder.errors import NsbuildError
-from builder.plan import Plan, make_plan, make_template_plan
-from builder.recipe import Recipe
 from builder.state import StateDir
+from builder.steps import Plan
+
+TYPE_CHECKING = False  # a warm build (a cached plan) imports neither the planner nor typing
+if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar
+
+    from builder import features as feat
+    from builder.recipe import Recipe
+
+    T = TypeVar("T")
 
 
-@dataclass(frozen=True)
 class Built:
-    name: str
-    nsfs: str
-    strategy: str
-    seconds: float
+    __slots__ = ("name", "nsfs", "strategy", "seconds", "plan", "meta")
+
+    def __init__(self, name: str, nsfs: str, strategy: str, seconds: float, plan: Plan,
+                 meta: dict[str, Any]) -> None:
+        self.name, self.nsfs, self.strategy, self.seconds = name, nsfs, strategy, seconds
+        self.plan, self.meta = plan, meta  # what plancache keeps
 
 
 def features_for(recipe: Recipe) -> feat.Features:
+    from builder import features as feat
+
     return feat.probe(erofs=any(layer.kind == "image" and layer.fstype == "erofs" for layer in recipe.layers))
 
 
@@ -43,11 +52,11 @@ def resolve_layers(recipe: Recipe, unpack: bool = True, state: StateDir | None =
 def plan_for(recipe: Recipe, strategy: str = "auto", features: feat.Features | None = None,
              state: StateDir | None = None) -> Plan:
     """The plan a build runs: with the state dir's template namespace where there is one."""
+    from builder import features as feat
+    from builder.plan import make_plan
+
     features = features or features_for(recipe)
     return make_plan(recipe, features, feat.pick_strategy(features, strategy), state.template() if state else None)
-
-
-T = TypeVar("T")
 
 
 def retrying_on_each_cpu(make: Callable[[], int], persist: Callable[[int], T]) -> T:
@@ -74,6 +83,8 @@ def retrying_on_each_cpu(make: Callable[[], int], persist: Callable[[int], T]) -
 
 def ensure_template(state: StateDir, features: feat.Features) -> str:
     """Pin the unshare strategy's template namespace in `state` (see plan.unshare_into_root)."""
+    from builder.plan import make_template_plan
+
     return state.template() or retrying_on_each_cpu(lambda: executor.execute(make_template_plan(features)),
                                                      state.pin_template)
 
@@ -127,13 +138,8 @@ def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool
     features = features_for(recipe)
     plan = plan_for(recipe, strategy, features, state)
     checked = preflight(recipe, features, state, name or recipe.name) if check else None
-
-    def persist(nsfd: int) -> str:
-        state.prepare()  # only after a successful build: a failed one changes nothing
-        meta = dict(metadata(recipe, plan), checked=checked)
-        return state.persist(name or recipe.name, nsfd, meta, replace)
-
-    path = retrying_on_each_cpu(lambda: executor.execute(plan), persist)
+    meta = dict(metadata(recipe, plan), checked=checked)
+    path = execute_and_persist(plan, meta, state, name or recipe.name, replace)
     if plan.strategy == "unshare" and not any(step.out == "%template" for step in plan.steps):
         # first build here: pin the template that later builds unshare from (best effort: builds
         # work without it, they only copy more)
@@ -141,7 +147,22 @@ def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool
             ensure_template(state, features)
         except (NsbuildError, OSError):
             pass
-    return Built(name or recipe.name, path, plan.strategy, time.perf_counter() - start)
+    return Built(name or recipe.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
+
+
+def execute_and_persist(plan: Plan, meta: dict[str, Any], state: StateDir, name: str, replace: bool) -> str:
+    def persist(nsfd: int) -> str:
+        state.prepare()  # only after a successful build: a failed one changes nothing
+        return state.persist(name, nsfd, meta, replace)
+
+    return retrying_on_each_cpu(lambda: executor.execute(plan), persist)
+
+
+def build_cached(plan: Plan, meta: dict[str, Any], state: StateDir, name: str | None, replace: bool) -> Built:
+    """A warm build: the plan and metadata of the last build of the same inputs (plancache.py)."""
+    start = time.perf_counter()
+    path = execute_and_persist(plan, meta, state, name or plan.name, replace)
+    return Built(name or plan.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
 
 
 def default_recipe() -> str:
@@ -162,32 +183,61 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
                   state_dir: str | None, as_json: bool, locked: bool = False, quiet: bool = False,
                   check: bool = True) -> None:
     """`nsbuild build`, shared by the typer CLI and the lean entry point (builder.entry)."""
-    from builder import recipe as rcp
-    from builder.errors import UsageError
+    from builder import plancache
     from builder.state import state_dir as resolve
 
-    if quiet:
-        from builder import progress
-
-        progress.QUIET = True
-    r = rcp.load(recipe or default_recipe())
-    if name is not None and not rcp.NAME_RE.match(name):
-        raise UsageError(f"--name '{name}' is not a valid name",
-                         "use lower-case letters, digits, '.', '_', '-', starting with a letter or digit")
-    need_root()
+    path = os.path.abspath(recipe or default_recipe())
     state = StateDir(resolve(state_dir))
-    if locked:
-        from builder import lock
-
-        lock.check(r)
-    b = build(resolve_layers(r, state=state), state, strategy, replace, name, check)
+    options = (strategy, name, check)
+    b = None
+    if not locked:  # --locked reads every input: never from the cache
+        try:
+            k = plancache.key(state, path, options)
+        except OSError:
+            k = None  # no recipe file: the slow path says so properly
+        cached = plancache.lookup(state, path, options) if k else None
+        if cached:
+            need_root()
+            try:
+                b = build_cached(cached[0], cached[1], state, name, replace)
+            except NsbuildError as e:
+                if getattr(e, "step", None) is None:
+                    raise  # not the plan's fault (e.g. the name exists): the same without the cache
+                plancache.drop(state, path)  # a host path changed under the plan: plan again
+    if b is None:
+        b = _build_from_recipe(path, state, strategy, replace, name, locked, quiet, check, options)
+    if quiet and not as_json:
+        return
     if as_json:
         import json
 
         print(json.dumps({"name": b.name, "nsfs": b.nsfs, "strategy": b.strategy, "seconds": round(b.seconds, 6)}))
         return
-    if quiet:
-        return
     print(f"built {b.name} in {b.seconds * 1000:.1f} ms (strategy {b.strategy})")
     print(f"  namespace: {b.nsfs}")
     print(f"  enter:     nsbuild run {b.name} [-- CMD]   or   nsenter --mount={b.nsfs} CMD")
+
+
+def _build_from_recipe(path: str, state: StateDir, strategy: str, replace: bool, name: str | None,
+                       locked: bool, quiet: bool, check: bool, options: tuple) -> Built:
+    from builder import plancache, recipe as rcp
+    from builder.errors import UsageError
+
+    if quiet:
+        from builder import progress
+
+        progress.QUIET = True
+    r = rcp.load(path)
+    if name is not None and not rcp.NAME_RE.match(name):
+        raise UsageError(f"--name '{name}' is not a valid name",
+                         "use lower-case letters, digits, '.', '_', '-', starting with a letter or digit")
+    need_root()
+    if locked:
+        from builder import lock
+
+        lock.check(r)
+    k = plancache.key(state, path, options)
+    built = build(resolve_layers(r, state=state), state, strategy, replace, name, check)
+    if plancache.cacheable(r):
+        plancache.save(state, r, path, options, k, built.plan, built.meta)
+    return built

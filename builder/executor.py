@@ -9,19 +9,22 @@ naming the step, the recipe entry, the errno and the kernel's message.
 """
 from __future__ import annotations
 
-import array  # noqa: F401 - socket.send_fds imports it lazily; a child in a new root could not
+import _socket  # socket.py costs ~5 ms to import (its enums); send_fds/recv_fds are a few lines
 import errno as errnos
-import json
+import marshal
 import os
-import socket
-from typing import Callable
+import struct  # fd arrays for SCM_RIGHTS (array.array would import collections.abc, ~4 ms)
 
 from builder import syscalls as sc
 from builder.errors import BuildError
-from builder.plan import Fd, FdPath, Flags, LoopPath, Plan, Step
+from builder.steps import Fd, FdPath, Flags, LoopPath, Plan, Step
 from builder.render import strace_line
 
-Undo = Callable[[], None]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+    Undo = Callable[[], None]
 
 
 class StepFailed(Exception):
@@ -124,7 +127,7 @@ class _Run:
         self.undo = []
 
     def child(self, start: int, end: int, returns: list[str]) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, reported over the socket
             try:
@@ -133,7 +136,7 @@ class _Run:
                 try:
                     for i in range(start, end):
                         self.step(i, self.plan.steps[i])
-                    socket.send_fds(theirs, [b"ok"], [self.fds[r] for r in returns])
+                    _send_fds(theirs, b"ok", [self.fds[r] for r in returns])
                 except BaseException as e:  # noqa: BLE001 - reported to the parent, not raised
                     self.unwind()
                     if isinstance(e, StepFailed):
@@ -141,12 +144,12 @@ class _Run:
                                 "errno": e.error.errno, "kmsg": e.error.kmsg}
                     else:
                         info = {"index": start, "call": "child", "detail": repr(e), "errno": errnos.EIO, "kmsg": ""}
-                    theirs.send(json.dumps(info).encode())
+                    theirs.send(marshal.dumps(info))
             finally:
                 os._exit(0)
         theirs.close()
         try:
-            msg, fds, _, _ = socket.recv_fds(ours, 65536, max(len(returns), 1))
+            msg, fds = _recv_fds(ours, max(len(returns), 1))
         finally:
             ours.close()
             os.waitpid(pid, 0)
@@ -159,7 +162,7 @@ class _Run:
             os.close(fd)
         if not msg:
             raise StepFailed(start, sc.SyscallError("fork", "child died", errnos.ECHILD))
-        info = json.loads(msg)
+        info = marshal.loads(msg)
         raise StepFailed(info["index"], sc.SyscallError(info["call"], info["detail"], info["errno"], info["kmsg"]))
 
     def created(self, dfd: int, name: str, is_dir: bool) -> None:
@@ -174,6 +177,19 @@ class _Run:
             self.undo.append(lambda: remove_tree(name))
         else:
             self.undo.append(lambda: os.rmdir(name, dir_fd=fd))
+
+
+def _send_fds(sock: _socket.socket, msg: bytes, fds: list[int]) -> None:
+    sock.sendmsg([msg], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+
+
+def _recv_fds(sock: _socket.socket, maxfds: int) -> tuple[bytes, list[int]]:
+    msg, ancdata, _, _ = sock.recvmsg(65536, _socket.CMSG_LEN(maxfds * 4), _socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(data) // 4}i", data[:len(data) - len(data) % 4])
+    return msg, fds
 
 
 def _detail(step: Step) -> str:
@@ -226,7 +242,7 @@ def _ioctl(r: _Run, fd: int, request: str, *args: object) -> int | None:
     raise ValueError(f"unknown ioctl {request}")
 
 
-CALLS: dict[str, Callable[..., object]] = {
+CALLS: dict[str, Callable[..., object]] = {  # type: ignore[name-defined]
     "fsopen": lambda r, name, fl: sc.fsopen(name, fl),
     "fsconfig": lambda r, fd, cmd, key, value, aux: sc.fsconfig(fd, cmd, key, value, aux),
     "fsmount": lambda r, fd, fl, attrs: sc.fsmount(fd, fl, attrs),

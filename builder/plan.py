@@ -22,29 +22,15 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
-from typing import Union
 
 from builder.features import Features
 from builder.recipe import Layer, Mount, Recipe, parent_mount
+from builder.steps import Fd, FdPath, Flags, LoopPath, Plan, Step  # noqa: F401 - the plan's types
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.steps import Arg
 
-class Fd(str):
-    """A symbolic fd ("%root") or AT_FDCWD."""
-
-
-class FdPath(str):
-    """"/proc/self/fd/N" of a symbolic fd, for kernels whose overlayfs takes no fds."""
-
-
-class Flags(tuple):
-    """Symbolic flag names, OR-ed by the executor."""
-
-
-class LoopPath(str):
-    """"/dev/loopN", N being the value a LOOP_CTL_GET_FREE step returned ("#loop0")."""
-
-
-Arg = Union[int, str, bytes, None, Fd, FdPath, Flags, LoopPath]
 AT_FDCWD = Fd("AT_FDCWD")
 RESOLVE = Flags(("RESOLVE_IN_ROOT", "RESOLVE_NO_MAGICLINKS"))
 
@@ -62,28 +48,6 @@ DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
              ("urandom", 1, 9), ("tty", 5, 0))
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
              ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
-
-
-@dataclass(frozen=True)
-class Step:
-    call: str
-    args: tuple[Arg, ...]
-    out: str | None = None      # symbolic fd the call returns
-    origin: str = ""            # recipe key path
-    where: str = "host"         # "host" or "child"
-    ok: tuple[str, ...] = ()    # errno names that count as success (EEXIST for mkdir -p)
-    again: int = 0              # on EBUSY (a race for a free loop device): rerun from this many steps back
-
-
-@dataclass(frozen=True)
-class Plan:
-    recipe: str
-    name: str
-    strategy: str
-    kernel: str
-    steps: tuple[Step, ...]
-    result: str = "%ns"
-    notes: tuple[str, ...] = ()
 
 
 @dataclass

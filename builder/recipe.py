@@ -122,6 +122,8 @@ class Recipe:
     mounts: tuple[Mount, ...]  # parents before children
     paths: tuple[PathEntry, ...]
     run: Run = field(default_factory=Run)
+    inputs: tuple[str, ...] = ()  # every host path named (also skipped optional sources): a cached plan
+                                  # stays valid while none of them changes kind or identity
 
 
 def parent_mount(mounts: tuple[Mount, ...] | list[Mount], target: str) -> Mount | None:
@@ -143,6 +145,12 @@ class _Checker:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.inputs: list[str] = []  # every host path the recipe names
+
+    def host_path(self, value: str, base: str, cwd: str) -> str:
+        path = _host_path(value, base, cwd)
+        self.inputs.append(path)
+        return path
 
     def add(self, key: str, message: str, hint: str = "") -> None:
         self.problems.append(Problem(key, message, hint))
@@ -298,7 +306,8 @@ def parse(doc: dict[str, Any], file: str, sha256: str, cwd: str, shown: str | No
         raise RecipeError(shown or file, c.problems)
     mounts.sort(key=lambda m: m.target.count("/") if m.target != "/" else 0)  # parents first, stable
     return Recipe(file=file, sha256=sha256, name=name, description=description,
-                  layers=tuple(layers), root=root, mounts=tuple(mounts), paths=tuple(paths), run=run)
+                  layers=tuple(layers), root=root, mounts=tuple(mounts), paths=tuple(paths), run=run,
+                  inputs=tuple(dict.fromkeys(c.inputs)))
 
 
 def _array_of_tables(c: _Checker, doc: dict[str, Any], key: str) -> list[tuple[str, dict[str, Any]]]:
@@ -366,7 +375,7 @@ def _layers(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer
         value = c.typed(t, kind, str, where)
         if value is None:
             continue
-        host = _host_path(value, base, cwd)
+        host = c.host_path(value, base, cwd)
         if kind in ("archive", "image"):
             if not os.path.isfile(host):
                 c.add(f"{where}.{kind}", f"'{value}' ({host}) is not a file", f"{kind} paths are relative to the "
@@ -413,7 +422,7 @@ def _binaries_layer(c: _Checker, t: dict[str, Any], where: str, base: str, cwd: 
             if not isinstance(item, str) or not item:
                 c.add(f"{where}.{key}[{i}]", "must be a non-empty string", "give a host path")
                 continue
-            host = _host_path(item, base, cwd)
+            host = c.host_path(item, base, cwd)
             if not (os.path.isfile(host) if key == "binaries" else os.path.exists(host)):
                 c.add(f"{where}.{key}[{i}]", f"'{item}' ({host}) is not a file on this host" if key == "binaries"
                       else f"'{item}' ({host}) does not exist on this host",
@@ -441,7 +450,7 @@ def _root(c: _Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[La
     if upper_raw not in ("tmpfs", "none"):
         if size is not None:
             c.add("root.size", "only applies to upper = \"tmpfs\"")
-        upper = _host_path(upper_raw, base, cwd)
+        upper = c.host_path(upper_raw, base, cwd)
         parent = posixpath.dirname(upper)
         if os.path.exists(upper) and not os.path.isdir(upper):
             c.add("root.upper", f"'{upper_raw}' ({upper}) is not a directory",
@@ -536,7 +545,7 @@ def _mounts(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Mount
                 if "source" not in t:
                     c.add(f"{where}.source", "is required for a bind mount", 'e.g. source = "/srv/data"')
                 continue
-            source = _host_path(source_raw, base, cwd)
+            source = c.host_path(source_raw, base, cwd)
             if os.path.isdir(source):
                 source_kind = "dir"
             elif os.path.exists(source):

@@ -1,10 +1,13 @@
 """Plans rendered for people and programs: strace-like lines, a table, JSON."""
 from __future__ import annotations
 
-import json
-from typing import Any
+from _json import encode_basestring as _quote  # json.dumps's own quoting, without importing json (re)
 
-from builder.plan import Fd, FdPath, Flags, LoopPath, Plan, Step
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+from builder.steps import Fd, FdPath, Flags, LoopPath, Plan, Step
 
 
 def _arg(arg: object) -> str:
@@ -20,9 +23,9 @@ def _arg(arg: object) -> str:
         return "NULL"
     if isinstance(arg, bytes):
         more = "..." if len(arg) > 40 else ""
-        return json.dumps(arg[:40].decode(errors="replace"), ensure_ascii=False) + f"{more} ({len(arg)} bytes)"
+        return _quote(arg[:40].decode(errors="replace")) + f"{more} ({len(arg)} bytes)"
     if isinstance(arg, str):
-        return json.dumps(arg, ensure_ascii=False)
+        return _quote(arg)
     if isinstance(arg, int) and arg > 7:
         return oct(arg).replace("0o", "0")  # modes read best in octal; small ints are the same
     return str(arg)

@@ -35,7 +35,7 @@ def consistent(nsbuild, state_dir: Path) -> list[dict]:
         assert nsbuild("run", row["name"], "--", "true").returncode == 0
     names = {row["name"] for row in listed}
     files = {p.name for p in state_dir.iterdir()} if state_dir.exists() else set()
-    assert files <= {".lock", ".template.mnt"} | {f"{n}.{ext}" for n in names for ext in ("mnt", "json", "run")}, files
+    assert files <= {".lock", ".template.mnt", ".plans"} | {f"{n}.{ext}" for n in names for ext in ("mnt", "json", "run")}, files
     return listed
 
 

@@ -1,0 +1,96 @@
+"""Cached plans: a warm `nsbuild build` runs the plan it made last time, without reading TOML,
+validating the recipe or planning (and without importing tomllib, dataclasses or the planner).
+
+    <state>/.plans/<recipe path, "/" as %2F>   marshal: key, host inputs, plan, metadata
+
+A cached plan is used only while everything it was made from is the same: the recipe file
+(device, inode, size, mtime, ctime), the command line (strategy, --name, --check), the working
+directory, $HOME, the user, the kernel release, whether a template namespace is pinned, the
+nsbuild code, and the kind and identity of every host path the recipe names (layers, bind
+sources, also optional ones that were missing, the upper). Recipes whose layers come from the
+content store are not cached: their digests are checked on every build.
+"""
+from __future__ import annotations
+
+import marshal
+import os
+
+from builder.steps import Plan
+
+VERSION = 1
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.recipe import Recipe
+    from builder.state import StateDir
+
+
+def _entry(state: StateDir, recipe_path: str) -> str:
+    """One file per recipe path, named by the path itself (hashlib would cost ~6 ms to import)."""
+    name = recipe_path.replace("%", "%25").replace("/", "%2F")
+    if len(name) > 200:
+        import hashlib
+
+        name = hashlib.sha256(recipe_path.encode()).hexdigest()
+    return os.path.join(state.path, ".plans", name)
+
+
+def _identity(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mode)
+
+
+def key(state: StateDir, recipe_path: str, options: tuple) -> tuple:
+    st = os.stat(recipe_path)
+    code = os.stat(__file__.replace("plancache", "plan"))  # the planner's code: a reinstall changes it
+    return (VERSION, recipe_path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, options,
+            os.getcwd(), os.environ.get("HOME", ""), os.geteuid(), os.uname().release, state.template(),
+            code.st_mtime_ns, code.st_size)
+
+
+def lookup(state: StateDir, recipe_path: str, options: tuple) -> tuple[Plan, dict] | None:
+    """The cached plan and metadata for this build, or None."""
+    try:
+        with open(_entry(state, recipe_path), "rb") as f:
+            data = marshal.load(f)
+        if data["key"] != key(state, recipe_path, options):
+            return None
+        if any(_identity(path) != ident for path, ident in data["inputs"]):
+            return None
+        return Plan.load(data["plan"]), data["meta"]
+    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        return None
+
+
+def cacheable(recipe: Recipe) -> bool:
+    return all(layer.kind in ("dir", "image") and not layer.sha256 for layer in recipe.layers)
+
+
+def save(state: StateDir, recipe: Recipe, recipe_path: str, options: tuple, k: tuple, plan: Plan,
+         meta: dict) -> None:
+    """Remember a plan that built successfully (best effort: a cache). `k` is the key from before
+    the build: if the build changed it (a first build pins the template), the next build plans anew."""
+    if k != key(state, recipe_path, options):
+        return
+    path = _entry(state, recipe_path)
+    data = {"key": k, "inputs": [(p, _identity(p)) for p in recipe.inputs], "plan": plan.dump(), "meta": meta}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(tmp, "wb") as f:
+            marshal.dump(data, f)
+        os.rename(tmp, path)
+    except (OSError, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def drop(state: StateDir, recipe_path: str) -> None:
+    try:
+        os.unlink(_entry(state, recipe_path))
+    except OSError:
+        pass
