@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder import elf
+from builder.store import _copy_host_paths
 from builder.errors import UsageError
 from conftest import IS_ROOT
 from elfcraft import make_elf
@@ -34,14 +35,9 @@ def ldd(path: str) -> list[str]:
 
 
 def copy_tree(paths: list[str], root: Path) -> None:
-    """What a binaries layer does with a closure: parents made, files copied, links recreated."""
-    for p in paths:
-        dst = root / p.lstrip("/")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.islink(p):
-            os.symlink(os.readlink(p), dst)
-        else:
-            shutil.copy2(p, dst)
+    """What a binaries layer does with a closure (store.py): parents made, files copied, links recreated."""
+    root.mkdir(parents=True, exist_ok=True)
+    _copy_host_paths(paths, str(root))
 
 
 def symlink_prefixes(path: str) -> list[str]:
@@ -229,7 +225,7 @@ def test_symlinked_library_dirs_are_listed_hop_by_hop(tmp_path: Path) -> None:
     make_elf(real / "libfoo.so.1.2.3", soname="libfoo.so.1", machine=HOST_EM)
     os.symlink("libfoo.so.1.2.3", real / "libfoo.so.1")
     os.symlink("lib.real", tmp_path / "lib")
-    prog = make_elf(tmp_path / "bin/prog", needed=("libfoo.so.1",), runpath="$ORIGIN/../lib", machine=HOST_EM)
+    make_elf(tmp_path / "bin/prog", needed=("libfoo.so.1",), runpath="$ORIGIN/../lib", machine=HOST_EM)
     os.symlink("bin/prog", tmp_path / "run")
     t = str(tmp_path)
     assert elf.closure([f"{t}/run"]) == [f"{t}/bin/prog", f"{t}/lib", f"{t}/lib.real/libfoo.so.1",

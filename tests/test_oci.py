@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import needs_root
+from test_store import add
 
 from builder import oci
 from builder.errors import UsageError
@@ -36,12 +38,6 @@ Entry = Callable[[tarfile.TarFile], None]
 
 # --- writing layouts
 
-def add(tar: tarfile.TarFile, name: str, data: bytes = b"", **attrs: object) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    tar.addfile(info, io.BytesIO(data) if data else None)
 
 
 def dir_(name: str) -> Entry:
@@ -416,8 +412,7 @@ def test_oci_layer_builds_and_runs_with_deletions(nsbuild, tmp_path: Path, state
     # a corrupted layer blob is refused before anything is mounted, and leaves no half entry
     nsbuild("rm", "oci")
     for e in entries:
-        import shutil as _shutil
-        _shutil.rmtree(tmp_path / "store" / "sha256" / e)
+        shutil.rmtree(tmp_path / "store" / "sha256" / e)
     blob = max((tmp_path / "layout" / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
     data = bytearray(blob.read_bytes())
     data[-20] ^= 0xFF

@@ -12,6 +12,7 @@ from builder import elf, recipe
 from builder.errors import Problem, UsageError
 from builder.tree import OPAQUE_XATTR, SandboxTree, check_command, check_run
 from conftest import IS_ROOT
+from test_elf import copy_tree
 from elfcraft import foreign_copy, make_elf
 
 HOST_EM = elf.host_arch()[1]
@@ -32,14 +33,6 @@ LIBC_REAL = next(p for p in CLOSURE if p.endswith("/libc.so.6") and not os.path.
 ENV = {"PATH": recipe.DEFAULT_PATH}
 
 
-def copy_tree(paths: list[str], root: Path) -> None:
-    for p in paths:
-        dst = root / p.lstrip("/")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.islink(p):
-            os.symlink(os.readlink(p), dst)
-        else:
-            shutil.copy2(p, dst)
 
 
 def whiteout(path: Path) -> None:
