@@ -11,7 +11,7 @@ from builder.steps import Plan
 
 TYPE_CHECKING = False  # a warm build (a cached plan) imports neither the planner nor typing
 if TYPE_CHECKING:
-    from typing import Any, Callable, TypeVar
+    from typing import Any, Callable, Iterator, TypeVar
 
     from builder import features as feat
     from builder.recipe import Recipe
@@ -38,7 +38,7 @@ def resolve_layers(recipe: Recipe, unpack: bool = True, state: StateDir | None =
     """Archive, OCI and binaries layers as content-store directories; pins checked. unpack=False
     (for `nsbuild plan`) writes nothing. `state`: the state dir the build persists into, which
     `nsbuild gc` then reads to keep the entries its sandboxes use."""
-    if all(layer.kind == "dir" for layer in recipe.layers):
+    if all(layer.kind == "dir" or (layer.kind == "image" and not layer.sha256) for layer in recipe.layers):
         return recipe  # the content store (tarfile, hashlib & co.) only when needed
     from builder.store import Store, store_dir
 
@@ -165,6 +165,39 @@ def build_cached(plan: Plan, meta: dict[str, Any], state: StateDir, name: str | 
     return Built(name or plan.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
 
 
+def build_many(recipe: Recipe, state: StateDir, count: int, strategy: str = "auto", replace: bool = False,
+               name: str | None = None, check: bool = True) -> list[Built]:
+    """`count` sandboxes NAME-0 ... NAME-<count-1> from one plan, made by one worker
+    (executor.execute_many) and persisted under one lock. All or nothing: if one fails, the
+    sandboxes this batch made are removed again."""
+    start = time.perf_counter()
+    features = features_for(recipe)
+    plan = plan_for(recipe, strategy, features, state)
+    base = name or recipe.name
+    checked = preflight(recipe, features, state, f"{base}-0") if check else None
+    meta = dict(metadata(recipe, plan), checked=checked)
+    names = [f"{base}-{i}" for i in range(count)]
+    state.prepare()
+    made: list[str] = []
+
+    def items() -> Iterator[tuple[str, int]]:
+        for n, nsfd in zip(names, executor.execute_many(plan, count)):
+            try:
+                yield n, nsfd
+                made.append(n)
+            finally:
+                os.close(nsfd)
+
+    try:
+        paths = state.persist_many(items(), meta, replace)
+    except BaseException:
+        for n in made:
+            state.remove(n)
+        raise
+    seconds = time.perf_counter() - start
+    return [Built(n, p, plan.strategy, seconds, plan, meta) for n, p in zip(names, paths)]
+
+
 def default_recipe() -> str:
     """The embedded default recipe (recipes/dev.toml, packaged as builder.recipes)."""
     packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes", "dev.toml")
@@ -181,13 +214,15 @@ def need_root() -> None:
 
 def build_command(recipe: str | None, strategy: str, replace: bool, name: str | None,
                   state_dir: str | None, as_json: bool, locked: bool = False, quiet: bool = False,
-                  check: bool = True) -> None:
+                  check: bool = True, count: int | None = None) -> None:
     """`nsbuild build`, shared by the typer CLI and the lean entry point (builder.entry)."""
     from builder import plancache
     from builder.state import state_dir as resolve
 
     path = os.path.abspath(recipe or default_recipe())
     state = StateDir(resolve(state_dir))
+    if count is not None:
+        return _batch_command(path, state, strategy, replace, name, locked, quiet, check, count, as_json)
     options = (strategy, name, check)
     b = None
     if not locked:  # --locked reads every input: never from the cache
@@ -218,9 +253,28 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
     print(f"  enter:     nsbuild run {b.name} [-- CMD]   or   nsenter --mount={b.nsfs} CMD")
 
 
-def _build_from_recipe(path: str, state: StateDir, strategy: str, replace: bool, name: str | None,
-                       locked: bool, quiet: bool, check: bool, options: tuple) -> Built:
-    from builder import plancache, recipe as rcp
+def _batch_command(path: str, state: StateDir, strategy: str, replace: bool, name: str | None, locked: bool,
+                   quiet: bool, check: bool, count: int, as_json: bool) -> None:
+    from builder.errors import UsageError
+
+    r = _load_checked(path, name, locked, quiet)
+    if not 1 <= count <= 100000:
+        raise UsageError(f"--count {count} is out of range", "give 1 to 100000")
+    built = build_many(resolve_layers(r, state=state), state, count, strategy, replace, name, check)
+    seconds = built[0].seconds
+    if as_json:
+        import json
+
+        print(json.dumps({"names": [b.name for b in built], "nsfs": [b.nsfs for b in built],
+                          "strategy": built[0].strategy, "seconds": round(seconds, 6)}))
+    elif not quiet:
+        print(f"built {count} sandboxes {built[0].name} ... {built[-1].name} in {seconds * 1000:.1f} ms "
+              f"({count / seconds:.0f}/s, strategy {built[0].strategy})")
+
+
+def _load_checked(path: str, name: str | None, locked: bool, quiet: bool) -> Recipe:
+    """The recipe, with --name, root and --locked checked."""
+    from builder import recipe as rcp
     from builder.errors import UsageError
 
     if quiet:
@@ -236,6 +290,14 @@ def _build_from_recipe(path: str, state: StateDir, strategy: str, replace: bool,
         from builder import lock
 
         lock.check(r)
+    return r
+
+
+def _build_from_recipe(path: str, state: StateDir, strategy: str, replace: bool, name: str | None,
+                       locked: bool, quiet: bool, check: bool, options: tuple) -> Built:
+    from builder import plancache
+
+    r = _load_checked(path, name, locked, quiet)
     k = plancache.key(state, path, options)
     built = build(resolve_layers(r, state=state), state, strategy, replace, name, check)
     if plancache.cacheable(r):

@@ -66,11 +66,13 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary."),
     check: bool = typer.Option(True, "--check/--no-check",
                                help="Check first that [run]'s command starts in the tree (as `nsbuild check`)."),
+    count: Optional[int] = typer.Option(None, "--count", "-n",
+                                        help="Build COUNT sandboxes NAME-0 ... NAME-<COUNT-1> in one batch."),
 ) -> None:
     """Build RECIPE and persist its mount namespace (also: `nsbuild RECIPE`)."""
     from builder.build import build_command
 
-    build_command(recipe, strategy, replace, name, state_dir, as_json, locked, quiet, check)
+    build_command(recipe, strategy, replace, name, state_dir, as_json, locked, quiet, check, count)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})

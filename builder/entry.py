@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 COMMANDS = ("build", "run", "plan", "check", "lock", "gc", "ls", "rm", "doctor")
 
 # build's options, as in cli.build: value options (with their aliases) and flags
-BUILD_VALUES = {"--strategy": "strategy", "-s": "strategy", "--name": "name", "--state-dir": "state_dir"}
+BUILD_VALUES = {"--strategy": "strategy", "-s": "strategy", "--name": "name", "--state-dir": "state_dir",
+                "--count": "count", "-n": "count"}
 BUILD_FLAGS = {"--replace": "replace", "--json": "as_json", "--locked": "locked", "--quiet": "quiet", "-q": "quiet",
                "--no-check": "check"}
 
@@ -25,7 +26,7 @@ def parse_build(args: list[str]) -> dict[str, object] | None:
     """`build [RECIPE] [OPTIONS]` as typer would parse it, or None to let typer decide."""
     params: dict[str, object] = {"recipe": None, "strategy": "auto", "replace": False, "name": None,
                                  "state_dir": os.environ.get("NSBUILD_STATE_DIR") or None, "as_json": False,
-                                 "locked": False, "quiet": False, "check": True}
+                                 "locked": False, "quiet": False, "check": True, "count": None}
     seen: set[str] = set()
     i, positional_only = 0, False
     while i < len(args):
@@ -37,12 +38,17 @@ def parse_build(args: list[str]) -> dict[str, object] | None:
             if key in BUILD_FLAGS and not eq:
                 name = BUILD_FLAGS[key]
                 params[name] = key != "--no-check"
-            elif key in BUILD_VALUES and (eq or i + 1 < len(args)) and not (key == "-s" and eq):
+            elif key in BUILD_VALUES and (eq or i + 1 < len(args)) and not (key in ("-s", "-n") and eq):
                 name = BUILD_VALUES[key]
                 if not eq:
                     i += 1
                     value = args[i]
-                params[name] = value
+                if name == "count":
+                    if not value.isdigit():
+                        return None  # typer says what is wrong with it
+                    params[name] = int(value)
+                else:
+                    params[name] = value
             else:
                 return None  # help, unknown or unusual spellings: typer's to judge
             if name in seen:

@@ -22,7 +22,7 @@ from builder.render import strace_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from typing import Callable, Iterator
 
     Undo = Callable[[], None]
 
@@ -44,8 +44,9 @@ def _fault() -> tuple[int, int] | None:
 
 
 class _Run:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, inline: bool = False) -> None:
         self.plan = plan
+        self.inline = inline  # run "child" steps in this process (a batch worker): no fork
         self.fds: dict[str, int] = {}
         self.values: dict[str, int] = {}  # results that are not fds ("#loop0": a loop device number)
         self.undo: list[Undo] = []
@@ -91,7 +92,9 @@ class _Run:
         try:
             i = tries = 0
             while i < len(steps):
-                if steps[i].call == "fork":
+                if steps[i].call == "fork" and self.inline:
+                    i += 1
+                elif steps[i].call == "fork":
                     end = i + 1
                     while end < len(steps) and steps[end].where == "child":
                         end += 1
@@ -301,3 +304,46 @@ def _hint(step: Step, err: sc.SyscallError) -> str:
 def execute(plan: Plan) -> int:
     """Run `plan`; return the fd of its result (the mount namespace), close-on-exec."""
     return _Run(plan).run()
+
+
+def execute_many(plan: Plan, count: int) -> Iterator[int]:
+    """Run `plan` `count` times; yield each result fd (close-on-exec) as it is made.
+
+    One forked worker runs every step itself, host and child steps alike, and goes back to the
+    host's mount namespace (setns also resets its root and cwd) before the next round: one fork
+    for the whole batch instead of one per namespace. The first failure ends the batch with the
+    BuildError a single build would raise.
+    """
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the worker; reports over the socket
+        try:
+            ours.close()
+            host = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            for _ in range(count):
+                fd = _Run(plan, inline=True).run()
+                _send_fds(theirs, b"ok", [fd])
+                os.close(fd)
+                sc.setns(host, sc.FLAGS["CLONE_NEWNS"])
+        except BuildError as e:
+            theirs.send(marshal.dumps({"message": str(e), "hint": e.hint, "step": getattr(e, "step", None)}))
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            theirs.send(marshal.dumps({"message": f"batch worker: {e!r}", "hint": "", "step": None}))
+        finally:
+            os._exit(0)
+    theirs.close()
+    try:
+        for _ in range(count):
+            msg, fds = _recv_fds(ours, 1)
+            if msg == b"ok" and len(fds) == 1:
+                yield fds[0]
+                continue
+            for fd in fds:
+                os.close(fd)
+            info = marshal.loads(msg) if msg else {"message": "the batch worker died", "hint": "", "step": None}
+            error = BuildError(info["message"], info["hint"])
+            error.step = info["step"]  # type: ignore[attr-defined]
+            raise error
+    finally:
+        ours.close()  # a worker still sending gets EPIPE and stops
+        os.waitpid(pid, 0)

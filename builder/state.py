@@ -21,6 +21,10 @@ import sys
 from builder import syscalls as sc
 from builder.errors import NsbuildError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 DEFAULT_STATE_DIR = "/run/nsbuild"
 
 
@@ -198,30 +202,42 @@ class StateDir:
 
     def persist(self, name: str, nsfd: int, meta: dict[str, object], replace: bool) -> str:
         """Bind `nsfd` onto NAME.mnt and write NAME.json; atomic with respect to readers."""
-        target = self.ns_path(name)
+        return self.persist_many(((name, nsfd),), meta, replace)[0]
+
+    def persist_many(self, items: Iterable[tuple[str, int]], meta: dict[str, object], replace: bool) -> list[str]:
+        """persist() for each (name, nsfd), under one lock and one read of the mount table (a batch:
+        `items` may be a generator that makes the namespaces as they are asked for)."""
+        done: list[str] = []
         with self.locked():
             mounted = mount_points()  # read once: with many sandboxes mountinfo is long
             cleaned = self.recover(mounted)
             self.report(cleaned)
             if cleaned:
                 mounted = mount_points()
-            stacked = target in mounted
-            if (stacked or os.path.exists(self.meta_path(name))) and not replace:
-                raise NsbuildError(f"a sandbox named '{name}' exists already",
-                                   f"use --replace, or remove it with `nsbuild rm {name}`")
-            self._bind(nsfd, target, stacked)
-            _test_kill("after-mount")
-            try:
-                if stacked:
-                    sc.umount2(target, sc.FLAGS["MNT_DETACH"])
-                import time
+            for name, nsfd in items:
+                done.append(self._persist_one(name, nsfd, meta, replace, mounted))
+                mounted.add(done[-1])
+        return done
 
-                meta = dict(meta, name=name, nsfs=target, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-                self._write(self.run_path(name), marshal.dumps(meta["run"]))  # type: ignore[arg-type]
-                self._write(self.meta_path(name), (to_json(meta) + "\n").encode())
-            except BaseException:
-                self._remove(name)
-                raise
+    def _persist_one(self, name: str, nsfd: int, meta: dict[str, object], replace: bool, mounted: set[str]) -> str:
+        target = self.ns_path(name)
+        stacked = target in mounted
+        if (stacked or os.path.exists(self.meta_path(name))) and not replace:
+            raise NsbuildError(f"a sandbox named '{name}' exists already",
+                               f"use --replace, or remove it with `nsbuild rm {name}`")
+        self._bind(nsfd, target, stacked)
+        _test_kill("after-mount")
+        try:
+            if stacked:
+                sc.umount2(target, sc.FLAGS["MNT_DETACH"])
+            import time
+
+            meta = dict(meta, name=name, nsfs=target, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            self._write(self.run_path(name), marshal.dumps(meta["run"]))  # type: ignore[arg-type]
+            self._write(self.meta_path(name), (to_json(meta) + "\n").encode())
+        except BaseException:
+            self._remove(name)
+            raise
         return target
 
     @staticmethod

@@ -12,7 +12,8 @@ from builder.run import command_args
 GROUP = get_command(app)
 TOKENS = ["r.toml", "dev", "--strategy", "-s", "unshare", "--strategy=auto", "--replace", "--json", "--name",
           "x1", "--name=x2", "--state-dir", "/st", "--state-dir=/s2", "--", "-", "sh", "-c", "--help", "-h",
-          "-sunshare", "-s=auto", "--bogus", "true", "--locked", "--quiet", "-q", "-qs"]
+          "-sunshare", "-s=auto", "--bogus", "true", "--locked", "--quiet", "-q", "-qs",
+          "--count", "-n", "3", "--count=2", "x", "--no-check", "-n=4", "007"]
 
 
 def typer_params(command: str, args: list[str]) -> dict | None:
@@ -44,6 +45,7 @@ def check_run(args: list[str]) -> None:
     ["r.toml"], [], ["r.toml", "--replace", "--json"], ["--replace", "r.toml"], ["-s", "unshare", "r.toml"],
     ["r.toml", "--strategy=unshare", "--name", "n"], ["--state-dir", "/x", "r.toml"], ["--", "r.toml"],
     ["--name=n", "--state-dir=/y", "--json"], ["r.toml", "--locked", "-q"], ["--quiet", "r.toml"],
+    ["r.toml", "--count", "500"], ["-n", "3", "--no-check", "r.toml"], ["--count=2", "r.toml"],
 ])
 def test_build_syntax(args: list[str]) -> None:
     assert parse_build(args) is not None

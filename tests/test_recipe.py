@@ -32,6 +32,12 @@ def problems(tmp_path: Path, body: str, head: str = HEAD) -> list[str]:
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_recipes_are_valid(recipe: Path, tmp_path: Path) -> None:
+    image = RECIPES / "debian" / "bookworm-minbase.erofs"  # made by recipes/debian/make-image.sh, not shipped
+    if recipe.name == "debian.toml" and not image.exists():
+        with pytest.raises(RecipeError) as info:
+            load(str(recipe), cwd=str(tmp_path))
+        assert [p.key for p in info.value.problems] == ["layer[0].image"]  # the only problem: the image to make
+        return
     r = load(str(recipe), cwd=str(tmp_path))
     assert r.name and r.mounts
 

@@ -49,7 +49,7 @@ HASHES = ("find / -path /proc -prune -o -path /usr -prune -o -path /sys -prune -
 
 
 def every_kind_recipe(tmp_path: Path) -> Path:
-    """A directory, an archive, an OCI layout (with a whiteout) and an image, bottom to top."""
+    """A directory, an archive, an OCI layout (with a whiteout), an image and host binaries, bottom to top."""
     from test_images import make_image
     from test_oci import two_layer_image
     from test_store import archive, good
@@ -65,6 +65,7 @@ def every_kind_recipe(tmp_path: Path) -> Path:
     recipe.write_text('[sandbox]\nname = "kinds"\n'
                       '[[layer]]\npath = "dir"\n[[layer]]\narchive = "base.tar.gz"\n'
                       '[[layer]]\noci = "layout"\nref = "v1"\n[[layer]]\nimage = "top.sqfs"\n'
+                      '[[layer]]\nbinaries = ["/bin/sh"]\n'
                       '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n'
                       '[[mount]]\ntarget = "/proc"\ntype = "proc"\n')
     return recipe
@@ -87,5 +88,6 @@ def test_same_recipe_and_lock_give_the_same_tree(nsbuild, state_dir: Path, tmp_p
     first = trees[0]
     assert "/etc/keep" in first[1][1] and "/etc/gone" not in first[1][1] and "/etc/from-image" in first[1][1]
     assert "/etc/from-dir" in first[1][1] and "/etc/motd" in first[1][1] and len(first[2].splitlines()) >= 6
+    assert "/lib64 l" in first[1][1]  # from the binaries layer: the closure's symlink chain
     for strategy, listing, hashes in trees[1:]:
         assert (listing, hashes) == (first[1], first[2]), f"{strategy} differs from {first[0]}"
