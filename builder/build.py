@@ -140,13 +140,7 @@ def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool
     checked = preflight(recipe, features, state, name or recipe.name) if check else None
     meta = dict(metadata(recipe, plan), checked=checked)
     path = execute_and_persist(plan, meta, state, name or recipe.name, replace)
-    if plan.strategy == "unshare" and not any(step.out == "%template" for step in plan.steps):
-        # first build here: pin the template that later builds unshare from (best effort: builds
-        # work without it, they only copy more)
-        try:
-            ensure_template(state, features)
-        except (NsbuildError, OSError):
-            pass
+    _pin_template(plan, state, features)
     return Built(name or recipe.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
 
 
@@ -195,7 +189,18 @@ def build_many(recipe: Recipe, state: StateDir, count: int, strategy: str = "aut
             state.remove(n)
         raise
     seconds = time.perf_counter() - start
+    _pin_template(plan, state, features)
     return [Built(n, p, plan.strategy, seconds, plan, meta) for n, p in zip(names, paths)]
+
+
+def _pin_template(plan: Plan, state: StateDir, features: feat.Features) -> None:
+    """After the first unshare build in a state dir: pin the template that later builds unshare
+    from (best effort: builds work without it, they only copy more)."""
+    if plan.strategy == "unshare" and not any(step.out == "%template" for step in plan.steps):
+        try:
+            ensure_template(state, features)
+        except (NsbuildError, OSError):
+            pass
 
 
 def default_recipe() -> str:

@@ -43,6 +43,35 @@ def _fault() -> tuple[int, int] | None:
     return int(index), getattr(errnos, name or "EIO")
 
 
+_CONST, _FD, _FDPATH, _LOOP = range(4)
+
+
+def _compiled(plan: Plan) -> list[tuple]:
+    """Each step as (function, argument specs, errnos that count as success, out), made once per
+    plan: flags OR-ed, AT_FDCWD resolved, only symbolic fds left to look up when the step runs."""
+    if plan.compiled is None:
+        steps = []
+        for step in plan.steps:
+            if step.call == "fork":  # its args name the fds the child sends back: run() reads them
+                steps.append((None, (), frozenset(), None))
+                continue
+            spec = []
+            for a in step.args:
+                if isinstance(a, Fd):
+                    spec.append((_CONST, sc.AT_FDCWD) if a == "AT_FDCWD" else (_FD, str(a)))
+                elif isinstance(a, FdPath):
+                    spec.append((_FDPATH, str(a)))
+                elif isinstance(a, LoopPath):
+                    spec.append((_LOOP, str(a)))
+                elif isinstance(a, Flags):
+                    spec.append((_CONST, sc.flags(a)))
+                else:
+                    spec.append((_CONST, a))
+            steps.append((CALLS[step.call], tuple(spec), frozenset(getattr(errnos, n) for n in step.ok), step.out))
+        plan.compiled = steps
+    return plan.compiled
+
+
 class _Run:
     def __init__(self, plan: Plan, inline: bool = False) -> None:
         self.plan = plan
@@ -51,40 +80,30 @@ class _Run:
         self.values: dict[str, int] = {}  # results that are not fds ("#loop0": a loop device number)
         self.undo: list[Undo] = []
         self.fault = _fault()
-
-    def fd(self, arg: object) -> int:
-        if arg == "AT_FDCWD":
-            return sc.AT_FDCWD
-        return self.fds[str(arg)]
-
-    def value(self, arg: object) -> object:
-        if isinstance(arg, Fd):
-            return self.fd(arg)
-        if isinstance(arg, FdPath):
-            return f"/proc/self/fd/{self.fds[str(arg)]}"
-        if isinstance(arg, LoopPath):
-            return f"/dev/loop{self.values[str(arg)]}"
-        if isinstance(arg, Flags):
-            return sc.flags(arg)
-        return arg
+        self.compiled = _compiled(plan)
 
     def step(self, index: int, step: Step) -> None:
         if self.fault and self.fault[0] == index:
             raise StepFailed(index, sc.SyscallError(step.call, "injected fault", self.fault[1]))
-        args = [self.value(a) for a in step.args]
+        call, spec, ok, out = self.compiled[index]
+        fds = self.fds
+        args = [v if k == _CONST else fds[v] if k == _FD else f"/proc/self/fd/{fds[v]}" if k == _FDPATH
+                else f"/dev/loop{self.values[v]}" for k, v in spec]
         try:
-            result = CALLS[step.call](self, *args)
+            result = call(self, *args)
         except OSError as e:
-            if step.ok and errnos.errorcode.get(e.errno or 0) in step.ok:
+            if e.errno in ok:
                 return
             err = e if isinstance(e, sc.SyscallError) else sc.SyscallError(step.call, _detail(step), e.errno or 0)
             raise StepFailed(index, err) from None
-        if step.out and step.out.startswith("#"):
-            self.values[step.out] = result  # type: ignore[assignment]
-        elif step.out:
-            if step.out in self.fds:  # a step run again (see Step.again)
-                os.close(self.fds[step.out])
-            self.fds[step.out] = result  # type: ignore[assignment]
+        if out is None:
+            return
+        if out[0] == "#":
+            self.values[out] = result  # type: ignore[assignment]
+            return
+        if out in fds:  # a step run again (see Step.again)
+            os.close(fds[out])
+        fds[out] = result  # type: ignore[assignment]
 
     def run(self) -> int:
         steps = self.plan.steps
@@ -306,44 +325,65 @@ def execute(plan: Plan) -> int:
     return _Run(plan).run()
 
 
-def execute_many(plan: Plan, count: int) -> Iterator[int]:
+def execute_many(plan: Plan, count: int, workers: int = 0) -> Iterator[int]:
     """Run `plan` `count` times; yield each result fd (close-on-exec) as it is made.
 
-    One forked worker runs every step itself, host and child steps alike, and goes back to the
-    host's mount namespace (setns also resets its root and cwd) before the next round: one fork
-    for the whole batch instead of one per namespace. The first failure ends the batch with the
-    BuildError a single build would raise.
+    Forked workers (one per allowed CPU unless `workers` says) each run every step themselves,
+    host and child steps alike, and go back to the host's mount namespace (setns also resets
+    root and cwd) before their next round: a fork per worker instead of one per namespace. The
+    first failure ends the batch with the BuildError a single build would raise.
     """
-    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the worker; reports over the socket
-        try:
-            ours.close()
-            host = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-            for _ in range(count):
-                fd = _Run(plan, inline=True).run()
-                _send_fds(theirs, b"ok", [fd])
-                os.close(fd)
-                sc.setns(host, sc.FLAGS["CLONE_NEWNS"])
-        except BuildError as e:
-            theirs.send(marshal.dumps({"message": str(e), "hint": e.hint, "step": getattr(e, "step", None)}))
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            theirs.send(marshal.dumps({"message": f"batch worker: {e!r}", "hint": "", "step": None}))
-        finally:
-            os._exit(0)
-    theirs.close()
+    workers = max(1, min(count, workers or len(os.sched_getaffinity(0))))
+    shares = [count // workers + (1 if i < count % workers else 0) for i in range(workers)]
+    socks, pids = [], []
     try:
-        for _ in range(count):
-            msg, fds = _recv_fds(ours, 1)
-            if msg == b"ok" and len(fds) == 1:
-                yield fds[0]
-                continue
-            for fd in fds:
-                os.close(fd)
-            info = marshal.loads(msg) if msg else {"message": "the batch worker died", "hint": "", "step": None}
-            error = BuildError(info["message"], info["hint"])
-            error.step = info["step"]  # type: ignore[attr-defined]
-            raise error
+        for share in shares:
+            ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - a worker; reports over the socket
+                ours.close()
+                for other in socks:
+                    other.close()
+                _worker(plan, share, theirs)
+            theirs.close()
+            socks.append(ours)
+            pids.append(pid)
+        left = list(shares)
+        while any(left):
+            for i, sock in enumerate(socks):  # round robin: the workers go at the same pace
+                if left[i]:
+                    left[i] -= 1
+                    yield _receive(sock)
     finally:
-        ours.close()  # a worker still sending gets EPIPE and stops
-        os.waitpid(pid, 0)
+        for sock in socks:
+            sock.close()  # a worker still sending gets EPIPE and stops
+        for pid in pids:
+            os.waitpid(pid, 0)
+
+
+def _worker(plan: Plan, count: int, sock: _socket.socket) -> None:  # pragma: no cover - runs forked
+    try:
+        host = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        for _ in range(count):
+            fd = _Run(plan, inline=True).run()
+            _send_fds(sock, b"ok", [fd])
+            os.close(fd)
+            sc.setns(host, sc.FLAGS["CLONE_NEWNS"])
+    except BuildError as e:
+        sock.send(marshal.dumps({"message": str(e), "hint": e.hint, "step": getattr(e, "step", None)}))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        sock.send(marshal.dumps({"message": f"batch worker: {e!r}", "hint": "", "step": None}))
+    finally:
+        os._exit(0)
+
+
+def _receive(sock: _socket.socket) -> int:
+    msg, fds = _recv_fds(sock, 1)
+    if msg == b"ok" and len(fds) == 1:
+        return fds[0]
+    for fd in fds:
+        os.close(fd)
+    info = marshal.loads(msg) if msg else {"message": "a batch worker died", "hint": "", "step": None}
+    error = BuildError(info["message"], info["hint"])
+    error.step = info["step"]  # type: ignore[attr-defined]
+    raise error

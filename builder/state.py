@@ -215,11 +215,12 @@ class StateDir:
             if cleaned:
                 mounted = mount_points()
             for name, nsfd in items:
-                done.append(self._persist_one(name, nsfd, meta, replace, mounted))
+                done.append(self._persist_one(name, nsfd, meta, replace, mounted, fast_json=bool(done)))
                 mounted.add(done[-1])
         return done
 
-    def _persist_one(self, name: str, nsfd: int, meta: dict[str, object], replace: bool, mounted: set[str]) -> str:
+    def _persist_one(self, name: str, nsfd: int, meta: dict[str, object], replace: bool, mounted: set[str],
+                     fast_json: bool = False) -> str:
         target = self.ns_path(name)
         stacked = target in mounted
         if (stacked or os.path.exists(self.meta_path(name))) and not replace:
@@ -234,7 +235,13 @@ class StateDir:
 
             meta = dict(meta, name=name, nsfs=target, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             self._write(self.run_path(name), marshal.dumps(meta["run"]))  # type: ignore[arg-type]
-            self._write(self.meta_path(name), (to_json(meta) + "\n").encode())
+            if fast_json:  # a batch: json's C encoder pays for its import after the first sandbox
+                import json
+
+                text = json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False)
+            else:
+                text = to_json(meta)
+            self._write(self.meta_path(name), (text + "\n").encode())
         except BaseException:
             self._remove(name)
             raise

@@ -72,12 +72,13 @@ class Step:
 
 
 class Plan:
-    __slots__ = ("recipe", "name", "strategy", "kernel", "steps", "result", "notes")
+    __slots__ = ("recipe", "name", "strategy", "kernel", "steps", "result", "notes", "compiled")
 
     def __init__(self, recipe: str, name: str, strategy: str, kernel: str, steps: tuple[Step, ...],
                  result: str = "%ns", notes: tuple[str, ...] = ()) -> None:
         self.recipe, self.name, self.strategy, self.kernel = recipe, name, strategy, kernel
         self.steps, self.result, self.notes = steps, result, notes
+        self.compiled: list | None = None  # the executor's ready-to-run form of the steps, made once
 
     def _key(self) -> tuple:
         return (self.recipe, self.name, self.strategy, self.kernel, self.steps, self.result, self.notes)
