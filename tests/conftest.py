@@ -49,9 +49,12 @@ def _umount_all_under(path: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def host_unchanged():
-    """Every test leaves /proc/self/mountinfo and this process's fds exactly as it found them."""
+    """Every test leaves /proc/self/mountinfo, this process's fds, mount namespace and working
+    directory exactly as it found them."""
     before, fds = mountinfo(), open_fds()
+    home = os.readlink("/proc/self/ns/mnt"), os.getcwd()
     yield
+    assert (os.readlink("/proc/self/ns/mnt"), os.getcwd()) == home, "the test process did not come back home"
     assert mountinfo() == before, "the host's mount table changed"
     assert open_fds() == fds, "fds leaked"
 

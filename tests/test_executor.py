@@ -92,3 +92,27 @@ def test_cli_build_with_a_fault_at_every_step_leaves_no_state(nsbuild, state_dir
         assert proc.returncode == 1 and f"(step {k + 1}," in proc.stderr and "ENOMEM" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
         assert not state_dir.exists()
+
+
+def test_a_process_with_threads_forks_for_the_namespace_steps(tmp_path: Path, monkeypatch) -> None:
+    """setns/unshare fail in a process with threads: then a forked child runs those steps."""
+    import threading
+
+    plan = plan_for(load(str(RECIPES / "layers.toml"), cwd=str(tmp_path)), "unshare")
+    child_steps = [k for k, s in enumerate(plan.steps) if s.where == "child"]
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert not executor._single_threaded()
+        before = mountinfo()
+        os.close(executor.execute(plan))
+        for k in (child_steps[0], child_steps[len(child_steps) // 2], child_steps[-1]):
+            monkeypatch.setenv("NSBUILD_TEST_FAULT", f"{k}:EIO")
+            with pytest.raises(BuildError) as info:
+                executor.execute(plan)
+            assert info.value.step == k  # type: ignore[attr-defined]
+        assert mountinfo() == before
+    finally:
+        stop.set()
+        thread.join()
