@@ -7,13 +7,16 @@ A cached plan is used only while everything it was made from is the same: the re
 (device, inode, size, mtime, ctime), the command line (strategy, --name, --check), the working
 directory, $HOME, the user, the kernel release, whether a template namespace is pinned, the
 nsbuild code, and the kind and identity of every host path the recipe names (layers, bind
-sources, also optional ones that were missing, the upper). Recipes whose layers come from the
-content store are not cached: their digests are checked on every build.
+sources, also optional ones that were missing, the upper; for files also size, mtime and ctime,
+so an archive or image that changed is seen; for OCI layouts their index.json too). Binaries
+layers are not cached: their closure can change with any library on the host.
 """
 from __future__ import annotations
 
+import fcntl
 import marshal
 import os
+import stat
 
 from builder.steps import Plan
 
@@ -34,11 +37,13 @@ def _entry(state: StateDir, recipe_path: str) -> str:
     return os.path.join(state.path, ".plans", name)
 
 
-def _identity(path: str) -> tuple[int, int, int] | None:
+def _identity(path: str) -> tuple[int, ...] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
+    if stat.S_ISREG(st.st_mode):  # content: ctime changes with every write, and cannot be set back
+        return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     return (st.st_dev, st.st_ino, st.st_mode)
 
 
@@ -59,13 +64,31 @@ def lookup(state: StateDir, recipe_path: str, options: tuple) -> tuple[Plan, dic
             return None
         if any(_identity(path) != ident for path, ident in data["inputs"]):
             return None
+        if data["meta"].get("store"):
+            _hold_store(data["store"])
         return Plan.load(data["plan"]), data["meta"]
     except (OSError, EOFError, ValueError, TypeError, KeyError):
         return None
 
 
+_held: list[int] = []
+
+
+def _hold_store(path: str) -> None:
+    """What Store.hold does: keep `nsbuild gc` from removing the entries this plan uses until this
+    process exits (without importing store.py and its tarfile & co.)."""
+    fd = os.open(os.path.join(path, ".gc.lock"), os.O_RDWR | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _held.append(fd)
+
+
 def cacheable(recipe: Recipe) -> bool:
-    return all(layer.kind in ("dir", "image") and not layer.sha256 for layer in recipe.layers)
+    return all(layer.kind != "binaries" for layer in recipe.layers)
+
+
+def _inputs(recipe: Recipe) -> list[str]:
+    return list(recipe.inputs) + [os.path.join(layer.path, "index.json") for layer in recipe.layers
+                                  if layer.kind == "oci"]
 
 
 def save(state: StateDir, recipe: Recipe, recipe_path: str, options: tuple, k: tuple, plan: Plan,
@@ -75,7 +98,13 @@ def save(state: StateDir, recipe: Recipe, recipe_path: str, options: tuple, k: t
     if k != key(state, recipe_path, options):
         return
     path = _entry(state, recipe_path)
-    data = {"key": k, "inputs": [(p, _identity(p)) for p in recipe.inputs], "plan": plan.dump(), "meta": meta}
+    store = ""
+    if meta.get("store"):
+        from builder.store import store_dir
+
+        store = store_dir()
+    data = {"key": k, "inputs": [(p, _identity(p)) for p in _inputs(recipe)], "plan": plan.dump(), "meta": meta,
+            "store": store}
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)

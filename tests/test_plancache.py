@@ -76,3 +76,29 @@ def test_warm_build_skips_toml_recipe_and_planner(nsbuild, state_dir: Path, tmp_
     proc = nsbuild("build", str(recipe), "--replace", check=False)
     assert proc.returncode == 2 and "layer[0].path" in proc.stderr and "Traceback" not in proc.stderr
     nsbuild("rm", "cached")
+
+
+def test_archive_and_oci_plans_are_cached_until_the_input_changes(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    from test_oci import two_layer_image
+    from test_store import archive, good
+
+    archive(tmp_path / "base.tar.gz", good)
+    two_layer_image(tmp_path / "layout")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[sandbox]\nname = "cached"\n[[layer]]\narchive = "base.tar.gz"\n'
+                      '[[layer]]\noci = "layout"\nref = "v1"\n'
+                      '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n')
+    nsbuild("build", str(recipe))
+    nsbuild("build", str(recipe), "--replace")
+    modules = warm_build_modules(nsbuild, recipe)
+    assert not modules & {"tarfile", "tomllib", "builder.store", "builder.oci"}, modules
+    # the archive is replaced by another one: its new content is unpacked and used
+    archive(tmp_path / "base.tar.gz", lambda t: (good(t), t.add(str(recipe), "etc/added")))
+    nsbuild("build", str(recipe), "--replace")
+    assert "[sandbox]" in nsbuild("run", "cached", "--", "/usr/bin/cat", "/etc/added").stdout
+    assert len(os.listdir(tmp_path / "store" / "sha256")) == 4  # two archives, two OCI blobs
+    # a gc meanwhile keeps what the cached plan uses (the sandbox references it)
+    nsbuild("gc")
+    nsbuild("build", str(recipe), "--replace")
+    assert "[sandbox]" in nsbuild("run", "cached", "--", "/usr/bin/cat", "/etc/added").stdout
+    nsbuild("rm", "cached")
