@@ -166,7 +166,8 @@ def scale_worker(extra: int, recipe: str, n: int) -> None:
     state = StateDir(f"{scratch}/state")  # in this namespace: its template, as `nsbuild build` makes
     state.prepare()
     ensure_template(state, probe())
-    plan = plan_for(load(recipe), state=state if os.environ.get("BENCH_TEMPLATE", "1") == "1" else None)
+    plan = plan_for(load(recipe), os.environ.get("BENCH_STRATEGY", "auto"),
+                    state=state if os.environ.get("BENCH_TEMPLATE", "1") == "1" else None)
     in_process(plan, 5)
     print(json.dumps(in_process(plan, n)))
 
@@ -177,10 +178,32 @@ def _bind(path: str) -> None:
     os.close(tree)
 
 
+def guest_scale() -> int:
+    """Inside ../shared/tools/kernel-vm (`bench/run guest`): the scale rows for every strategy, as
+    guest numbers (TCG: a slow CPU, not comparable with the host's). JSON on stdout."""
+    top = Path(tempfile.mkdtemp(prefix="nsbuild-guest-"))
+    recipe = fixtures(top)
+    results: dict = {"kernel": os.uname().release, "runs": 10}
+    for strategy in ("fsmount-namespace", "open-tree-namespace", "unshare"):
+        for extra in (25, 225, 2025):
+            proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, __file__, "_scale",
+                                   str(extra), str(recipe), "10"], check=True, capture_output=True, text=True,
+                                  env=dict(os.environ, BENCH_STRATEGY=strategy, TMPDIR=str(top),
+                                           BENCH_TEMPLATE="1" if strategy == "unshare" else "0"))
+            ms = json.loads(proc.stdout)
+            results[f"guest scale: {strategy}, {extra} parent mounts"] = ms
+            print(f"guest scale: {strategy:20} {extra:5} parent mounts  median {statistics.median(ms):7.2f} ms"
+                  f"  min {min(ms):7.2f} ms", file=sys.stderr, flush=True)
+    print(json.dumps(results))
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) == 5 and sys.argv[1] == "_scale":
         scale_worker(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
         return 0
+    if sys.argv[1:] == ["_guest"]:
+        return guest_scale()
     OUT.mkdir(exist_ok=True)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "kernel": os.uname().release,
                      "cpus": os.cpu_count(), "python": sys.version.split()[0]}
