@@ -5,6 +5,8 @@
  * Line: where \t call \t out-slot \t ok-errno \t args...   (tab-separated)
  * Args: f:N fd slot (-100 = AT_FDCWD), i:N integer, s:HEX string, n NULL,
  *       p:N "/proc/self/fd/<fd of slot N>", r:A,B,.. fd slots a fork returns.
+ * A "fork" step's child steps run in this process, which then goes back to its own mount
+ * namespace (setns) and cwd, as the executor does: fewer syscalls than forking a child.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -125,38 +127,20 @@ static void step(int i) {
     if (steps[i].out >= 0) slot[steps[i].out] = r;
 }
 
-/* Runs steps [i+1, end) in a child that sends back the fds in the fork's r: list. */
-static int child_block(int i) {
-    int end = i + 1, sv[2], want[16], n = 0;
+/* Runs steps [i+1, end) (the namespace steps) in this process, then goes back to its own
+ * mount namespace and cwd, as nsbuild's executor does in a single-threaded process. */
+static int inline_block(int i) {
+    int end = i + 1;
     while (end < nsteps && steps[end].child) end++;
-    for (char *t = steps[i].a[0].str; t && *t; t = strchr(t, ',') ? strchr(t, ',') + 1 : NULL) want[n++] = atoi(t);
-    socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv);
-    pid_t pid = fork();
-    if (pid == 0) {
-        for (int k = i + 1; k < end; k++) step(k);
-        char buf[CMSG_SPACE(16 * sizeof(int))] = {0}, ok = 'k';
-        struct iovec io = { &ok, 1 };
-        struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1 };
-        if (n) {
-            m.msg_control = buf; m.msg_controllen = CMSG_SPACE(n * sizeof(int));
-            struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-            c->cmsg_level = SOL_SOCKET; c->cmsg_type = SCM_RIGHTS; c->cmsg_len = CMSG_LEN(n * sizeof(int));
-            for (int k = 0; k < n; k++) ((int *)CMSG_DATA(c))[k] = slot[want[k]];
-        }
-        sendmsg(sv[1], &m, 0);
-        _exit(0);
-    }
-    close(sv[1]);
-    char buf[CMSG_SPACE(16 * sizeof(int))], ok;
-    struct iovec io = { &ok, 1 };
-    struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = buf, .msg_controllen = sizeof buf };
-    if (recvmsg(sv[0], &m, MSG_CMSG_CLOEXEC) != 1) { fprintf(stderr, "child failed\n"); exit(1); }
-    if (n) {
-        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-        for (int k = 0; k < n; k++) slot[want[k]] = ((int *)CMSG_DATA(c))[k];
-    }
-    close(sv[0]);
-    waitpid(pid, NULL, 0);
+    int ns = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC), cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    for (int k = i + 1; k < end; k++) step(k);
+    if (setns(ns, CLONE_NEWNS) < 0) { perror("setns home"); exit(1); }
+    struct stat here, r;
+    stat("/", &here);
+    fstat(root, &r);
+    fchdir(cwd);
+    close(ns); close(root); close(cwd);
     return end;
 }
 
@@ -172,7 +156,7 @@ int main(int argc, char **argv) {
         for (int k = 0; k < MAXSLOTS; k++) slot[k] = -1;
         clock_gettime(CLOCK_MONOTONIC, &a);
         for (int i = 0; i < nsteps;) {
-            if (!strcmp(steps[i].call, "fork")) i = child_block(i);
+            if (!strcmp(steps[i].call, "fork")) i = inline_block(i);
             else step(i++);
         }
         for (int k = 0; k < MAXSLOTS; k++) if (slot[k] >= 0) close(slot[k]);  /* result included */
