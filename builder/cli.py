@@ -246,7 +246,7 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
     from builder import syscalls
     from builder.state import StateDir, _mountinfo_entry, state_dir as resolve
 
-    f = feat.probe()
+    f = feat.probe(erofs=os.geteuid() == 0)  # the erofs probe needs root (fsopen)
     try:
         auto = feat.pick_strategy(f, "auto")
     except NsbuildError as e:
@@ -280,6 +280,8 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
         t.add_row(f"strategy {s}", "yes" if ok else "no")
     t.add_row("auto picks", auto)
     t.add_row("overlay layers as fds (6.13+)", "yes" if f.overlay_fd_layers else "no")
+    t.add_row("erofs images straight from files", "yes" if f.erofs_file else
+              "no: loop devices" if os.geteuid() == 0 else "unknown (needs root)")
     t.add_row("running as root", "yes" if report["root"] else "no (builds need root)")
     t.add_row("syscall layer", str(report["ffi"]))
     sd = report["state_dir"]
