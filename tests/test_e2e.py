@@ -224,4 +224,5 @@ def test_doctor(nsbuild) -> None:
     report = json.loads(nsbuild("doctor", "--json").stdout)
     assert report["kernel"] == os.uname().release and report["root"] is True
     assert report["auto"] in STRATEGIES and set(report["probes"]) == {"fsmount", "fsmount-namespace",
-                                                                      "open-tree-namespace"}
+                                                                      "open-tree-namespace", "erofs-file"}
+    assert report["features"]["erofs_file"] == probe(erofs=True).erofs_file
