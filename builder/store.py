@@ -142,7 +142,7 @@ def _copy_host_paths(paths: list[str], dest: str) -> None:
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(path), target)
             elif stat.S_ISDIR(st.st_mode):
-                os.mkdir(target)
+                os.makedirs(target, exist_ok=True)  # a parent made earlier for a file below it
                 os.chmod(target, stat.S_IMODE(st.st_mode))
             elif stat.S_ISREG(st.st_mode):
                 shutil.copyfile(path, target, follow_symlinks=False)
@@ -223,12 +223,13 @@ class Store:
 
         image = oci.open_layout(layer.path).image(layer.ref, layer.platform)
         _check_pin(recipe, layer, image.manifest_digest.removeprefix("sha256:"))
-        out = []
+
         def unpack_blob(blob: oci.Blob, tmp: str) -> None:
             xattrs = Xattrs()
             oci.unpack_layer(blob, tmp, _layer_filter(layer.devices, xattrs))
             xattrs.apply(tmp)
 
+        out = []
         for k, blob in enumerate(image.layers):
             path = self.entry(blob.digest.removeprefix("sha256:") + "-oci", layer.devices)
             if unpack:
