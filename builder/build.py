@@ -1,6 +1,7 @@
 """Build a sandbox: recipe -> plan -> namespace fd -> persisted state."""
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -132,13 +133,19 @@ def preflight(recipe: Recipe, features: feat.Features, state: StateDir, name: st
     return key
 
 
+def _planned(recipe: Recipe, state: StateDir, strategy: str, check: bool,
+             name: str) -> tuple[feat.Features, Plan, dict[str, Any]]:
+    """Features, plan and metadata for a build; the pre-flight check done (as sandbox `name`)."""
+    features = features_for(recipe)
+    plan = plan_for(recipe, strategy, features, state)
+    checked = preflight(recipe, features, state, name) if check else None
+    return features, plan, dict(metadata(recipe, plan), checked=checked)
+
+
 def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool = False,
           name: str | None = None, check: bool = True) -> Built:
     start = time.perf_counter()
-    features = features_for(recipe)
-    plan = plan_for(recipe, strategy, features, state)
-    checked = preflight(recipe, features, state, name or recipe.name) if check else None
-    meta = dict(metadata(recipe, plan), checked=checked)
+    features, plan, meta = _planned(recipe, state, strategy, check, name or recipe.name)
     path = execute_and_persist(plan, meta, state, name or recipe.name, replace)
     _pin_template(plan, state, features)
     return Built(name or recipe.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
@@ -165,26 +172,28 @@ def build_many(recipe: Recipe, state: StateDir, count: int, strategy: str = "aut
     (executor.execute_many) and persisted under one lock. All or nothing: if one fails, the
     sandboxes this batch made are removed again."""
     start = time.perf_counter()
-    features = features_for(recipe)
-    plan = plan_for(recipe, strategy, features, state)
     base = name or recipe.name
-    checked = preflight(recipe, features, state, f"{base}-0") if check else None
-    meta = dict(metadata(recipe, plan), checked=checked)
+    features, plan, meta = _planned(recipe, state, strategy, check, f"{base}-0")
     names = [f"{base}-{i}" for i in range(count)]
-    state.prepare()
     made: list[str] = []
+    nsfds = executor.execute_many(plan, count)
 
     def items() -> Iterator[tuple[str, int]]:
-        for n, nsfd in zip(names, executor.execute_many(plan, count)):
+        for n, nsfd in zip(names, nsfds):
             try:
                 yield n, nsfd
                 made.append(n)
             finally:
                 os.close(nsfd)
 
+    pairs = items()
     try:
-        paths = state.persist_many(items(), meta, replace)
+        first = next(pairs)  # as for one build: a batch that fails at once changes nothing, not even the state dir
+        state.prepare()
+        paths = state.persist_many(itertools.chain([first], pairs), meta, replace)
     except BaseException:
+        pairs.close()  # closes the fd in hand
+        nsfds.close()  # ends the workers, drops what they sent and nobody took
         for n in made:
             state.remove(n)
         raise
@@ -230,12 +239,12 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
         return _batch_command(path, state, strategy, replace, name, locked, quiet, check, count, as_json)
     options = (strategy, name, check)
     b = None
-    if not locked:  # --locked reads every input: never from the cache
-        try:
-            k = plancache.key(state, path, options)
-        except OSError:
-            k = None  # no recipe file: the slow path says so properly
-        cached = plancache.lookup(state, path, options) if k else None
+    try:
+        k: tuple | None = plancache.key(state, path, options)  # before the build: it may pin a template
+    except OSError:
+        k = None  # no recipe file: the slow path says so properly
+    if not locked and k:  # --locked reads every input: never from the cache
+        cached = plancache.lookup(state, path, k)
         if cached:
             need_root()
             try:
@@ -245,7 +254,7 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
                     raise  # not the plan's fault (e.g. the name exists): the same without the cache
                 plancache.drop(state, path)  # a host path changed under the plan: plan again
     if b is None:
-        b = _build_from_recipe(path, state, strategy, replace, name, locked, quiet, check, options)
+        b = _build_from_recipe(path, state, strategy, replace, name, locked, quiet, check, options, k)
     if quiet and not as_json:
         return
     if as_json:
@@ -299,12 +308,12 @@ def _load_checked(path: str, name: str | None, locked: bool, quiet: bool) -> Rec
 
 
 def _build_from_recipe(path: str, state: StateDir, strategy: str, replace: bool, name: str | None,
-                       locked: bool, quiet: bool, check: bool, options: tuple) -> Built:
+                       locked: bool, quiet: bool, check: bool, options: tuple, k: tuple | None) -> Built:
+    """The slow path: recipe, layers, plan; the plan is cached under `k`, the key from before the build."""
     from builder import plancache
 
-    r = _load_checked(path, name, locked, quiet)
-    k = plancache.key(state, path, options)
+    r = _load_checked(path, name, locked, quiet)  # the recipe file exists now, so `k` was made
     built = build(resolve_layers(r, state=state), state, strategy, replace, name, check)
-    if plancache.cacheable(r):
+    if k and plancache.cacheable(r):
         plancache.save(state, r, path, options, k, built.plan, built.meta)
     return built

@@ -86,7 +86,16 @@ class _Home:
     def __init__(self) -> None:
         flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
         self.ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        self.root, self.cwd = os.open("/", flags), os.open(".", flags)
+        try:
+            self.root = os.open("/", flags)
+            try:
+                self.cwd = os.open(".", flags)
+            except BaseException:
+                os.close(self.root)
+                raise
+        except BaseException:
+            os.close(self.ns)
+            raise
 
     def restore(self) -> None:
         try:

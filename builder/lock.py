@@ -16,6 +16,10 @@ import stat
 from builder.errors import UsageError
 from builder.recipe import Layer, Recipe
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.store import Store
+
 VERSION = 1
 
 
@@ -54,11 +58,11 @@ def tree_digest(root: str) -> str:
     return h.hexdigest()
 
 
-def layer_digests(recipe: Recipe) -> dict[str, dict[str, str]]:
+def layer_digests(recipe: Recipe, store: Store | None = None) -> dict[str, dict[str, str]]:
     """What each layer is made of now: {origin: {"kind", "source", "sha256"}}."""
     from builder.store import Store, store_dir
 
-    store = Store(store_dir())
+    store = store or Store(store_dir())
     out = {layer.origin: {"kind": layer.kind, "source": _source(layer), "sha256": store.input_digest(layer)}
            for layer in recipe.layers}
     store.save_digests()
@@ -76,7 +80,7 @@ def write(recipe: Recipe) -> str:
     path = lock_path(recipe.file)
     store = Store(store_dir())
     doc = {"version": VERSION, "recipe": os.path.basename(recipe.file), "recipe_sha256": recipe.sha256,
-           "layers": layer_digests(recipe), "store": store.entries(store.resolve(recipe, unpack=False))}
+           "layers": layer_digests(recipe, store), "store": store.entries(store.resolve(recipe, unpack=False))}
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:

@@ -55,12 +55,12 @@ def key(state: StateDir, recipe_path: str, options: tuple) -> tuple:
             code.st_mtime_ns, code.st_size)
 
 
-def lookup(state: StateDir, recipe_path: str, options: tuple) -> tuple[Plan, dict] | None:
-    """The cached plan and metadata for this build, or None."""
+def lookup(state: StateDir, recipe_path: str, k: tuple) -> tuple[Plan, dict] | None:
+    """The cached plan and metadata for a build with key `k` (see key()), or None."""
     try:
         with open(_entry(state, recipe_path), "rb") as f:
             data = marshal.load(f)
-        if data["key"] != key(state, recipe_path, options):
+        if data["key"] != k:
             return None
         if any(_identity(path) != ident for path, ident in data["inputs"]):
             return None

@@ -168,6 +168,7 @@ class Store:
         self.path = path
         self._known: dict[str, list] | None = None  # digests.json
         self._hold: int | None = None  # the gc lock, shared
+        self._closures: dict[Layer, tuple[str, list[str]]] = {}  # binaries layers: digest, host paths
         self._dirty = False
 
     def entries(self, recipe: Recipe) -> list[str]:
@@ -240,7 +241,9 @@ class Store:
     def _binaries(self, layer: Layer) -> tuple[str, list[str]]:
         """The host paths a binaries layer copies (programs with their shared-library closure, extra
         files and directories, every symlink on the way) and the digest of what it copies: paths,
-        types, modes, owners, link targets and contents."""
+        types, modes, owners, link targets and contents. Computed once per Store (lock asks twice)."""
+        if layer in self._closures:
+            return self._closures[layer]
         from builder import elf
 
         view = elf.HostView()
@@ -267,7 +270,8 @@ class Store:
             elif os.path.isfile(path):
                 h.update(self.digest(path).encode())
             h.update(b"\n")
-        return h.hexdigest(), ordered
+        self._closures[layer] = h.hexdigest(), ordered
+        return self._closures[layer]
 
     def input_digest(self, layer: Layer) -> str:
         """The digest a lock file records for a layer (see lock.py)."""

@@ -40,4 +40,4 @@ def test_a_failing_step_stops_the_batch_cleanly(nsbuild, state_dir: Path) -> Non
     proc = subprocess.run(nsbuild_cmd() + ["build", str(RECIPES / "layers.toml"), "--count", "5", "--no-check"],
                           capture_output=True, text=True, env=env, cwd=state_dir.parent / "cwd")
     assert proc.returncode == 1 and "step 6" in proc.stderr and "EIO" in proc.stderr, proc.stderr
-    assert not any(name.endswith(".mnt") and not name.startswith(".") for name in os.listdir(state_dir))
+    assert not state_dir.exists()  # a batch that fails at once leaves nothing, as one build does
