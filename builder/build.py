@@ -5,7 +5,7 @@ import itertools
 import os
 import time
 
-from builder import executor
+from builder import executor, gclock
 from builder.errors import NsbuildError
 from builder.state import StateDir
 from builder.steps import Plan
@@ -38,7 +38,9 @@ def features_for(recipe: Recipe) -> feat.Features:
 def resolve_layers(recipe: Recipe, unpack: bool = True, state: StateDir | None = None) -> Recipe:
     """Archive, OCI and binaries layers as content-store directories; pins checked. unpack=False
     (for `nsbuild plan`) writes nothing. `state`: the state dir the build persists into, which
-    `nsbuild gc` then reads to keep the entries its sandboxes use."""
+    `nsbuild gc` then reads to keep the entries its sandboxes use. Until the build persists, this
+    process holds the store's gc lock (gclock.py); a caller that does not persist calls
+    gclock.release() when it is done with the sandbox."""
     if all(layer.kind == "dir" or (layer.kind == "image" and not layer.sha256) for layer in recipe.layers):
         return recipe  # the content store (tarfile, hashlib & co.) only when needed
     from builder.store import Store, store_dir
@@ -156,7 +158,10 @@ def execute_and_persist(plan: Plan, meta: dict[str, Any], state: StateDir, name:
         state.prepare()  # only after a successful build: a failed one changes nothing
         return state.persist(name, nsfd, meta, replace)
 
-    return retrying_on_each_cpu(lambda: executor.execute(plan), persist)
+    try:
+        return retrying_on_each_cpu(lambda: executor.execute(plan), persist)
+    finally:
+        gclock.release()  # persisted, the sandbox's metadata keeps its store entries from gc
 
 
 def build_cached(plan: Plan, meta: dict[str, Any], state: StateDir, name: str | None, replace: bool) -> Built:
@@ -197,6 +202,8 @@ def build_many(recipe: Recipe, state: StateDir, count: int, strategy: str = "aut
         for n in made:
             state.remove(n)
         raise
+    finally:
+        gclock.release()
     seconds = time.perf_counter() - start
     _pin_template(plan, state, features)
     return [Built(n, p, plan.strategy, seconds, plan, meta) for n, p in zip(names, paths)]

@@ -13,11 +13,11 @@ layers are not cached: their closure can change with any library on the host.
 """
 from __future__ import annotations
 
-import fcntl
 import marshal
 import os
 import stat
 
+from builder import gclock
 from builder.steps import Plan
 
 VERSION = 1
@@ -65,21 +65,10 @@ def lookup(state: StateDir, recipe_path: str, k: tuple) -> tuple[Plan, dict] | N
         if any(_identity(path) != ident for path, ident in data["inputs"]):
             return None
         if data["meta"].get("store"):
-            _hold_store(data["store"])
+            gclock.hold(data["store"])
         return Plan.load(data["plan"]), data["meta"]
     except (OSError, EOFError, ValueError, TypeError, KeyError):
         return None
-
-
-_held: list[int] = []
-
-
-def _hold_store(path: str) -> None:
-    """What Store.hold does: keep `nsbuild gc` from removing the entries this plan uses until this
-    process exits (without importing store.py and its tarfile & co.)."""
-    fd = os.open(os.path.join(path, ".gc.lock"), os.O_RDWR | os.O_CLOEXEC)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    _held.append(fd)
 
 
 def cacheable(recipe: Recipe) -> bool:
