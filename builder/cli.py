@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console(highlight=False)
+out = Console(highlight=False, markup=False, soft_wrap=True)  # paths print whole and as they are
 
 StateOpt = typer.Option(None, "--state-dir", envvar="NSBUILD_STATE_DIR",
                         help="Where persisted sandboxes live [default: /run/nsbuild].")
