@@ -18,11 +18,12 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tarfile
 import tempfile
 from collections.abc import Callable
 
-from builder import progress
+from builder import gclock, progress
 from builder.errors import NsbuildError, UsageError
 from builder.executor import remove_tree
 from builder.recipe import Layer, Recipe
@@ -167,7 +168,6 @@ class Store:
     def __init__(self, path: str) -> None:
         self.path = path
         self._known: dict[str, list] | None = None  # digests.json
-        self._hold: int | None = None  # the gc lock, shared
         self._closures: dict[Layer, tuple[str, list[str]]] = {}  # binaries layers: digest, host paths
         self._dirty = False
 
@@ -187,7 +187,7 @@ class Store:
         With unpack=False (for `nsbuild plan`) nothing is written.
         """
         if unpack:
-            self.hold()
+            gclock.hold(self.path)
         layers: list[Layer] = []
         for layer in recipe.layers:
             if layer.kind == "dir":
@@ -338,13 +338,14 @@ class Store:
         if os.path.isdir(dest):
             return
         made = self._ensure_dirs()
-        self.hold()  # before tmp/ gets anything: gc deletes what it finds there
+        gclock.hold(self.path)  # before tmp/ gets anything: gc deletes what it finds there
         lock_path = os.path.join(self.path, ".lock")
         lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builds of one layer make it once
             if os.path.isdir(dest):
                 return
+            self._remove_abandoned()
             tmp = ""
             try:
                 tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=os.path.basename(dest) + ".")
@@ -358,9 +359,7 @@ class Store:
                     except OSError:
                         pass  # left under tmp/ for `nsbuild gc`
                 if made:  # a first unpack that failed leaves no store behind either
-                    if self._hold is not None:
-                        os.close(self._hold)
-                        self._hold = None
+                    gclock.release(self.path)
                     for path in [lock_path, os.path.join(self.path, ".gc.lock")] + made[::-1]:
                         try:
                             os.rmdir(path) if path in made else os.unlink(path)
@@ -374,6 +373,17 @@ class Store:
                 raise NsbuildError(f"{origin}: cannot unpack {source}: {e}", hint) from None
         finally:
             os.close(lock)
+
+    def _remove_abandoned(self) -> None:
+        """Under the store lock nobody else unpacks: what is in tmp/ was left by a killed build."""
+        tmp = os.path.join(self.path, "tmp")
+        for name in sorted(os.listdir(tmp)):
+            try:
+                remove_tree(os.path.join(tmp, name))
+            except OSError:
+                continue  # `nsbuild gc` tries again, and says so
+            print(f"nsbuild: recovered: removed {os.path.join(tmp, name)}, an unpack that was interrupted",
+                  file=sys.stderr)
 
     # -- garbage collection ------------------------------------------------------------
 
@@ -396,6 +406,8 @@ class Store:
         dead: list[str] = []
         roots = os.path.join(self.path, "roots")
         for name in sorted(os.listdir(roots)) if os.path.isdir(roots) else []:
+            if name.endswith(".tmp"):
+                continue  # not a root yet (add_root renames it into place), or abandoned
             target = os.readlink(os.path.join(roots, name))
             if os.path.isdir(target):  # a state dir: every sandbox's metadata lists its entries
                 for meta in sorted(os.listdir(target)):
@@ -414,9 +426,8 @@ class Store:
         leftovers of interrupted unpacks. Builds hold the gc lock shared while they use the store."""
         if not os.path.isdir(self.path):
             return []
-        lock_fd = os.open(os.path.join(self.path, ".gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock_fd = gclock.exclusive(self.path)
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
             keep, dead = self.referenced()
             removed = []
             entries = os.path.join(self.path, "sha256")
@@ -426,6 +437,7 @@ class Store:
             tmp = os.path.join(self.path, "tmp")
             removed += [os.path.join(tmp, n) for n in sorted(os.listdir(tmp))] if os.path.isdir(tmp) else []
             removed += [os.path.join(self.path, "roots", n) for n in dead]
+            removed += _abandoned_tmp_files(self.path) + _abandoned_tmp_files(os.path.join(self.path, "roots"))
             if not dry_run:
                 for path in removed:
                     if os.path.islink(path) or not os.path.isdir(path):
@@ -436,11 +448,21 @@ class Store:
         finally:
             os.close(lock_fd)
 
-    def hold(self) -> None:
-        """Keep `gc` away while this process builds from the store (released when it exits)."""
-        if self._hold is None and os.path.isdir(self.path):
-            self._hold = os.open(os.path.join(self.path, ".gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(self._hold, fcntl.LOCK_SH)
+
+def _abandoned_tmp_files(directory: str) -> list[str]:
+    """NAME.PID.tmp files (digests.json and roots/ are written that way, then renamed) whose
+    writer is gone."""
+    found = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        parts = name.split(".")
+        if len(parts) >= 3 and parts[-1] == "tmp" and parts[-2].isdigit():
+            try:
+                os.kill(int(parts[-2]), 0)
+            except ProcessLookupError:
+                found.append(os.path.join(directory, name))
+            except OSError:
+                pass
+    return found
 
 
 def _json_list(path: str, key: str) -> list[str]:
