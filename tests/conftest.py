@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,22 @@ IS_ROOT = os.geteuid() == 0
 IN_VM = os.environ.get("KERNEL_VM") == "1"
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: mounts for real")
+
+# What the reliability suites did (faults injected, kills, races, recipes fuzzed, hostile layers):
+# printed at the end of the run, so CI's log carries the counts and not just "passed".
+TALLY: Counter[str] = Counter()
+TALLY_PREFIX = "nsbuild tally: "
+
+
+def tally(what: str, count: int = 1) -> None:
+    TALLY[what] += count
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if TALLY:
+        terminalreporter.section("what the reliability suites did")
+        for what, count in sorted(TALLY.items()):
+            terminalreporter.write_line(f"{TALLY_PREFIX}{count:>7}  {what}")
 
 
 def nsbuild_cmd() -> list[str]:
