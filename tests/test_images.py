@@ -18,7 +18,7 @@ from builder.errors import BuildError
 from builder.features import STRATEGIES, probe, supported
 from builder.recipe import load
 
-from conftest import mountinfo, needs_root, open_fds
+from conftest import mountinfo, needs_root, open_fds, tally
 
 pytestmark = needs_root
 TOOLS = {"erofs": "mkfs.erofs", "squashfs": "mksquashfs", "ext4": "mkfs.ext4"}
@@ -165,10 +165,11 @@ def test_pinned_image_mismatch_is_refused_before_mounting(nsbuild, tmp_path: Pat
     assert not state_dir.exists() and loops() == before
 
 
-def test_a_fault_at_every_step_releases_loop_devices(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("strategy", strategies())
+def test_a_fault_at_every_step_releases_loop_devices(tmp_path: Path, monkeypatch, strategy: str) -> None:
     """Every step of an image build fails once (injected); each time nothing stays behind."""
     recipe = load(str(image_recipe(tmp_path, kinds=("squashfs", "ext4"))))
-    plan = plan_for(recipe, "unshare")
+    plan = plan_for(recipe, strategy)
     before_loops, before_mounts, before_fds = loops(), mountinfo(), open_fds()
     steps = [i for i, s in enumerate(plan.steps) if s.call != "fork"]
     for index in steps:
@@ -180,6 +181,7 @@ def test_a_fault_at_every_step_releases_loop_devices(tmp_path: Path, monkeypatch
     monkeypatch.delenv("NSBUILD_TEST_FAULT")
     os.close(executor.execute(plan))
     assert wait_for_loops(before_loops) == before_loops
+    tally(f"faults injected and survived, image layers on loop devices, {strategy}", len(steps))
 
 
 def test_concurrent_builds_race_for_loop_devices(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_VM, REPO, needs_root
+from conftest import IN_VM, REPO, TALLY_PREFIX, needs_root, tally
 
 KERNEL_VM = REPO.parent / "shared" / "tools" / "kernel-vm"
 SUITES = ["tests/test_e2e.py", "tests/test_same_tree.py", "tests/test_executor.py", "tests/test_images.py"]
@@ -35,3 +35,7 @@ def test_mounting_suites_on_kernel_7() -> None:
     # every strategy ran: nothing was skipped for lack of a kernel feature
     skipped = [line for line in output.splitlines() if line.startswith("SKIPPED")]
     assert not [line for line in skipped if "lacks" in line or "only [" in line], skipped
+    for line in output.splitlines():  # the guest's counts join this run's
+        if line.startswith(TALLY_PREFIX):
+            count, what = line[len(TALLY_PREFIX):].split(maxsplit=1)
+            tally(f"{what} [in the kernel 7.2 guest]", int(count))
