@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import needs_root
+from conftest import needs_root, tally
 from test_store import add
 
 from builder import oci
@@ -367,6 +367,7 @@ def test_hostile_whiteouts_are_refused(tmp_path: Path, case: str) -> None:
     assert os.listdir(tmp_path / "layer") == ["dest"]
     assert not opaque(outside) and not opaque(tmp_path / "layer") and not opaque(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["layer", "layout", "outside"]
+    tally("hostile OCI layers (whiteouts) rejected, nothing written outside")
 
 
 @needs_root

@@ -1,18 +1,20 @@
 """Crashes, races and hostile state: the state dir stays consistent and the host unchanged."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
 import signal
 import subprocess
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import RECIPES, mountinfo, needs_root, nsbuild_cmd
+from conftest import RECIPES, mountinfo, needs_root, nsbuild_cmd, tally
 
 pytestmark = needs_root
 
@@ -46,6 +48,7 @@ def test_parallel_builds_of_different_names(nsbuild, state_dir: Path, tmp_path: 
                                 range(16)))
     assert [r.returncode for r in results] == [0] * 16, [r.stderr for r in results if r.returncode]
     assert len(consistent(nsbuild, state_dir)) == 16
+    tally("parallel builds of different names", 16)
     nsbuild("rm", *[f"p{i}" for i in range(16)])
     assert consistent(nsbuild, state_dir) == []
 
@@ -58,6 +61,7 @@ def test_racing_builds_of_one_name_one_wins(nsbuild, state_dir: Path, tmp_path: 
     assert codes == [0] + [1] * 15, [r.stderr for r in results]
     assert all("exists already" in r.stderr for r in results if r.returncode)
     assert len(consistent(nsbuild, state_dir)) == 1
+    tally("racing builds of one name (one wins)", 16)
     nsbuild("rm", "tiny")
 
 
@@ -82,12 +86,13 @@ def test_replace_and_rm_racing_run(nsbuild, state_dir: Path, tmp_path: Path) -> 
             nsbuild("build", str(recipe), "--replace")
         codes = runs.result()
     assert codes.count(0) == len(codes)  # --replace never leaves the path without a namespace
+    tally("runs racing build --replace", len(codes))
     with ThreadPoolExecutor(4) as pool:
         runs = pool.submit(lambda: sum(pool.map(runner, range(3)), []))
         for _ in range(4):
             nsbuild("rm", "tiny")
             nsbuild("build", str(recipe))
-        runs.result()
+        tally("runs racing rm and build", len(runs.result()))
     consistent(nsbuild, state_dir)
     nsbuild("rm", "tiny")
 
@@ -107,11 +112,74 @@ def test_sigkill_at_random_points_then_recovery(nsbuild, state_dir: Path, tmp_pa
             kills += 1
         proc.wait()
     assert kills >= 10
+    tally("builds and rms killed (SIGKILL) at random points, then recovered", kills)
     # the next command recovers whatever was abandoned, and says so
     nsbuild("build", str(recipe), "--replace")
     consistent(nsbuild, state_dir)
     nsbuild("rm", "tiny")
     assert consistent(nsbuild, state_dir) == []
+
+
+def archive_recipe(tmp_path: Path, files: int = 2400) -> Path:
+    """A sandbox whose one layer is a tarball of `files` small files: its unpack takes a while."""
+    with tarfile.open(tmp_path / "big.tar.gz", "w:gz", compresslevel=1) as tar:
+        for d in range(60):
+            info = tarfile.TarInfo(f"d{d}")
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for i in range(files):
+            data = f"file {i}\n".encode() * 8
+            info = tarfile.TarInfo(f"d{i % 60}/f{i}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    path = tmp_path / "big.toml"
+    path.write_text(tiny_recipe(tmp_path).read_text().replace('name = "tiny"\n',
+                                                              'name = "big"\n[[layer]]\narchive = "big.tar.gz"\n'))
+    return path
+
+
+def listing(entry: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(entry)), p.lstat().st_size) for p in entry.rglob("*"))
+
+
+def test_sigkill_during_store_writes_then_recovery(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    """Cold builds killed while they unpack into the store: no entry is ever half there, and the next
+    build removes (and names) what the killed one abandoned under tmp/."""
+    recipe = archive_recipe(tmp_path)
+    store = tmp_path / "store"
+    start = time.monotonic()
+    nsbuild("build", str(recipe))
+    cold = time.monotonic() - start
+    (entry,) = (store / "sha256").iterdir()
+    whole = listing(entry)
+    assert len(whole) == 2460
+    rng = random.Random(5678)
+    kills = abandoned = 0
+    for _ in range(10):
+        nsbuild("rm", "big")
+        assert json.loads(nsbuild("gc", "--json").stdout)["removed"] == [str(entry)]  # unpacked again next
+        proc = subprocess.Popen(nsbuild_cmd() + ["build", str(recipe)], env=nsbuild.env,  # type: ignore[attr-defined]
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, cold))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert not entry.exists() or listing(entry) == whole, "a store entry is half written"
+        left = sorted((store / "tmp").iterdir())
+        abandoned += bool(left)
+        later = nsbuild("build", str(recipe), "--replace")
+        for path in left:
+            assert f"nsbuild: recovered: removed {path}, an unpack that was interrupted" in later.stderr
+        assert listing(entry) == whole and not any((store / "tmp").iterdir())
+        assert sorted(p.name for p in store.iterdir()) == [".gc.lock", ".lock", "digests.json", "roots",
+                                                            "sha256", "tmp"]
+        consistent(nsbuild, state_dir)
+    assert kills >= 5 and abandoned >= 3, (kills, abandoned)
+    tally("builds killed (SIGKILL) during cold builds (store writes), then recovered", kills)
+    tally("interrupted unpacks found under the store's tmp/ and removed by the next build", abandoned)
+    nsbuild("rm", "big")
+    assert json.loads(nsbuild("ls", "--json").stdout) == []
 
 
 @pytest.mark.parametrize("point", ["after-create", "after-mount", "after-tmp"])
@@ -123,6 +191,7 @@ def test_kill_inside_persist_is_recovered(nsbuild, state_dir: Path, tmp_path: Pa
     assert proc.returncode == -signal.SIGKILL
     later = nsbuild("build", str(recipe))
     assert "nsbuild: recovered:" in later.stderr
+    tally("builds killed (SIGKILL) inside persist, then recovered")
     assert [r["name"] for r in consistent(nsbuild, state_dir)] == ["tiny"]
     nsbuild("rm", "tiny")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_root
+from conftest import needs_root, tally
 
 pytestmark = needs_root
 
@@ -72,6 +72,32 @@ def test_archive_layer_is_unpacked_once_with_owners_and_modes(nsbuild, tmp_path:
     nsbuild("rm", "arch")
 
 
+def test_setuid_files_are_kept_but_inert(nsbuild, tmp_path: Path) -> None:
+    """A root filesystem needs its setuid bits (su, passwd), so they are unpacked; the root is
+    mounted nosuid unless the recipe lifts it, so no layer brings a working setuid binary."""
+    proc = '[[mount]]\ntarget = "/proc"\ntype = "proc"\n'
+    nsfs = json.loads(nsbuild("build", str(recipe(tmp_path, archive(tmp_path / "s.tar.gz", good), proc)),
+                              "--json").stdout)["nsfs"]
+    assert sh(nsfs, "stat -c %a /sbin-tool") == "4755\n"
+    assert "nosuid" in sh(nsfs, "findmnt -n -o VFS-OPTIONS /").strip().split(",")
+    nsbuild("rm", "arch")
+
+
+def test_an_in_process_build_releases_the_store(state_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The Python API (build.build) holds the store's gc lock only until the sandbox is persisted:
+    the autouse host_unchanged fixture checks no fd stays open."""
+    from builder.build import build, resolve_layers
+    from builder.recipe import load
+    from builder.state import StateDir
+
+    monkeypatch.setenv("NSBUILD_STORE", str(tmp_path / "store"))
+    state = StateDir(str(state_dir))
+    r = load(str(recipe(tmp_path, archive(tmp_path / "s.tar.gz", good))))
+    built = build(resolve_layers(r, state=state), state)
+    assert sh(built.nsfs, "cat /etc/motd") == "from the tarball\n"
+    assert state.remove("arch")
+
+
 def test_pinned_digest_mismatch_is_refused_before_anything(nsbuild, state_dir: Path, tmp_path: Path) -> None:
     tar = archive(tmp_path / "root.tar.gz", good)
     proc = nsbuild("build", str(recipe(tmp_path, tar, f'sha256 = "{"0" * 64}"\n')), check=False)
@@ -98,6 +124,7 @@ def test_hostile_archives_are_refused(nsbuild, state_dir: Path, tmp_path: Path, 
     assert not (tmp_path / "store").exists()  # the first unpack failed: no store was left behind
     assert not Path("/tmp/nsbuild-through-link").exists()
     assert not (tmp_path.parent / "escaped").exists() and not state_dir.exists()
+    tally("hostile archive layers rejected, nothing written outside")
 
 
 def test_absolute_member_names_stay_inside_the_layer(nsbuild, tmp_path: Path) -> None:
