@@ -14,7 +14,7 @@ import pytest
 
 from builder.features import STRATEGIES, probe, supported
 
-from conftest import RECIPES, needs_root
+from conftest import RECIPES, needs_root, tally
 
 pytestmark = needs_root
 FEATURES = probe()
@@ -188,7 +188,10 @@ def test_failed_build_leaves_no_trace(nsbuild, state_dir: Path, tmp_path: Path) 
     assert not state_dir.exists()
 
 
-def test_symlink_in_a_layer_cannot_redirect_a_mount_to_the_host(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", strategies())
+def test_symlink_in_a_layer_cannot_redirect_a_mount_to_the_host(nsbuild, state_dir: Path, tmp_path: Path,
+                                                                strategy: str) -> None:
+    """Mount targets and [[path]] entries resolve inside the new root (RESOLVE_IN_ROOT)."""
     layer = tmp_path / "evil"
     (layer / "etc").mkdir(parents=True)
     (layer / "opt").mkdir()
@@ -202,12 +205,15 @@ def test_symlink_in_a_layer_cannot_redirect_a_mount_to_the_host(nsbuild, state_d
                       '[[mount]]\ntarget = "/work"\ntype = "bind"\nsource = "src"\n'
                       '[[mount]]\ntarget = "/up/x"\ntype = "tmpfs"\n'
                       '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n'
-                      '[[mount]]\ntarget = "/proc"\ntype = "proc"\n')
-    nsfs = json.loads(nsbuild("build", str(recipe), "--json").stdout)["nsfs"]
+                      '[[mount]]\ntarget = "/proc"\ntype = "proc"\n'
+                      '[[path]]\npath = "/up/nsbuild-written"\ncontent = "inside\\n"\n')
+    nsfs = json.loads(nsbuild("build", str(recipe), "--strategy", strategy, "--json").stdout)["nsfs"]
     targets = set(findmnt(nsfs))
-    # both land inside the sandbox root (at its /etc and /opt/x), never on a host path
+    # all land inside the sandbox root (at its /etc, /opt/x and /opt), never on a host path
     assert "/etc" in targets and "/opt/x" in targets
-    assert not Path("/opt/x").exists()
+    assert in_sandbox(nsfs, "cat", "/opt/nsbuild-written") == "inside\n"
+    assert not Path("/opt/x").exists() and not Path("/opt/nsbuild-written").exists()
+    tally(f"symlinks in a layer aimed at host paths, a mount and a file kept inside, {strategy}", 3)
     nsbuild("rm", "evil")
 
 
