@@ -206,6 +206,9 @@ def list_(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
+    if not rows:
+        out.print(f"no sandboxes in {sd.path}")
+        return
     from rich.table import Table
 
     t = Table(title=f"sandboxes in {sd.path}")

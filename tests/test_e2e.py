@@ -85,6 +85,7 @@ def test_dev_recipe_build_inspect_run_rm(nsbuild, state_dir: Path, tmp_path: Pat
     # no .mnt, .json or .run left; the template namespace stays for later builds (unshare only)
     assert {p.name for p in state_dir.iterdir()} - {".plans"} in ({".lock"}, {".lock", ".template.mnt"})
     assert json.loads(nsbuild("ls", "--json").stdout) == []
+    assert nsbuild("ls").stdout == f"no sandboxes in {state_dir}\n"
 
 
 @pytest.mark.parametrize("strategy", strategies())
