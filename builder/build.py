@@ -35,21 +35,26 @@ def features_for(recipe: Recipe) -> feat.Features:
     return feat.probe(erofs=any(layer.kind == "image" and layer.fstype == "erofs" for layer in recipe.layers))
 
 
-def resolve_layers(recipe: Recipe, unpack: bool = True, state: StateDir | None = None) -> Recipe:
+def resolve_layers(recipe: Recipe, unpack: bool = True) -> Recipe:
     """Archive, OCI and binaries layers as content-store directories; pins checked. unpack=False
-    (for `nsbuild plan`) writes nothing. `state`: the state dir the build persists into, which
-    `nsbuild gc` then reads to keep the entries its sandboxes use. Until the build persists, this
-    process holds the store's gc lock (gclock.py); a caller that does not persist calls
-    gclock.release() when it is done with the sandbox."""
+    (for `nsbuild plan`) writes nothing. From here until a build persists, this process holds the
+    store's gc lock (gclock.py); a caller that does not persist calls gclock.release() when it is
+    done with the sandbox."""
     if all(layer.kind == "dir" or (layer.kind == "image" and not layer.sha256) for layer in recipe.layers):
         return recipe  # the content store (tarfile, hashlib & co.) only when needed
     from builder.store import Store, store_dir
 
-    store = Store(store_dir())
-    resolved = store.resolve(recipe, unpack)
-    if state is not None and store.entries(resolved):
-        store.add_root(state.path)
-    return resolved
+    return Store(store_dir()).resolve(recipe, unpack)
+
+
+def _register_with_store(meta: dict[str, Any], state: StateDir) -> None:
+    """After persisting, while still holding the gc lock: make the state dir a gc root, so that
+    `nsbuild gc` reads the metadata there and keeps the entries it lists. Only now, so that a
+    failed build leaves no root behind."""
+    if meta["store"]:
+        from builder.store import Store, store_dir
+
+        Store(store_dir()).add_root(state.path)
 
 
 def plan_for(recipe: Recipe, strategy: str = "auto", features: feat.Features | None = None,
@@ -147,8 +152,12 @@ def _planned(recipe: Recipe, state: StateDir, strategy: str, check: bool,
 def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool = False,
           name: str | None = None, check: bool = True) -> Built:
     start = time.perf_counter()
-    features, plan, meta = _planned(recipe, state, strategy, check, name or recipe.name)
-    path = execute_and_persist(plan, meta, state, name or recipe.name, replace)
+    try:
+        features, plan, meta = _planned(recipe, state, strategy, check, name or recipe.name)
+        path = execute_and_persist(plan, meta, state, name or recipe.name, replace)
+        _register_with_store(meta, state)
+    finally:
+        gclock.release()  # persisted and registered, the sandbox's metadata keeps its entries from gc
     _pin_template(plan, state, features)
     return Built(name or recipe.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
 
@@ -158,16 +167,17 @@ def execute_and_persist(plan: Plan, meta: dict[str, Any], state: StateDir, name:
         state.prepare()  # only after a successful build: a failed one changes nothing
         return state.persist(name, nsfd, meta, replace)
 
-    try:
-        return retrying_on_each_cpu(lambda: executor.execute(plan), persist)
-    finally:
-        gclock.release()  # persisted, the sandbox's metadata keeps its store entries from gc
+    return retrying_on_each_cpu(lambda: executor.execute(plan), persist)
 
 
 def build_cached(plan: Plan, meta: dict[str, Any], state: StateDir, name: str | None, replace: bool) -> Built:
-    """A warm build: the plan and metadata of the last build of the same inputs (plancache.py)."""
+    """A warm build: the plan and metadata of the last build of the same inputs (plancache.py).
+    Its state dir is a gc root already: the build that saved the plan registered it."""
     start = time.perf_counter()
-    path = execute_and_persist(plan, meta, state, name or plan.name, replace)
+    try:
+        path = execute_and_persist(plan, meta, state, name or plan.name, replace)
+    finally:
+        gclock.release()
     return Built(name or plan.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
 
 
@@ -176,8 +186,15 @@ def build_many(recipe: Recipe, state: StateDir, count: int, strategy: str = "aut
     """`count` sandboxes NAME-0 ... NAME-<count-1> from one plan, made by one worker
     (executor.execute_many) and persisted under one lock. All or nothing: if one fails, the
     sandboxes this batch made are removed again."""
+    try:
+        return _build_many(recipe, state, count, strategy, replace, name or recipe.name, check)
+    finally:
+        gclock.release()  # persisted and registered, the sandboxes' metadata keeps their entries from gc
+
+
+def _build_many(recipe: Recipe, state: StateDir, count: int, strategy: str, replace: bool, base: str,
+                check: bool) -> list[Built]:
     start = time.perf_counter()
-    base = name or recipe.name
     features, plan, meta = _planned(recipe, state, strategy, check, f"{base}-0")
     names = [f"{base}-{i}" for i in range(count)]
     made: list[str] = []
@@ -196,14 +213,13 @@ def build_many(recipe: Recipe, state: StateDir, count: int, strategy: str = "aut
         first = next(pairs)  # as for one build: a batch that fails at once changes nothing, not even the state dir
         state.prepare()
         paths = state.persist_many(itertools.chain([first], pairs), meta, replace)
+        _register_with_store(meta, state)
     except BaseException:
         pairs.close()  # closes the fd in hand
         nsfds.close()  # ends the workers, drops what they sent and nobody took
         for n in made:
             state.remove(n)
         raise
-    finally:
-        gclock.release()
     seconds = time.perf_counter() - start
     _pin_template(plan, state, features)
     return [Built(n, p, plan.strategy, seconds, plan, meta) for n, p in zip(names, paths)]
@@ -281,7 +297,7 @@ def _batch_command(path: str, state: StateDir, strategy: str, replace: bool, nam
     r = _load_checked(path, name, locked, quiet)
     if not 1 <= count <= 100000:
         raise UsageError(f"--count {count} is out of range", "give 1 to 100000")
-    built = build_many(resolve_layers(r, state=state), state, count, strategy, replace, name, check)
+    built = build_many(resolve_layers(r), state, count, strategy, replace, name, check)
     seconds = built[0].seconds
     if as_json:
         import json
@@ -320,7 +336,7 @@ def _build_from_recipe(path: str, state: StateDir, strategy: str, replace: bool,
     from builder import plancache
 
     r = _load_checked(path, name, locked, quiet)  # the recipe file exists now, so `k` was made
-    built = build(resolve_layers(r, state=state), state, strategy, replace, name, check)
+    built = build(resolve_layers(r), state, strategy, replace, name, check)
     if k and plancache.cacheable(r):
         plancache.save(state, r, path, options, k, built.plan, built.meta)
     return built

@@ -93,7 +93,7 @@ def test_an_in_process_build_releases_the_store(state_dir: Path, tmp_path: Path,
     monkeypatch.setenv("NSBUILD_STORE", str(tmp_path / "store"))
     state = StateDir(str(state_dir))
     r = load(str(recipe(tmp_path, archive(tmp_path / "s.tar.gz", good))))
-    built = build(resolve_layers(r, state=state), state)
+    built = build(resolve_layers(r), state)
     assert sh(built.nsfs, "cat /etc/motd") == "from the tarball\n"
     assert state.remove("arch")
 
