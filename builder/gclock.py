@@ -18,23 +18,29 @@ def hold(store: str) -> None:
     Once a sandbox is persisted its metadata protects its entries, so builds release then."""
     if store not in _held and os.path.isdir(store):
         fd = _open(store)
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
         _held[store] = fd
 
 
 def release(store: str | None = None) -> None:
-    """Drop the hold on `store`, or on every store."""
+    """Drop the hold on `store`, or on every store. Holds are per process, not counted: a build
+    that persists releases them all."""
     for path in [store] if store else list(_held):
         fd = _held.pop(path, None)
         if fd is not None:
             os.close(fd)
 
 
-def exclusive(store: str) -> int:
-    """Wait until no build holds `store`, and keep them out until the returned fd is closed."""
+def exclusive(store: str, wait: bool = True) -> int:
+    """Wait until no build holds `store`, and keep them out until the returned fd is closed.
+    wait=False: raise BlockingIOError instead of waiting."""
     fd = _open(store)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
         os.close(fd)
         raise

@@ -335,10 +335,11 @@ class Store:
     def _fill(self, origin: str, source: str, dest: str, fill: Callable[[str], None]) -> None:
         """Make the store entry `dest` with fill(tmp) unless it exists: in a fresh directory under
         tmp/, renamed into place when complete, under the store lock."""
+        gclock.hold(self.path)  # before using dest (gc may delete it) or tmp/ (gc deletes what it finds there)
         if os.path.isdir(dest):
             return
         made = self._ensure_dirs()
-        gclock.hold(self.path)  # before tmp/ gets anything: gc deletes what it finds there
+        gclock.hold(self.path)  # the store did not exist a moment ago
         lock_path = os.path.join(self.path, ".lock")
         lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -348,7 +349,8 @@ class Store:
             self._remove_abandoned()
             tmp = ""
             try:
-                tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=os.path.basename(dest) + ".")
+                tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"),
+                                       prefix=f"{os.path.basename(dest)}.{os.getpid()}.")
                 os.chmod(tmp, 0o755)  # the layer's "/" (a tar entry for "." sets it too)
                 fill(tmp)
                 os.rename(tmp, dest)
@@ -360,11 +362,7 @@ class Store:
                         pass  # left under tmp/ for `nsbuild gc`
                 if made:  # a first unpack that failed leaves no store behind either
                     gclock.release(self.path)
-                    for path in [lock_path, os.path.join(self.path, ".gc.lock")] + made[::-1]:
-                        try:
-                            os.rmdir(path) if path in made else os.unlink(path)
-                        except OSError:
-                            pass  # another build is using it now
+                    self._remove_unused(made)
                 if not isinstance(e, (tarfile.TarError, OSError)):
                     raise
                 hint = ("device nodes and fifos need devices = true on the layer"
@@ -374,10 +372,34 @@ class Store:
         finally:
             os.close(lock)
 
+    def _remove_unused(self, made: list[str]) -> None:
+        """Remove the store directories a failed first unpack made (and its lock files), unless
+        another build holds the store by now (then they stay: an empty store is harmless)."""
+        gc_lock = os.path.join(self.path, ".gc.lock")
+        try:
+            fd = gclock.exclusive(self.path, wait=False)
+        except OSError:
+            return
+        try:
+            for path in [os.path.join(self.path, ".lock"), gc_lock] + made[::-1]:
+                try:
+                    os.rmdir(path) if path in made else os.unlink(path)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+
     def _remove_abandoned(self) -> None:
-        """Under the store lock nobody else unpacks: what is in tmp/ was left by a killed build."""
+        """Unpack dirs under tmp/ (NAME.PID.XXXX) whose build is gone. Called under the store lock,
+        so no live build is filling one; the PID check also covers a lock file replaced meanwhile."""
         tmp = os.path.join(self.path, "tmp")
-        for name in sorted(os.listdir(tmp)):
+        try:
+            names = sorted(os.listdir(tmp))
+        except OSError:
+            return
+        for name in names:
+            if _alive(name.split(".")[-2]):
+                continue
             try:
                 remove_tree(os.path.join(tmp, name))
             except OSError:
@@ -449,20 +471,22 @@ class Store:
             os.close(lock_fd)
 
 
+def _alive(pid: str) -> bool:
+    """Whether process `pid` (text from a file name) exists; anything unparsable counts as gone."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError, OverflowError):
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def _abandoned_tmp_files(directory: str) -> list[str]:
     """NAME.PID.tmp files (digests.json and roots/ are written that way, then renamed) whose
     writer is gone."""
-    found = []
-    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-        parts = name.split(".")
-        if len(parts) >= 3 and parts[-1] == "tmp" and parts[-2].isdigit():
-            try:
-                os.kill(int(parts[-2]), 0)
-            except ProcessLookupError:
-                found.append(os.path.join(directory, name))
-            except OSError:
-                pass
-    return found
+    return [os.path.join(directory, name) for name in (sorted(os.listdir(directory)) if os.path.isdir(directory) else [])
+            if name.endswith(".tmp") and name.count(".") >= 2 and not _alive(name.split(".")[-2])]
 
 
 def _json_list(path: str, key: str) -> list[str]:
