@@ -48,13 +48,18 @@ def resolve_layers(recipe: Recipe, unpack: bool = True) -> Recipe:
 
 
 def _register_with_store(meta: dict[str, Any], state: StateDir) -> None:
-    """After persisting, while still holding the gc lock: make the state dir a gc root, so that
-    `nsbuild gc` reads the metadata there and keeps the entries it lists. Only now, so that a
-    failed build leaves no root behind."""
+    """Make the state dir a gc root, so that `nsbuild gc` reads the metadata there and keeps the
+    entries it lists. Called once the namespace is built (a failed build registers nothing) and
+    before it is persisted (a killed build never leaves a sandbox that gc does not see), with the
+    gc lock held. A warm build needs none: the build that cached its plan registered."""
     if meta["store"]:
         from builder.store import Store, store_dir
 
-        Store(store_dir()).add_root(state.path)
+        try:
+            Store(store_dir()).add_root(state.path)
+        except OSError as e:
+            raise NsbuildError(f"cannot register {state.path} as a gc root in {store_dir()}: {e.strerror}",
+                               "check that the content store is writable") from None
 
 
 def plan_for(recipe: Recipe, strategy: str = "auto", features: feat.Features | None = None,
@@ -154,28 +159,29 @@ def build(recipe: Recipe, state: StateDir, strategy: str = "auto", replace: bool
     start = time.perf_counter()
     try:
         features, plan, meta = _planned(recipe, state, strategy, check, name or recipe.name)
-        path = execute_and_persist(plan, meta, state, name or recipe.name, replace)
-        _register_with_store(meta, state)
+        path = execute_and_persist(plan, meta, state, name or recipe.name, replace, register=True)
     finally:
         gclock.release()  # persisted and registered, the sandbox's metadata keeps its entries from gc
     _pin_template(plan, state, features)
     return Built(name or recipe.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
 
 
-def execute_and_persist(plan: Plan, meta: dict[str, Any], state: StateDir, name: str, replace: bool) -> str:
+def execute_and_persist(plan: Plan, meta: dict[str, Any], state: StateDir, name: str, replace: bool,
+                        register: bool) -> str:
     def persist(nsfd: int) -> str:
         state.prepare()  # only after a successful build: a failed one changes nothing
+        if register:
+            _register_with_store(meta, state)
         return state.persist(name, nsfd, meta, replace)
 
     return retrying_on_each_cpu(lambda: executor.execute(plan), persist)
 
 
 def build_cached(plan: Plan, meta: dict[str, Any], state: StateDir, name: str | None, replace: bool) -> Built:
-    """A warm build: the plan and metadata of the last build of the same inputs (plancache.py).
-    Its state dir is a gc root already: the build that saved the plan registered it."""
+    """A warm build: the plan and metadata of the last build of the same inputs (plancache.py)."""
     start = time.perf_counter()
     try:
-        path = execute_and_persist(plan, meta, state, name or plan.name, replace)
+        path = execute_and_persist(plan, meta, state, name or plan.name, replace, register=False)
     finally:
         gclock.release()
     return Built(name or plan.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
@@ -212,8 +218,8 @@ def _build_many(recipe: Recipe, state: StateDir, count: int, strategy: str, repl
     try:
         first = next(pairs)  # as for one build: a batch that fails at once changes nothing, not even the state dir
         state.prepare()
-        paths = state.persist_many(itertools.chain([first], pairs), meta, replace)
         _register_with_store(meta, state)
+        paths = state.persist_many(itertools.chain([first], pairs), meta, replace)
     except BaseException:
         pairs.close()  # closes the fd in hand
         nsfds.close()  # ends the workers, drops what they sent and nobody took
