@@ -12,7 +12,8 @@ from builder.build import ensure_template, plan_for, resolve_layers
 from builder.errors import BuildError
 from builder.state import StateDir
 from builder.features import STRATEGIES, probe, supported
-from builder.recipe import load
+from builder.recipe import Recipe, load
+from builder.steps import Plan
 
 from conftest import IN_VM, RECIPES, mountinfo, needs_root, nsbuild_cmd, open_fds, tally
 
@@ -46,6 +47,14 @@ def store_stamp(store: Path) -> list[tuple[str, int, int]]:
     return [(str(d), d.stat().st_ino, d.stat().st_mtime_ns) for d in dirs if d.exists()]
 
 
+def planned(recipe: Recipe, strategy: str, state: StateDir | None) -> Plan:
+    """The build's plan, with archive, OCI and binaries layers in the (test's) store."""
+    try:
+        return plan_for(resolve_layers(recipe), strategy, state=state)
+    finally:
+        gclock.release()  # resolve_layers held the store for this process (no gc runs here)
+
+
 @pytest.fixture(scope="module")
 def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One content store for the sweeps: its entries do not depend on the strategy, and copying the
@@ -69,8 +78,7 @@ def test_fault_at_every_step_leaves_nothing(tmp_path: Path, state_dir: Path, sha
         state = StateDir(str(state_dir))
         state.prepare()
         ensure_template(state, FEATURES)
-    plan = plan_for(resolve_layers(load(str(path), cwd=str(tmp_path))), strategy, state=state)
-    gclock.release()  # resolve_layers held the store for this process (no gc runs here)
+    plan = planned(load(str(path), cwd=str(tmp_path)), strategy, state)
     assert (state is not None) == any(step.out == "%template" for step in plan.steps)
     assert recipe in ("dev", "layers", "kept", "dev+template") or store.exists()
     entries, stamp = store_listing(store), store_stamp(store)
@@ -119,8 +127,7 @@ def test_cli_build_with_a_fault_at_every_step_leaves_no_state(nsbuild, state_dir
     path = str(RECIPES / f"{recipe}.toml")
     store = tmp_path / "store"
     monkeypatch.setenv("NSBUILD_STORE", str(store))  # the CLI's (nsbuild fixture), filled here first
-    plan = plan_for(resolve_layers(load(path, cwd=str(tmp_path))))
-    gclock.release()
+    plan = planned(load(path, cwd=str(tmp_path)), "auto", None)
     entries = store_listing(store)
     env = nsbuild.env  # type: ignore[attr-defined]
     for k, step in enumerate(plan.steps):
@@ -131,7 +138,7 @@ def test_cli_build_with_a_fault_at_every_step_leaves_no_state(nsbuild, state_dir
         assert proc.returncode == 1 and f"(step {k + 1}," in proc.stderr and "ENOMEM" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
         assert not state_dir.exists()  # no namespace, no metadata, no plan cache
-        tally("faults injected and survived, through the CLI, unshare")
+        tally(f"faults injected and survived, through the CLI, {plan.strategy}")
     assert store_listing(store) == entries
 
 

@@ -1,6 +1,7 @@
 """Runs the mounting tests again inside Debian's 7.2 kernel, where all three strategies exist."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,8 @@ def test_mounting_suites_on_kernel_7() -> None:
     # every strategy ran: nothing was skipped for lack of a kernel feature
     skipped = [line for line in output.splitlines() if line.startswith("SKIPPED")]
     assert not [line for line in skipped if "lacks" in line or "only [" in line], skipped
+    kernel = re.search(r"kernel (\d+\.\d+\S*)", output)
     for line in output.splitlines():  # the guest's counts join this run's
         if line.startswith(TALLY_PREFIX):
             count, what = line[len(TALLY_PREFIX):].split(maxsplit=1)
-            tally(f"{what} [in the kernel 7.2 guest]", int(count))
+            tally(f"{what} [in the kernel-vm guest, {kernel.group(1) if kernel else 'kernel unknown'}]", int(count))

@@ -142,40 +142,56 @@ def listing(entry: Path) -> list[tuple[str, int]]:
     return sorted((str(p.relative_to(entry)), p.lstat().st_size) for p in entry.rglob("*"))
 
 
-def test_sigkill_during_store_writes_then_recovery(nsbuild, state_dir: Path, tmp_path: Path) -> None:
-    """Cold builds killed while they unpack into the store: no entry is ever half there, and the next
-    build removes (and names) what the killed one abandoned under tmp/."""
-    recipe = archive_recipe(tmp_path)
-    store = tmp_path / "store"
+def wait_until(condition, timeout: float = 30.0) -> float:  # noqa: ANN001 - a callable returning bool
+    """Poll `condition` every 2 ms; return the time it took (or the timeout)."""
     start = time.monotonic()
-    nsbuild("build", str(recipe))
+    while not condition() and time.monotonic() - start < timeout:
+        time.sleep(0.002)
+    return time.monotonic() - start
+
+
+def test_sigkill_during_store_writes_then_recovery(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    """Cold builds killed at random points, half of them while they unpack into the store: no entry
+    is ever half there, and the next build removes (and names) what a killed one left under tmp/."""
+    recipe = archive_recipe(tmp_path)
+    store, tmp = tmp_path / "store", tmp_path / "store" / "tmp"
+    env = nsbuild.env  # type: ignore[attr-defined]
+    start = time.monotonic()
+    first = subprocess.Popen(nsbuild_cmd() + ["build", str(recipe)], env=env, stdout=subprocess.DEVNULL)
+    wait_until(lambda: tmp.is_dir() and any(tmp.iterdir()) or first.poll() is not None)
+    unpack = wait_until(lambda: not any(tmp.iterdir()))  # renamed into place
+    assert first.wait() == 0
     cold = time.monotonic() - start
     (entry,) = (store / "sha256").iterdir()
     whole = listing(entry)
     assert len(whole) == 2460
     rng = random.Random(5678)
     kills = abandoned = 0
-    for _ in range(10):
+    for round_ in range(10):
         nsbuild("rm", "big")
         assert json.loads(nsbuild("gc", "--json").stdout)["removed"] == [str(entry)]  # unpacked again next
-        proc = subprocess.Popen(nsbuild_cmd() + ["build", str(recipe)], env=nsbuild.env,  # type: ignore[attr-defined]
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, cold))
+        proc = subprocess.Popen(nsbuild_cmd() + ["build", str(recipe)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        if round_ % 2:  # anywhere in the build
+            time.sleep(rng.uniform(0.05, cold))
+        else:  # while it unpacks
+            wait_until(lambda: any(tmp.iterdir()) or proc.poll() is not None)
+            time.sleep(rng.uniform(0, unpack / 2))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
         assert not entry.exists() or listing(entry) == whole, "a store entry is half written"
-        left = sorted((store / "tmp").iterdir())
+        left = sorted(tmp.iterdir())
         abandoned += bool(left)
         later = nsbuild("build", str(recipe), "--replace")
         for path in left:
             assert f"nsbuild: recovered: removed {path}, an unpack that was interrupted" in later.stderr
-        assert listing(entry) == whole and not any((store / "tmp").iterdir())
+        assert listing(entry) == whole and not any(tmp.iterdir())
         assert sorted(p.name for p in store.iterdir()) == [".gc.lock", ".lock", "digests.json", "roots",
                                                             "sha256", "tmp"]
         consistent(nsbuild, state_dir)
-    assert kills >= 5 and abandoned >= 3, (kills, abandoned)
+    assert kills >= 5 and abandoned >= 4, (kills, abandoned, unpack)
     tally("builds killed (SIGKILL) during cold builds (store writes), then recovered", kills)
     tally("interrupted unpacks found under the store's tmp/ and removed by the next build", abandoned)
     nsbuild("rm", "big")
