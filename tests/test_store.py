@@ -172,3 +172,34 @@ def test_xattrs_come_back_but_never_overlayfs_ones(nsbuild, tmp_path: Path) -> N
     assert os.getxattr(entry / "dir" / "ping", "security.capability") == cap
     assert "trusted.overlay.opaque" not in os.listxattr(entry / "dir")
     nsbuild("rm", "arch")
+
+
+@pytest.mark.parametrize("other_build", [False, True])
+def test_a_failed_first_unpack_removes_the_store_only_if_unused(tmp_path: Path, other_build: bool) -> None:
+    """The store dirs and lock files a failed first unpack made go, unless another build holds the
+    store by now: unlinking a lock file someone holds would split the lock in two."""
+    import fcntl
+
+    from builder import gclock
+    from builder.errors import NsbuildError
+    from builder.store import Store
+
+    path = tmp_path / "store"
+    path.mkdir()  # made by someone else: it stays either way
+    holder = None
+    if other_build:
+        holder = os.open(path / ".gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(holder, fcntl.LOCK_SH)
+
+    def fail(tmp: str) -> None:
+        raise tarfile.ReadError("truncated")
+
+    try:
+        with pytest.raises(NsbuildError, match="cannot unpack"):
+            Store(str(path))._fill("layer[0]", "x.tar", str(path / "sha256" / ("0" * 64)), fail)
+        left = sorted(p.name for p in path.iterdir())
+        assert left == ([".gc.lock", ".lock", "sha256", "tmp"] if other_build else []), left
+    finally:
+        gclock.release()
+        if holder is not None:
+            os.close(holder)
