@@ -5,7 +5,7 @@ validating the recipe or planning (and without importing tomllib, dataclasses or
 
 A cached plan is used only while everything it was made from is the same: the recipe file
 (device, inode, size, mtime, ctime), the command line (strategy, --name, --check), the working
-directory, $HOME, the user, the kernel release, whether a template namespace is pinned, the
+directory, $HOME, $NSBUILD_STORE (store paths are in the plan), the user, the kernel release, whether a template namespace is pinned, the
 nsbuild code, and the kind and identity of every host path the recipe names (layers, bind
 sources, also optional ones that were missing, the upper; for files also size, mtime and ctime,
 so an archive or image that changed is seen; for OCI layouts their index.json too). Binaries
@@ -51,7 +51,8 @@ def key(state: StateDir, recipe_path: str, options: tuple) -> tuple:
     st = os.stat(recipe_path)
     code = os.stat(__file__.replace("plancache", "plan"))  # the planner's code: a reinstall changes it
     return (VERSION, recipe_path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, options,
-            os.getcwd(), os.environ.get("HOME", ""), os.geteuid(), os.uname().release, state.template(),
+            os.getcwd(), os.environ.get("HOME", ""), os.environ.get("NSBUILD_STORE", ""), os.geteuid(),
+            os.uname().release, state.template(),
             code.st_mtime_ns, code.st_size)
 
 

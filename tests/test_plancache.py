@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import needs_root
+from conftest import needs_root, nsbuild_cmd
 
 pytestmark = needs_root
 
@@ -101,4 +101,9 @@ def test_archive_and_oci_plans_are_cached_until_the_input_changes(nsbuild, state
     nsbuild("gc")
     nsbuild("build", str(recipe), "--replace")
     assert "[sandbox]" in nsbuild("run", "cached", "--", "/usr/bin/cat", "/etc/added").stdout
+    # another store: the plan names the old store's paths, so it is made anew from the new store
+    env = dict(nsbuild.env, NSBUILD_STORE=str(tmp_path / "store2"))  # type: ignore[attr-defined]
+    subprocess.run(nsbuild_cmd() + ["build", str(recipe), "--replace"], env=env, cwd=tmp_path / "cwd", check=True,
+                   capture_output=True)
+    assert len(os.listdir(tmp_path / "store2" / "sha256")) == 3
     nsbuild("rm", "cached")
