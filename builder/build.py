@@ -300,9 +300,9 @@ def _batch_command(path: str, state: StateDir, strategy: str, replace: bool, nam
                    quiet: bool, check: bool, count: int, as_json: bool) -> None:
     from builder.errors import UsageError
 
-    r = _load_checked(path, name, locked, quiet)
     if not 1 <= count <= 100000:
         raise UsageError(f"--count {count} is out of range", "give 1 to 100000")
+    r = _load_checked(path, name, locked, quiet)
     built = build_many(resolve_layers(r), state, count, strategy, replace, name, check)
     seconds = built[0].seconds
     if as_json:

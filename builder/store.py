@@ -1,8 +1,10 @@
 """The content store: archive layers unpacked once, addressed by the archive's sha256.
 
-    <store>/sha256/<digest>[-dev]/   an unpacked layer ("-dev": device nodes were allowed)
-    <store>/tmp/                     unpacking in progress; renamed into place when complete
+    <store>/sha256/<digest>[-oci|-bin][-dev]/   an unpacked archive, OCI layer blob or binaries
+                                     layer ("-dev": device nodes were allowed)
+    <store>/tmp/NAME.PID.XXXX/       unpacking in progress; renamed into place when complete
     <store>/.lock                    flock(2) held while unpacking
+    <store>/.gc.lock                 flock(2): builds hold it shared, gc exclusively (gclock.py)
     <store>/roots/                   symlinks to lock files and state dirs: what `nsbuild gc` keeps
     <store>/digests.json             sha256 of input files by (device, inode, size, mtime, ctime): a
                                      rebuild does not read a large image or archive again
