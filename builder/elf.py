@@ -500,14 +500,15 @@ class MissingLibrary(UsageError):
                          f"searched {', '.join(self.searched)}{skipped}")
 
 
-def closure(paths: list[str]) -> list[str]:
+def closure(paths: list[str], search: Search | None = None) -> list[str]:
     """Every host path needed to run `paths` in an empty root: the files, their #! and ELF interpreters,
     their libraries, and every symlink met on the way (directory links such as /lib -> usr/lib too).
 
     Each listed path's parent directory is a real directory, so a copier can go down the list, in
-    order, creating parents, copying files and recreating links with os.readlink.
+    order, creating parents, copying files and recreating links with os.readlink. `search`: a host
+    Search to share, so that files it identified already are not parsed again.
     """
-    search = Search(HostView())
+    search = search or Search(HostView())
     found: set[str] = set()
     for path in paths:
         if not path.startswith("/"):

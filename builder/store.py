@@ -248,8 +248,9 @@ class Store:
             return self._closures[layer]
         from builder import elf
 
-        view = elf.HostView()
-        paths: set[str] = set(elf.closure(list(layer.binaries)))
+        search = elf.Search(elf.HostView())  # one for both closures: libc & co. are parsed once
+        view = search.view
+        paths: set[str] = set(elf.closure(list(layer.binaries), search))
         elves: list[str] = []
         for item in layer.files:
             res = view.resolve(item)
@@ -258,10 +259,10 @@ class Store:
                 paths.add(path)
                 # a library among the files (Python's extension modules) brings its own libraries
                 is_lib = ".so" in os.path.basename(path) and os.path.isfile(path) and not os.path.islink(path)
-                if is_lib and isinstance(elf.identify_file(path), elf.ElfInfo):
+                if is_lib and isinstance(search.identify(view.resolve(path)), elf.ElfInfo):
                     elves.append(path)
         if elves:
-            paths.update(elf.closure(elves))
+            paths.update(elf.closure(elves, search))
         ordered = sorted(paths, key=lambda p: p.split("/"))  # parents first
         h = hashlib.sha256()
         for path in ordered:
