@@ -87,7 +87,7 @@ def write(recipe: Recipe) -> str:
             json.dump(doc, f, indent=2, sort_keys=True)
             f.write("\n")
         os.rename(tmp, path)
-    except OSError:
+    except BaseException:  # also Ctrl-C: no RECIPE.lock.PID.tmp is left beside the recipe
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
