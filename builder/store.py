@@ -30,6 +30,10 @@ from builder.errors import NsbuildError, UsageError
 from builder.executor import remove_tree
 from builder.recipe import Layer, Recipe
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder import oci
+
 DEFAULT_STORE = "/var/lib/nsbuild/store"
 
 
@@ -171,6 +175,7 @@ class Store:
         self.path = path
         self._known: dict[str, list] | None = None  # digests.json
         self._closures: dict[Layer, tuple[str, list[str]]] = {}  # binaries layers: digest, host paths
+        self._images: dict[Layer, oci.Image] = {}  # OCI layers
         self._dirty = False
 
     def entries(self, recipe: Recipe) -> list[str]:
@@ -224,7 +229,7 @@ class Store:
         """One store directory per layer blob, whiteouts in overlayfs form ("-oci" entries)."""
         from builder import oci
 
-        image = oci.open_layout(layer.path).image(layer.ref, layer.platform)
+        image = self._image(layer)
         _check_pin(recipe, layer, image.manifest_digest.removeprefix("sha256:"))
 
         def unpack_blob(blob: oci.Blob, tmp: str) -> None:
@@ -239,6 +244,15 @@ class Store:
                 self._fill(f"{layer.origin} blob {k}", blob.path, path, lambda tmp, b=blob: unpack_blob(b, tmp))
             out.append(Layer(f"{layer.origin}.blob[{k}]", "dir", path))
         return out
+
+    def _image(self, layer: Layer) -> oci.Image:
+        """The image an OCI layer picks (its index, manifest and config read and checked once per
+        Store: `nsbuild lock` asks twice)."""
+        if layer not in self._images:
+            from builder import oci
+
+            self._images[layer] = oci.open_layout(layer.path).image(layer.ref, layer.platform)
+        return self._images[layer]
 
     def _binaries(self, layer: Layer) -> tuple[str, list[str]]:
         """The host paths a binaries layer copies (programs with their shared-library closure, extra
@@ -285,10 +299,7 @@ class Store:
         if layer.kind in ("image", "archive"):
             return self.digest(layer.path)
         if layer.kind == "oci":
-            from builder import oci
-
-            image = oci.open_layout(layer.path).image(layer.ref, layer.platform)
-            return image.manifest_digest.removeprefix("sha256:")
+            return self._image(layer).manifest_digest.removeprefix("sha256:")
         if layer.kind == "binaries":
             return self._binaries(layer)[0]
         raise ValueError(f"no input digest for {layer.kind} layers")
