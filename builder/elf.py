@@ -255,7 +255,7 @@ class HostView(View):
         self.root = root.rstrip("/")
 
     def node(self, path: str) -> Node | None:
-        host = self.root + path if self.root else path
+        host = self.root + path  # root is "" for "/"
         try:
             return node_from_stat(host, os.lstat(host), "host")
         except OSError:
@@ -263,7 +263,7 @@ class HostView(View):
 
     def names(self, path: str) -> list[str]:
         try:
-            return sorted(os.listdir(self.root + path if self.root else path))
+            return sorted(os.listdir(self.root + path))
         except OSError:
             return []
 
