@@ -121,14 +121,14 @@ def read(recipe: Recipe) -> dict:
     return doc
 
 
-def check(recipe: Recipe) -> None:
+def check(recipe: Recipe, store: Store | None = None) -> None:
     """--locked: every input is what the lock file recorded, else one error naming each drift."""
     doc = read(recipe)
     locked: dict[str, dict] = doc["layers"]
     drifts = []
     if doc.get("recipe_sha256") != recipe.sha256:
         drifts.append("the recipe itself changed since it was locked")
-    now = layer_digests(recipe)
+    now = layer_digests(recipe, store)
     for origin in sorted(set(locked) | set(now)):
         was, new = locked.get(origin), now.get(origin)
         if was is None or new is None:
