@@ -102,11 +102,20 @@ class _Planner:
         out = "%ns" if namespace else out or ("%root" if target == "/" else f"%mnt:{target}")
         return self.emit("fsmount", Fd(fs), Flags(mflags), _attr_flags(attrs), out=out, origin=origin)
 
-    def setattr(self, fd: str, attrs: tuple[str, ...], recursive: bool, origin: str) -> None:
+    def setattr(self, fd: str, attrs: tuple[str, ...], recursive: bool, origin: str,
+                propagation: str | None = None) -> None:
+        """Attributes (and propagation) of a detached mount, before it is attached anywhere."""
         clear = ("MOUNT_ATTR__ATIME",) if any(a in attrs for a in ("noatime", "strictatime", "relatime")) else ()
         flags = ("AT_EMPTY_PATH", "AT_RECURSIVE") if recursive else ("AT_EMPTY_PATH",)
-        self.emit("mount_setattr", Fd(fd), "", Flags(flags), _attr_flags(attrs), Flags(clear), Flags(),
+        prop = Flags((PROPAGATION_FLAG[propagation],)) if propagation else Flags()
+        self.emit("mount_setattr", Fd(fd), "", Flags(flags), _attr_flags(attrs), Flags(clear), prop,
                   origin=origin)
+
+    def set_propagation(self, fd: str, propagation: str, origin: str) -> None:
+        """A new filesystem has no peers and is private already: only other choices need a call."""
+        if propagation != "private":
+            self.emit("mount_setattr", Fd(fd), "", Flags(("AT_EMPTY_PATH",)), Flags(), Flags(),
+                      Flags((PROPAGATION_FLAG[propagation],)), origin=origin)
 
     def layer_fds(self) -> list[str]:
         fds = []
@@ -154,7 +163,9 @@ class _Planner:
             self.emit("open_tree", AT_FDCWD, self.recipe.layers[0].path,
                       Flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_RECURSIVE")), out="%root",
                       origin="root")
-            self.setattr("%root", tuple(sorted(set(r.attrs) | {"ro"}, key=list(ATTR_FLAG).index)), True, "root")
+            # a clone of a host directory joins the host mount's peer group: private, or mounts would cross
+            self.setattr("%root", tuple(sorted(set(r.attrs) | {"ro"}, key=list(ATTR_FLAG).index)), True, "root",
+                         "private")
             return "%root"
         upper = work = None
         if r.upper == "tmpfs":
@@ -202,17 +213,21 @@ class _Planner:
                 flags = ("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC") + (("AT_RECURSIVE",) if m.recursive else ())
                 fd = self.emit("open_tree", AT_FDCWD, m.source, Flags(flags), out=f"%mnt:{m.target}",
                                origin=m.origin)
-                self.setattr(fd, m.attrs, m.recursive, m.origin)
+                # the clone (each mount of its subtree, if recursive) is still a peer of the host's mount:
+                # its propagation is set before it is attached, so no mount event crosses unasked
+                self.setattr(fd, m.attrs, m.recursive, m.origin, m.propagation)
                 units.append(_Unit(m, m.target, fd, file=m.source_kind == "file"))
             elif m.type == "dev":
                 units.extend(self.dev(m))
             else:
                 fd = self.new_fs(m.type, m.target, m.origin, m.options, m.attrs, source=m.source)
+                self.set_propagation(fd, m.propagation, m.origin)
                 units.append(_Unit(m, m.target, fd))
         return units
 
     def dev(self, m: Mount) -> list[_Unit]:
         dev = self.new_fs("tmpfs", m.target, m.origin, (("mode", "0755"),) + m.options, m.attrs)
+        self.set_propagation(dev, m.propagation, m.origin)
         for name, major, minor in DEV_NODES:
             self.emit("mknodat", Fd(dev), name, Flags(("S_IFCHR",)), 0o666, major, minor, origin=m.origin)
         for name, link in DEV_LINKS:
@@ -286,12 +301,6 @@ class _Planner:
         else:
             self.emit("mkdirat", Fd(parent), name, 0o755, origin=origin, ok=("EEXIST",))
 
-    def propagation(self, units: list[_Unit]) -> None:
-        for u in units:
-            if u.target == u.mount.target and u.mount.propagation != "private":
-                self.emit("mount_setattr", AT_FDCWD, u.target, Flags(), Flags(), Flags(),
-                          Flags((PROPAGATION_FLAG[u.mount.propagation],)), origin=u.mount.origin)
-
     # -- strategies ----------------------------------------------------------------
 
     def build(self) -> Plan:
@@ -302,7 +311,6 @@ class _Planner:
             # FSMOUNT_NAMESPACE needs a new filesystem; a bind root uses open_tree (7.0+, always there on 7.1+)
             strategy = "open-tree-namespace"
             self.notes.append("the root is a bind of one layer, so it is cloned with OPEN_TREE_NAMESPACE")
-        needs_child = any(m.propagation != "private" for m in self.recipe.mounts)
         if strategy == "fsmount-namespace":
             self.root_fs(namespace=True)
             units = self.submounts()
@@ -313,7 +321,6 @@ class _Planner:
                       origin="root")
             self.write_paths()
             self.attach(units)
-            self.propagation(units)
         elif strategy == "open-tree-namespace":
             self.root_fs(namespace=False)
             units = self.submounts()
@@ -322,11 +329,6 @@ class _Planner:
             self.emit("open_tree", Fd("%root"), "",
                       Flags(("OPEN_TREE_NAMESPACE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH", "AT_RECURSIVE")),
                       out="%ns", origin="root")
-            if needs_child:
-                self.emit("fork", Flags(), origin="root")
-                self.where = "child"
-                self.emit("setns", Fd("%ns"), Flags(("CLONE_NEWNS",)), origin="root")
-                self.propagation(units)
         else:
             self.root_fs(namespace=False)
             units = self.submounts()
@@ -334,7 +336,6 @@ class _Planner:
             self.write_paths()
             self.attach(units)
             self.pivot()
-            self.propagation(units)
         return Plan(recipe=self.recipe.file, name=self.recipe.name, strategy=strategy,
                     kernel=self.features.release, steps=tuple(self.steps), notes=tuple(self.notes))
 

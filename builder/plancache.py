@@ -20,7 +20,7 @@ import stat
 from builder import gclock
 from builder.steps import Plan
 
-VERSION = 1
+VERSION = 2  # bump whenever the planner emits other steps: an older cached plan is not reused (2: binds made private)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from builder.recipe import Recipe

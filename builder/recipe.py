@@ -525,6 +525,9 @@ def _mounts(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Mount
             close = difflib.get_close_matches(propagation, PROPAGATIONS, n=1)
             c.add(f"{where}.propagation", f"unknown propagation '{propagation}'",
                   f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(PROPAGATIONS))
+        if propagation == "slave" and fstype not in ("bind", None):
+            c.add(f"{where}.propagation", "'slave' needs a master: only a bind of a host mount has one",
+                  "use private, shared or unbindable for a new filesystem")
         source_raw = c.typed(t, "source", str, where)
         if fstype != "bind" and fstype is not None:
             for key in ("rw", "recursive"):
@@ -568,6 +571,13 @@ def _mounts(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Mount
             seen[t_] = where
         mounts.append(Mount(where, target, fstype, source, source_kind, options, attrs, propagation,
                             True if recursive is None else recursive))
+    for m in mounts:
+        holder = parent_mount(mounts, m.target)
+        if holder is not None and holder.propagation == "shared" and holder.type == "bind":
+            # attaching under a mount that is a peer of the host's mount propagates to the host
+            c.add(f"{m.origin}.target", f"'{m.target}' is under {holder.origin} ({holder.target}), whose "
+                  "propagation is 'shared': this mount would appear on the host too",
+                  f"mount it elsewhere, or make {holder.origin} 'slave'")
     return mounts
 
 

@@ -70,6 +70,10 @@ CASES = [
     ("[[mount]]\ntarget = '/t'\ntype = 'Bad Type'\n", "mount[0].type", "not a filesystem type"),
     ("[[mount]]\ntarget = '/t'\ntype = 'tmpfs'\npropagation = 'shard'\n", "mount[0].propagation",
      "did you mean 'shared'?"),
+    ("[[mount]]\ntarget = '/t'\ntype = 'tmpfs'\npropagation = 'slave'\n", "mount[0].propagation",
+     "'slave' needs a master"),
+    ("[[mount]]\ntarget = '/t'\ntype = 'bind'\nsource = '.'\npropagation = 'shared'\n[[mount]]\n"
+     "target = '/t/x'\ntype = 'tmpfs'\n", "mount[1].target", "would appear on the host too"),
     ("[[mount]]\ntarget = '/t'\ntype = 'tmpfs'\nrw = true\n", "mount[0].rw", "only applies"),
     ("[[mount]]\ntarget = '/t'\ntype = 'proc'\nsource = 'x'\n", "mount[0].source", "takes no source"),
     ("[[mount]]\ntarget = '/t'\n", "mount[0].type", "is required"),
