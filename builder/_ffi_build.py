@@ -1,4 +1,5 @@
-"""cffi declarations for the syscall layer (ABI mode: no compiler needed).
+"""cffi declarations for the syscall layer (ABI mode: no compiler needed): libc's, and
+libseccomp's (seccomp_*), which syscalls.py opens only for a contained run.
 
 `pip install` runs this through setup.py's cffi_modules and writes the
 out-of-line module builder/_syscalls_ffi.py, which imports in under a
@@ -40,7 +41,41 @@ struct loop_config {
     struct loop_info64 info;
     uint64_t reserved[8];
 };
+struct cap_header {
+    uint32_t version;
+    int pid;
+};
+struct cap_data {
+    uint32_t effective;
+    uint32_t permitted;
+    uint32_t inheritable;
+};
+struct scmp_arg_cmp {
+    unsigned int arg;
+    int op;
+    uint64_t datum_a;
+    uint64_t datum_b;
+};
+void *seccomp_init(uint32_t def_action);
+int seccomp_rule_add_array(void *ctx, uint32_t action, int syscall, unsigned int arg_cnt,
+                           const struct scmp_arg_cmp *arg_array);
+int seccomp_syscall_resolve_name(const char *name);
+int seccomp_export_bpf(void *ctx, int fd);
+struct sock_filter {
+    uint16_t code;
+    uint8_t jt;
+    uint8_t jf;
+    uint32_t k;
+};
+struct sock_fprog {
+    unsigned short len;
+    struct sock_filter *filter;
+};
+void seccomp_release(void *ctx);
 long syscall(long number, ...);
+int prctl(int option, ...);
+int capset(struct cap_header *hdrp, const struct cap_data *datap);
+int sethostname(const char *name, size_t len);
 int unshare(int flags);
 int setns(int fd, int nstype);
 int umount2(const char *target, int flags);

@@ -108,9 +108,16 @@ def metadata(recipe: Recipe, plan: Plan) -> dict[str, Any]:
     return {
         "recipe": recipe.file, "recipe_sha256": recipe.sha256, "strategy": plan.strategy,
         "kernel": plan.kernel, "upper": recipe.root.upper, "description": recipe.description,
-        "run": {"command": list(recipe.run.command), "cwd": recipe.run.cwd, "env": dict(recipe.run.env)},
+        "run": run_metadata(recipe),
         "store": _store_entries(recipe),
     }
+
+
+def run_metadata(recipe: Recipe) -> dict[str, Any]:
+    """[run] as `nsbuild run` reads it back (NAME.run): plain lists, dicts and strings."""
+    r = recipe.run
+    return {"command": list(r.command), "cwd": r.cwd, "env": dict(r.env), "contained": r.contained,
+            "user": r.user, "hostname": r.hostname, "network": r.network, "capabilities": list(r.capabilities)}
 
 
 def _store_entries(recipe: Recipe) -> list[str]:

@@ -82,11 +82,25 @@ def run(
     command: Optional[List[str]] = typer.Argument(None, help="Command to run [default: [run] command]."),
     state_dir: Optional[str] = StateOpt,
     strategy: str = StrategyOpt,
+    env: Optional[List[str]] = typer.Option(None, "--env", "-e", help="Set KEY=VALUE in CMD's environment "
+                                            "(repeatable)."),
+    cwd: Optional[str] = typer.Option(None, "--cwd", help="Working directory inside the sandbox."),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="root, a user NAME of the sandbox, or "
+                                       "UID[:GID]."),
+    network: Optional[str] = typer.Option(None, "--network", help="host (share the host's network) or none "
+                                          "(only lo)."),
+    hostname: Optional[str] = typer.Option(None, "--hostname", help="Host name inside the run "
+                                           "(default: the sandbox's name)."),
+    share: Optional[List[str]] = typer.Option(None, "--share", help="Keep the host's pid, ipc, uts or cgroup "
+                                              "namespace (repeatable)."),
+    unconfined: bool = typer.Option(False, "--unconfined", help="Enter the mount namespace only, as full "
+                                    "root (what nsenter --mount does)."),
 ) -> None:
-    """Run CMD in a sandbox (`nsbuild run NAME -- CMD ...`); exits with CMD's status."""
+    """Run CMD in a sandbox (`nsbuild run NAME -- CMD ...`), contained; exits with CMD's status."""
     from builder.run import command_args, run as do_run
 
-    do_run(target, command_args(command), state_dir, strategy)
+    do_run(target, command_args(command), state_dir, strategy, env or [], cwd, user, network, hostname,
+           share or [], unconfined)
 
 
 @app.command()
@@ -242,6 +256,16 @@ def rm(
         out.print(f"{name}: {'removed' if sd.remove(name) else 'not found'}")
 
 
+def _libseccomp() -> str:
+    from builder import syscalls
+
+    try:
+        syscalls.seccomp_open()
+        return "yes"
+    except OSError:
+        return "no: libseccomp.so.2 is missing (apt-get install libseccomp2); `nsbuild run` fails"
+
+
 @app.command()
 @handled
 def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
@@ -265,6 +289,7 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
         "auto": auto,
         "root": os.geteuid() == 0,
         "ffi": "out-of-line (generated)" if syscalls.GENERATED else "in-line (parsed at import: slower start)",
+        "seccomp": _libseccomp(),
         "state_dir": {"path": path, "exists": os.path.isdir(path), "mount_point": entry is not None,
                       "unbindable": "unbindable" in tags, "template": StateDir(path).template() is not None},
     }
@@ -287,6 +312,7 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
               "no: loop devices" if os.geteuid() == 0 else "unknown (needs root)")
     t.add_row("running as root", "yes" if report["root"] else "no (builds need root)")
     t.add_row("syscall layer", str(report["ffi"]))
+    t.add_row("contained runs (libseccomp)", str(report["seccomp"]))
     sd = report["state_dir"]
     t.add_row("state dir", f"{path}: " + ("missing (created on first build)" if not sd["exists"] else  # type: ignore[index]
                                          "unbindable mount" if sd["unbindable"] else  # type: ignore[index]

@@ -62,7 +62,10 @@ def parse_build(args: list[str]) -> dict[str, object] | None:
     return params
 
 
-RUN_VALUES = {"--state-dir": "state", "--strategy": "strategy", "-s": "strategy"}
+RUN_VALUES = {"--state-dir": "state", "--strategy": "strategy", "-s": "strategy", "--cwd": "cwd",
+              "--user": "user", "-u": "user", "--network": "network", "--hostname": "hostname"}
+RUN_LISTS = {"--env": "env", "-e": "env", "--share": "share"}  # repeatable
+RUN_FLAGS = {"--unconfined": "unconfined"}
 
 
 def parse_run(args: list[str]) -> dict[str, object] | None:
@@ -71,20 +74,31 @@ def parse_run(args: list[str]) -> dict[str, object] | None:
     Options come before TARGET (typer's run takes no interspersed options); after TARGET
     everything belongs to CMD, and a leading "--" is dropped.
     """
-    params: dict[str, object] = {"state": os.environ.get("NSBUILD_STATE_DIR") or None, "strategy": "auto"}
+    params: dict[str, object] = {"state": os.environ.get("NSBUILD_STATE_DIR") or None, "strategy": "auto",
+                                 "cwd": None, "user": None, "network": None, "hostname": None, "env": [],
+                                 "share": [], "unconfined": False}
     seen: set[str] = set()
     i = 0
     while i < len(args) and args[i].startswith("-") and args[i] != "--":
         key, eq, value = args[i].partition("=")
-        if key not in RUN_VALUES or (key == "-s" and eq) or RUN_VALUES[key] in seen:
-            return None
+        if key in RUN_FLAGS and not eq and RUN_FLAGS[key] not in seen:
+            params[RUN_FLAGS[key]] = True
+            seen.add(RUN_FLAGS[key])
+            i += 1
+            continue
+        name = RUN_VALUES.get(key) or RUN_LISTS.get(key)
+        if name is None or (eq and not key.startswith("--")) or (name in seen and key in RUN_VALUES):
+            return None  # unknown, -s=x (click reads "=x"), or given twice (typer lets the last win)
         if not eq:
             i += 1
             if i >= len(args):
                 return None
             value = args[i]
-        params[RUN_VALUES[key]] = value
-        seen.add(RUN_VALUES[key])
+        if key in RUN_LISTS:
+            params[name].append(value)  # type: ignore[attr-defined]
+        else:
+            params[name] = value
+        seen.add(name)
         i += 1
     if i < len(args) and args[i] == "--":
         i += 1

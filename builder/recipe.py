@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from builder.errors import Problem, RecipeError
+from builder.policy import NETWORKS, cap_word, valid_hostname, valid_user
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,6 +110,11 @@ class Run:
     cwd: str = "/"
     env: tuple[tuple[str, str], ...] = ()
     given: bool = False  # the recipe names the command (else /bin/sh is only the default)
+    contained: bool = True  # contain.py; false: the mount namespace only, as full root
+    user: str = "root"      # "root", a NAME of the sandbox's /etc/passwd, or "UID[:GID]"
+    hostname: str | None = None  # None: the sandbox's name
+    network: str = "host"   # "host" or "none" (a new network namespace with only lo)
+    capabilities: tuple[str, ...] = ()  # changes to the default set: "+CAP_X"/"CAP_X", "-CAP_X", "ALL"
 
 
 @dataclass(frozen=True)
@@ -637,7 +643,7 @@ def _paths(c: _Checker, doc: dict[str, Any], root: Root, mounts: list[Mount]) ->
 
 def _run(c: _Checker, doc: dict[str, Any]) -> Run:
     t = c.typed(doc, "run", dict, "", {})
-    c.keys(t, ("command", "cwd", "env"), "run")
+    c.keys(t, ("command", "cwd", "env", "contained", "user", "hostname", "network", "capabilities"), "run")
     command = c.typed(t, "command", (list, str), "run", ["/bin/sh"])
     if isinstance(command, str):
         command = [command]
@@ -654,4 +660,23 @@ def _run(c: _Checker, doc: dict[str, Any]) -> Run:
             c.add(f"run.env.{k}", "is not a valid environment variable")
         else:
             env[k] = v
-    return Run(tuple(command), cwd, tuple(sorted(env.items())), "command" in t)
+    contained = c.typed(t, "contained", bool, "run", True)
+    user = c.typed(t, "user", str, "run", "root")
+    if isinstance(user, str) and not valid_user(user):
+        c.add("run.user", f"'{user}' is not root, a user NAME or UID[:GID]", 'e.g. user = "1000:1000"')
+    hostname = c.typed(t, "hostname", str, "run")
+    if isinstance(hostname, str) and not valid_hostname(hostname):
+        c.add("run.hostname", f"'{hostname}' is not a valid host name",
+              "letters, digits and '-', in dot-separated labels, at most 64 characters")
+    network = c.typed(t, "network", str, "run", "host")
+    if isinstance(network, str) and network not in NETWORKS:
+        c.add("run.network", f"unknown network '{network}'", "use host (the host's network) or none (only lo)")
+    caps = c.typed(t, "capabilities", list, "run", [])
+    for i, word in enumerate(caps if isinstance(caps, list) else []):
+        if not isinstance(word, str) or cap_word(word) is None:
+            c.add(f"run.capabilities[{i}]", f"'{word}' is not a capability",
+                  'e.g. "+CAP_NET_RAW" to add, "-CAP_CHOWN" to drop, "-ALL" for none')
+    return Run(tuple(command), cwd, tuple(sorted(env.items())), "command" in t, contained is not False,
+               user if isinstance(user, str) else "root", hostname if isinstance(hostname, str) else None,
+               network if network in NETWORKS else "host",
+               tuple(w for w in caps if isinstance(w, str)) if isinstance(caps, list) else ())

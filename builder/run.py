@@ -1,38 +1,67 @@
-"""Entering a sandbox: setns into its mount namespace, then exec the command.
+"""Entering a sandbox: `nsbuild run`, contained (contain.py) unless the recipe or --unconfined
+says otherwise.
 
-This is the hot path of `nsbuild run NAME`: it imports neither typer, rich nor
-tomllib, and needs no child process (this process is single-threaded, so
-setns(CLONE_NEWNS) is allowed).
+This is the hot path of `nsbuild run NAME`: it imports neither typer, rich nor tomllib. Once
+the sandbox's namespace is entered, nothing more may be imported: Python would read modules
+from the sandbox's files, which its content controls.
 """
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import warnings  # noqa: F401 - os.execvpe imports it lazily, when the host's stdlib may be out of reach
 
-from builder import syscalls as sc
+from builder import contain, policy, syscalls as sc
 from builder.errors import NsbuildError, UsageError
 from builder.state import StateDir, state_dir
 
+class Options:
+    """Per-run overrides (`nsbuild run --env ... --user ...`); None and () leave the recipe's."""
 
-def _exec(nsfd: int, command: list[str], cwd: str, env: dict[str, str]) -> None:
-    sc.setns(nsfd, sc.FLAGS["CLONE_NEWNS"])
-    os.close(nsfd)
-    try:
-        os.chdir(cwd)
-    except OSError as e:
-        raise NsbuildError(f"cannot change to {cwd} inside the sandbox: {e.strerror}",
-                           "set [run] cwd to a directory that exists") from None
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execvpe(command[0], command, env)
-    except FileNotFoundError:
-        print(f"nsbuild: error: {command[0]}: command not found in the sandbox", file=sys.stderr)
-        os._exit(127)
-    except OSError as e:
-        print(f"nsbuild: error: {command[0]}: {e.strerror}", file=sys.stderr)
-        os._exit(126)
+    __slots__ = ("env", "cwd", "user", "network", "hostname", "share", "unconfined")
+
+    def __init__(self, env: list[str] | tuple[str, ...] = (), cwd: str | None = None, user: str | None = None,
+                 network: str | None = None, hostname: str | None = None,
+                 share: list[str] | tuple[str, ...] = (), unconfined: bool = False) -> None:
+        self.env, self.cwd, self.user, self.network = tuple(env), cwd, user, network
+        self.hostname, self.share, self.unconfined = hostname, tuple(share), unconfined
+
+
+def _settings(run: dict, name: str, opts: Options) -> dict:  # type: ignore[type-arg]
+    """The recipe's [run] with the command line's overrides, checked."""
+    s = dict(run)
+    env = dict(s.get("env", {}))
+    for item in opts.env:
+        key, eq, value = item.partition("=")
+        if not eq or not key or "\x00" in item:
+            raise UsageError(f"--env '{item}' is not KEY=VALUE", "e.g. --env LANG=C.UTF-8")
+        env[key] = value
+    s["env"] = env
+    for key in ("cwd", "user", "network", "hostname"):
+        if getattr(opts, key) is not None:
+            s[key] = getattr(opts, key)
+    if not s.get("cwd", "/").startswith("/"):
+        raise UsageError(f"--cwd '{s['cwd']}' is not an absolute path in the sandbox", "e.g. --cwd /work")
+    if s.get("network", "host") not in policy.NETWORKS:
+        raise UsageError(f"--network '{s['network']}' is not one of {', '.join(policy.NETWORKS)}",
+                         "host shares the host's network; none gives only a loopback interface")
+    for ns in opts.share:
+        if ns not in contain.SHAREABLE:
+            raise UsageError(f"--share '{ns}' is not one of {', '.join(contain.SHAREABLE)}",
+                             "the network is chosen with --network host|none")
+    s["share"] = opts.share
+    s["hostname"] = s.get("hostname") or name
+    if opts.hostname is not None and not policy.valid_hostname(opts.hostname):
+        raise UsageError(f"--hostname '{opts.hostname}' is not a valid host name",
+                         "letters, digits and '-', in dot-separated labels, at most 64 characters")
+    if "uts" in opts.share and opts.hostname is not None:
+        raise UsageError("--hostname cannot be set while sharing the host's UTS namespace (--share uts)")
+    if not policy.valid_user(s.get("user", "root")):
+        raise UsageError(f"--user '{s['user']}' is not root, a user NAME or UID[:GID]", "e.g. --user 1000:1000")
+    if opts.unconfined:
+        s["contained"] = False
+    return s
 
 
 def _env(recipe_env: dict[str, str]) -> dict[str, str]:
@@ -43,7 +72,91 @@ def _env(recipe_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_persisted(name: str, command: list[str], state: str | None = None) -> None:
+def _enter(nsfd: int, command: list[str], s: dict, cache: str | None) -> None:  # type: ignore[type-arg]
+    """Run `command` with settings `s` in the sandbox whose namespace is `nsfd`; does not return.
+    `cache`: the state dir, where the seccomp programs are kept (None: not made yet)."""
+    env = _env(s["env"])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not s.get("contained", True):  # today's behaviour: the mount namespace only, as full root
+        sc.setns(nsfd, sc.FLAGS["CLONE_NEWNS"])
+        os.close(nsfd)
+        try:
+            os.chdir(s["cwd"])
+        except OSError as e:
+            raise NsbuildError(f"cannot change to {s['cwd']} inside the sandbox: {e.strerror}",
+                               "set [run] cwd (or --cwd) to a directory that exists") from None
+        exec_command(command, env)
+    programs = contain.seccomp_programs(cache)
+    contain.enter(nsfd)
+    uid, gid, groups, home, name = contain.resolve_user(s.get("user", "root"), "[run] user (or --user)")
+    if uid != 0 and env.get("HOME") == "/root" and home:
+        env["HOME"] = home  # the recipe left HOME at its default: the user's own
+    if name and uid != 0:
+        env.setdefault("USER", name)
+        env.setdefault("LOGNAME", name)
+    caps = policy.capabilities(uid, s.get("capabilities", ()))
+    contain.run(contain.Spec(command, s["cwd"], env, uid, gid, groups, caps, s["hostname"],
+                             s.get("network", "host"), s["share"], programs[policy.has(caps, "SYS_ADMIN")]))
+
+
+def exec_command(argv: list[str], env: dict[str, str]) -> None:
+    """exec argv[0] (searched in env's PATH); on failure say which file is missing, and exit."""
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        program = _which(argv[0], env.get("PATH", ""))
+        missing = _interpreter(program) if program else None
+        if missing:  # the program is there: the kernel's ENOENT is about its interpreter
+            print(f"nsbuild: error: {argv[0]}: its interpreter {missing} is missing in the sandbox",
+                  file=sys.stderr)
+        else:
+            print(f"nsbuild: error: {argv[0]}: command not found in the sandbox", file=sys.stderr)
+        os._exit(127)
+    except OSError as e:
+        print(f"nsbuild: error: {argv[0]}: {e.strerror}", file=sys.stderr)
+        os._exit(126)
+
+
+def _which(program: str, path: str) -> str | None:
+    if "/" in program:
+        return program if os.path.lexists(program) else None
+    for d in path.split(os.pathsep):
+        if d and os.path.exists(os.path.join(d, program)):
+            return os.path.join(d, program)
+    return None
+
+
+def _interpreter(program: str) -> str | None:
+    """The #! interpreter or ELF PT_INTERP of `program`, if that file is missing.
+
+    Read by hand, not with elf.py/pyelftools: this runs inside the sandbox, where importing a
+    module would load the sandbox's files."""
+    try:
+        with open(program, "rb") as f:
+            head = f.read(256)
+            if head.startswith(b"#!"):
+                words = head[2:].split(b"\n", 1)[0].split()
+                interp = os.fsdecode(words[0]) if words else ""
+            elif head[:4] == b"\x7fELF" and head[4] == 2 and head[5] == 1:  # 64-bit little-endian
+                phoff, = struct.unpack_from("<Q", head, 32)
+                phentsize, phnum = struct.unpack_from("<HH", head, 54)
+                f.seek(phoff)
+                table = f.read(phentsize * phnum)
+                interp = ""
+                for i in range(phnum):
+                    kind, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+                    if kind == 3:  # PT_INTERP
+                        f.seek(offset)
+                        interp = os.fsdecode(f.read(size).rstrip(b"\0"))
+            else:
+                return None
+    except (OSError, struct.error, IndexError):
+        return None
+    return interp if interp and not os.path.exists(interp) else None
+
+
+def run_persisted(name: str, command: list[str], state: str | None = None, opts: Options | None = None) -> None:
     """Enter a persisted sandbox and exec; does not return."""
     sd = StateDir(state_dir(state))
     run: dict = sd.read_run(name) or {}  # type: ignore[type-arg]
@@ -53,6 +166,7 @@ def run_persisted(name: str, command: list[str], state: str | None = None) -> No
             raise UsageError(f"no sandbox named '{name}' in {sd.path}",
                              "build one with `nsbuild RECIPE`, or list them with `nsbuild ls`")
         run = meta["run"] if isinstance(meta.get("run"), dict) else {}  # type: ignore[assignment]
+    s = _settings(run, name, opts or Options())
     try:
         nsfd = os.open(sd.ns_path(name), os.O_RDONLY | os.O_CLOEXEC)
         if sc.ns_type(nsfd) != sc.FLAGS["CLONE_NEWNS"]:
@@ -60,16 +174,19 @@ def run_persisted(name: str, command: list[str], state: str | None = None) -> No
     except OSError:
         raise NsbuildError(f"sandbox '{name}' has no mount namespace any more (its nsfs file is not mounted)",
                            f"rebuild it, or remove it with `nsbuild rm {name}`") from None
-    _exec(nsfd, command or list(run.get("command", ["/bin/sh"])), run.get("cwd", "/"), _env(run.get("env", {})))
+    _enter(nsfd, command or list(s.get("command", ["/bin/sh"])), s, sd.path)
 
 
-def run_recipe(path: str, command: list[str], strategy: str = "auto", state: str | None = None) -> None:
+def run_recipe(path: str, command: list[str], strategy: str = "auto", state: str | None = None,
+               opts: Options | None = None) -> None:
     """Build an ephemeral sandbox, enter it: it is gone when the command exits."""
     from builder import executor, recipe as rcp
-    from builder.build import plan_for, resolve_layers
+    from builder.build import plan_for, resolve_layers, run_metadata
     r = resolve_layers(rcp.load(path))
-    nsfd = executor.execute(plan_for(r, strategy, state=StateDir(state_dir(state))))
-    _exec(nsfd, command or list(r.run.command), r.run.cwd, _env(dict(r.run.env)))
+    s = _settings(run_metadata(r), r.name, opts or Options())
+    sd = StateDir(state_dir(state))
+    nsfd = executor.execute(plan_for(r, strategy, state=sd))
+    _enter(nsfd, command or list(r.run.command), s, sd.path if os.path.isdir(sd.path) else None)
 
 
 def command_args(command: list[str] | tuple[str, ...] | None) -> list[str]:
@@ -78,8 +195,12 @@ def command_args(command: list[str] | tuple[str, ...] | None) -> list[str]:
     return args[1:] if args[:1] == ["--"] else args
 
 
-def run(target: str, command: list[str], state: str | None = None, strategy: str = "auto") -> None:
+def run(target: str, command: list[str], state: str | None = None, strategy: str = "auto",
+        env: list[str] | tuple[str, ...] = (), cwd: str | None = None, user: str | None = None,
+        network: str | None = None, hostname: str | None = None, share: list[str] | tuple[str, ...] = (),
+        unconfined: bool = False) -> None:
     """NAME of a persisted sandbox, or a recipe file (it ends in .toml or contains a '/')."""
+    opts = Options(env, cwd, user, network, hostname, share, unconfined)
     if target.endswith(".toml") or "/" in target:
-        run_recipe(target, command, strategy, state)
-    run_persisted(target, command, state)
+        run_recipe(target, command, strategy, state, opts)
+    run_persisted(target, command, state, opts)

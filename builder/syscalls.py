@@ -12,6 +12,7 @@ import os
 TYPE_CHECKING = False  # typing and collections.abc cost ~4 ms on the `nsbuild run` path
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 try:  # generated at install time (setup.py cffi_modules); imports in <1 ms
     from builder._syscalls_ffi import ffi
@@ -64,6 +65,12 @@ FLAGS: dict[str, int] = {
     "MS_SHARED": 1 << 20,
     "MS_UNBINDABLE": 1 << 17,
     "CLONE_NEWNS": 0x20000,
+    "CLONE_NEWCGROUP": 0x02000000,
+    "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
     "MNT_DETACH": 0x2,
     "O_PATH": os.O_PATH,
     "O_DIRECTORY": os.O_DIRECTORY,
@@ -291,3 +298,96 @@ def probe_errno(call: str) -> int:
         os.close(res)
         return 0
     return ffi.errno
+
+
+# prctl options (linux/prctl.h)
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_CAPBSET_DROP = 1, 4, 8, 24
+PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 2, 4
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
+    long = ffi.cast
+    _check(lib.prctl(option, long("unsigned long", arg2), long("unsigned long", arg3), long("unsigned long", 0),
+                     long("unsigned long", 0)), "prctl", f"{option}, {arg2}")
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """This process's capability sets (bit N is capability N; 64 bits, two 32-bit halves)."""
+    header = ffi.new("struct cap_header *", {"version": _LINUX_CAPABILITY_VERSION_3, "pid": 0})
+    data = ffi.new("struct cap_data[2]")
+    for i in (0, 1):
+        data[i].effective = (effective >> 32 * i) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> 32 * i) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> 32 * i) & 0xFFFFFFFF
+    _check(lib.capset(header, data), "capset", f"{effective:#x}")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(lib.sethostname(raw, len(raw)), "sethostname", repr(name))
+
+
+# libseccomp (seccomp.h): actions and comparison operators
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_CMP_MASKED_EQ = 7
+
+
+def scmp_act_errno(err: int) -> int:
+    return 0x00050000 | (err & 0xFFFF)
+
+
+_scmp: object = None
+
+
+def seccomp_open() -> None:
+    """Load the host's libseccomp. Call it before entering a sandbox: there, dlopen would load the
+    sandbox's own copy, which its content controls. (Only needed to compile a program.)"""
+    global _scmp
+    if _scmp is None:
+        try:
+            _scmp = ffi.dlopen("libseccomp.so.2")
+        except OSError:
+            raise SyscallError("dlopen", "'libseccomp.so.2' (Debian: apt-get install libseccomp2)",
+                               _errno.ENOENT) from None
+
+
+def seccomp_program(default: int, rules: list[tuple[str, int, tuple[tuple[int, int, int], ...]]]) -> bytes:
+    """Compile a filter with libseccomp (seccomp_open() first) into its BPF program.
+
+    `rules` are (syscall name, action, ((arg index, mask, value), ...)): the action applies when
+    (arg & mask) == value for every comparison. Syscalls this architecture lacks are skipped.
+    """
+    scmp: Any = _scmp
+    ctx = scmp.seccomp_init(default)
+    if ctx == ffi.NULL:
+        raise SyscallError("seccomp_init", f"{default:#x}", _errno.ENOMEM)
+    try:
+        for name, action, cmps in rules:
+            nr = scmp.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:  # __NR_SCMP_ERROR: not a syscall here (e.g. no kexec_file_load on some arches)
+                continue
+            array = ffi.new("struct scmp_arg_cmp[]", [{"arg": a, "op": SCMP_CMP_MASKED_EQ, "datum_a": m,
+                                                       "datum_b": v} for a, m, v in cmps] or 1)
+            if (res := scmp.seccomp_rule_add_array(ctx, action, nr, len(cmps), array)) < 0:
+                raise SyscallError("seccomp_rule_add", name, -res)
+        fd = os.memfd_create("nsbuild-seccomp", os.MFD_CLOEXEC)
+        try:
+            if (res := scmp.seccomp_export_bpf(ctx, fd)) < 0:
+                raise SyscallError("seccomp_export_bpf", "", -res)
+            return os.pread(fd, 1 << 20, 0)
+        finally:
+            os.close(fd)
+    finally:
+        scmp.seccomp_release(ctx)
+
+
+def seccomp_install(program: bytes) -> None:
+    """Load a BPF program made by seccomp_program() into this process (no_new_privs must be set)."""
+    if not program or len(program) % 8:
+        raise SyscallError("prctl", "PR_SET_SECCOMP: not a BPF program", _errno.EINVAL)
+    buf = ffi.from_buffer("struct sock_filter[]", program)
+    prog = ffi.new("struct sock_fprog *", {"len": len(program) // 8, "filter": buf})
+    _check(lib.prctl(PR_SET_SECCOMP, ffi.cast("unsigned long", SECCOMP_MODE_FILTER), prog,
+                     ffi.cast("unsigned long", 0), ffi.cast("unsigned long", 0)), "prctl", "PR_SET_SECCOMP")

@@ -83,7 +83,7 @@ def test_dev_recipe_build_inspect_run_rm(nsbuild, state_dir: Path, tmp_path: Pat
     assert "dev: removed" in nsbuild("rm", "dev").stdout
     assert "dev: not found" in nsbuild("rm", "dev").stdout  # idempotent
     # no .mnt, .json or .run left; the template namespace stays for later builds (unshare only)
-    assert {p.name for p in state_dir.iterdir()} - {".plans"} in ({".lock"}, {".lock", ".template.mnt"})
+    assert {p.name for p in state_dir.iterdir()} - {".plans", ".seccomp"} in ({".lock"}, {".lock", ".template.mnt"})
     assert json.loads(nsbuild("ls", "--json").stdout) == []
     assert nsbuild("ls").stdout == f"no sandboxes in {state_dir}\n"
 
@@ -233,3 +233,4 @@ def test_doctor(nsbuild) -> None:
     assert report["auto"] in STRATEGIES and set(report["probes"]) == {"fsmount", "fsmount-namespace",
                                                                       "open-tree-namespace", "erofs-file"}
     assert report["features"]["erofs_file"] == probe(erofs=True).erofs_file
+    assert report["seccomp"] == "yes"  # contained runs need libseccomp (set-up installs libseccomp2)

@@ -13,7 +13,9 @@ GROUP = get_command(app)
 TOKENS = ["r.toml", "dev", "--strategy", "-s", "unshare", "--strategy=auto", "--replace", "--json", "--name",
           "x1", "--name=x2", "--state-dir", "/st", "--state-dir=/s2", "--", "-", "sh", "-c", "--help", "-h",
           "-sunshare", "-s=auto", "--bogus", "true", "--locked", "--quiet", "-q", "-qs",
-          "--count", "-n", "3", "--count=2", "x", "--no-check", "-n=4", "007"]
+          "--count", "-n", "3", "--count=2", "x", "--no-check", "-n=4", "007", "--env", "A=1", "-e", "--env=B=2",
+          "--cwd", "/w", "--user", "-u", "nobody", "-uroot", "--network", "none", "--hostname", "h", "--share",
+          "pid", "--unconfined", "--unconfined=1"]
 
 
 def typer_params(command: str, args: list[str]) -> dict | None:
@@ -38,7 +40,10 @@ def check_run(args: list[str]) -> None:
     params = typer_params("run", args)
     assert params is not None, args
     assert {"target": params["target"], "command": command_args(params["command"]),
-            "state": params["state_dir"], "strategy": params["strategy"]} == lean, args
+            "state": params["state_dir"], "strategy": params["strategy"], "env": list(params["env"] or []),
+            "cwd": params["cwd"], "user": params["user"], "network": params["network"],
+            "hostname": params["hostname"], "share": list(params["share"] or []),
+            "unconfined": params["unconfined"]} == lean, args
 
 
 @pytest.mark.parametrize("args", [
@@ -55,6 +60,8 @@ def test_build_syntax(args: list[str]) -> None:
 @pytest.mark.parametrize("args", [
     ["dev"], ["dev", "--", "sh", "-c", "exit 3"], ["dev", "true"], ["--state-dir", "/x", "dev", "--", "a"],
     ["--state-dir=/x", "-s", "unshare", "r.toml", "--", "--", "b"], ["--", "dev", "a"], ["r.toml", "--"],
+    ["--env", "A=1", "-e", "B=2", "--env=C=3", "--cwd", "/w", "--user", "1000:1000", "dev", "--", "id"],
+    ["-u", "nobody", "--network=none", "--hostname", "h", "--share", "pid", "--share=ipc", "--unconfined", "dev"],
 ])
 def test_run_syntax(args: list[str]) -> None:
     assert parse_run(args) is not None

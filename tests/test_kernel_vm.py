@@ -11,7 +11,7 @@ import pytest
 from conftest import IN_VM, REPO, TALLY_PREFIX, needs_root, tally
 
 KERNEL_VM = REPO.parent / "shared" / "tools" / "kernel-vm"
-SUITES = ["tests/test_e2e.py", "tests/test_propagation.py", "tests/test_same_tree.py", "tests/test_executor.py", "tests/test_images.py"]
+SUITES = ["tests/test_e2e.py", "tests/test_propagation.py", "tests/test_contain.py", "tests/test_same_tree.py", "tests/test_executor.py", "tests/test_images.py"]
 
 
 @needs_root

@@ -37,7 +37,7 @@ def consistent(nsbuild, state_dir: Path) -> list[dict]:
         assert nsbuild("run", row["name"], "--", "true").returncode == 0
     names = {row["name"] for row in listed}
     files = {p.name for p in state_dir.iterdir()} if state_dir.exists() else set()
-    assert files <= {".lock", ".template.mnt", ".plans"} | {f"{n}.{ext}" for n in names for ext in ("mnt", "json", "run")}, files
+    assert files <= {".lock", ".template.mnt", ".plans", ".seccomp"} | {f"{n}.{ext}" for n in names for ext in ("mnt", "json", "run")}, files
     return listed
 
 
@@ -248,7 +248,8 @@ for i in $(seq 2000); do mkdir {scratch}/$i; mount --bind {scratch}/$i {scratch}
 test $(wc -l < /proc/self/mountinfo) -ge 2000
 export NSBUILD_STATE_DIR={tmp_path}/state
 {' '.join(nsbuild_cmd())} build {tiny_recipe(tmp_path)} --json
-{' '.join(nsbuild_cmd())} run tiny -- sh -c 'test $(wc -l < /proc/self/mountinfo) -eq 3 && echo inside'
+{' '.join(nsbuild_cmd())} run --unconfined tiny -- sh -c 'test $(wc -l < /proc/self/mountinfo) -eq 3 && echo inside'
+{' '.join(nsbuild_cmd())} run tiny -- sh -c 'test $(wc -l < /proc/self/mountinfo) -lt 20'
 {' '.join(nsbuild_cmd())} rm tiny
 """
     before = mountinfo()

@@ -1,0 +1,342 @@
+"""A contained run: CMD in a private copy of a sandbox's mount namespace, with its own PID, IPC,
+UTS and cgroup namespaces (and network, if asked), a /proc of its own, bounded capabilities,
+no_new_privs and a seccomp filter, as the recipe's user.
+
+Three processes, as bwrap and podman have them:
+  nsbuild (outside)   setns into the sandbox, unshare the namespaces, set the hostname, bring lo up;
+                      waits for pid 1 and exits with CMD's status, forwarding signals sent to it
+  pid 1 (init)        mounts the run's /proc (only a process inside the PID namespace can), masks
+                      what podman masks, reaps orphans, forwards signals to CMD
+  CMD                 drops to the user, the capability bounding set and sets, no_new_privs,
+                      seccomp, and execs
+
+Nothing here changes the persisted namespace: every mount is made in the run's copy of it, so
+other runs and `nsenter --mount=FILE` see the sandbox as it was built. The hot path of
+`nsbuild run`: imports only what the kernel interface needs (no typer, rich, json, enum).
+"""
+from __future__ import annotations
+
+import _signal
+import _socket
+import fcntl
+import marshal
+import os
+import struct
+import sys
+
+from builder import policy, syscalls as sc
+from builder.errors import NsbuildError, UsageError
+
+SHAREABLE = ("pid", "ipc", "uts", "cgroup")
+_NS = {"pid": "CLONE_NEWPID", "ipc": "CLONE_NEWIPC", "uts": "CLONE_NEWUTS", "cgroup": "CLONE_NEWCGROUP"}
+
+# /proc entries podman makes read-only, and those it hides (an empty read-only tmpfs or file over them)
+PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+MASKED = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/latency_stats",
+          "/proc/acpi", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap")
+
+_WAITED = {_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP, _signal.SIGUSR1,
+           _signal.SIGUSR2, _signal.SIGWINCH}
+_SI_KERNEL = 0x80  # si_code of a signal the terminal sent to its foreground group (CMD got it too)
+_RO = ("MOUNT_ATTR_RDONLY", "MOUNT_ATTR_NOSUID", "MOUNT_ATTR_NODEV", "MOUNT_ATTR_NOEXEC")
+
+
+class Spec:
+    """Everything a contained run needs, settled before anything is forked."""
+
+    __slots__ = ("argv", "cwd", "env", "uid", "gid", "groups", "caps", "hostname", "network", "share", "seccomp")
+
+    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], uid: int, gid: int, groups: list[int],
+                 caps: int, hostname: str, network: str, share: tuple[str, ...], seccomp: bytes) -> None:
+        self.argv, self.cwd, self.env = argv, cwd, env
+        self.uid, self.gid, self.groups, self.caps = uid, gid, groups, caps
+        self.hostname, self.network, self.share, self.seccomp = hostname, network, share, seccomp
+
+
+# -- the seccomp filter ------------------------------------------------------------------------------
+
+_ADMIN = 1 << policy.CAPS.index("SYS_ADMIN")
+
+
+def seccomp_programs(cache_dir: str | None) -> dict[bool, bytes]:
+    """The default filter as BPF, without and with CAP_SYS_ADMIN (the only capability it depends
+    on), keyed by that. libseccomp compiles a program in ~1 ms, a third of what containment
+    costs a run, so the programs are kept in the state dir, with the rules they were made from.
+    Call it before entering the sandbox: it reads the host's files and loads libseccomp."""
+    rules = {admin: policy.seccomp_rules(_ADMIN if admin else 0, sc.scmp_act_errno(policy.EPERM),
+                                         sc.scmp_act_errno(38)) for admin in (False, True)}  # 38: ENOSYS
+    key = repr((1, os.uname().machine, rules))
+    path = os.path.join(cache_dir, ".seccomp") if cache_dir else None
+    if path:
+        try:
+            with open(path, "rb") as f:
+                cached = marshal.load(f)
+            if isinstance(cached, tuple) and len(cached) == 2 and cached[0] == key:
+                return cached[1]
+        except (OSError, EOFError, ValueError, TypeError):
+            pass
+    try:
+        sc.seccomp_open()
+        programs = {admin: sc.seccomp_program(sc.SCMP_ACT_ALLOW, r) for admin, r in rules.items()}
+    except sc.SyscallError as e:
+        raise NsbuildError(f"cannot make the run's seccomp filter: {e}",
+                           "install libseccomp2 (apt-get install libseccomp2), or run --unconfined") from None
+    if path:
+        try:  # best effort: a cache
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                marshal.dump((key, programs), f)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return programs
+
+
+# -- the user, read from the sandbox's own files ---------------------------------------------------
+
+def _read_db(path: str) -> list[list[str]]:
+    """/etc/passwd or /etc/group of the sandbox (this process's root is the sandbox's): parsed here,
+    never through NSS, which would load the sandbox's libnss modules into this root process."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        if not (os.fstat(fd).st_mode & 0o170000 == 0o100000):  # a FIFO or a device: not a database
+            return []
+        data = os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
+    return [line.split(":") for line in data.decode(errors="replace").splitlines()
+            if line and not line.startswith("#")]
+
+
+def resolve_user(user: str, where: str) -> tuple[int, int, list[int], str | None, str | None]:
+    """'root', a NAME of the sandbox's /etc/passwd or 'UID[:GID]' -> uid, gid, groups, home, name."""
+    passwd = _read_db("/etc/passwd")
+    uid_text, _, gid_text = user.partition(":")
+    if uid_text.isdigit() and (not gid_text or gid_text.isdigit()):
+        uid = int(uid_text)
+        entry = next((e for e in passwd if len(e) >= 7 and e[2] == uid_text), None)
+        gid = int(gid_text) if gid_text else int(entry[3]) if entry and entry[3].isdigit() else uid
+        name, home = (entry[0], entry[5]) if entry else (None, None)
+    else:
+        entry = next((e for e in passwd if len(e) >= 7 and e[0] == user), None)
+        if entry is None or not (entry[2].isdigit() and entry[3].isdigit()):
+            if user == "root":
+                return 0, 0, [0], "/root", "root"
+            raise UsageError(f"{where}: no user '{user}' in the sandbox's /etc/passwd",
+                             "name a user the sandbox has, or give UID[:GID]")
+        uid, gid, name, home = int(entry[2]), int(entry[3]), entry[0], entry[5]
+    groups = [gid]
+    if name:
+        for e in _read_db("/etc/group"):
+            if len(e) >= 4 and e[2].isdigit() and name in e[3].split(",") and int(e[2]) not in groups:
+                groups.append(int(e[2]))
+    return uid, gid, groups, home, name
+
+
+# -- outside: nsbuild itself -----------------------------------------------------------------------
+
+def enter(nsfd: int) -> None:
+    """setns into a sandbox (seccomp_programs() first: from here on the host's files are out of reach)."""
+    sc.setns(nsfd, sc.FLAGS["CLONE_NEWNS"])
+    os.close(nsfd)
+
+
+def run(spec: Spec) -> None:
+    """Enter the sandbox contained and run spec.argv; exits with its status, does not return.
+
+    Call it with the sandbox's namespace already entered (enter()): every module and library
+    this needs was loaded before, because from there on imports would read the sandbox's files."""
+    flags = sc.FLAGS["CLONE_NEWNS"]
+    for ns, flag in _NS.items():
+        if ns not in spec.share:
+            flags |= sc.FLAGS[flag]
+    if spec.network == "none":
+        flags |= sc.FLAGS["CLONE_NEWNET"]
+    sc.unshare(flags)  # the mount namespace copied here is this run's own
+    if "uts" not in spec.share:
+        sc.sethostname(spec.hostname)
+    if spec.network == "none":
+        _loopback_up()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "pid" in spec.share:  # no PID namespace, so no init: this process becomes CMD
+        _mask()
+        _exec(spec)
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, _WAITED)  # before fork: no signal is lost in between
+    pid = os.fork()
+    if pid == 0:
+        _init(spec)
+    os._exit(_wait(pid, init=False))
+
+
+def _loopback_up() -> None:
+    """`ip link set lo up` in the new network namespace (SIOCSIFFLAGS: IFF_UP|IFF_LOOPBACK|IFF_RUNNING)."""
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM, 0)
+    try:
+        fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH22x", b"lo", 0x1 | 0x8 | 0x40))
+    finally:
+        s.close()
+
+
+def _wait(child: int, init: bool) -> int:
+    """Wait for `child` and return its exit status (128+N if signal N killed it), forwarding the
+    signals sent to this process; as init, also reap every orphan of the PID namespace."""
+    while True:
+        while True:
+            try:
+                pid, status = os.waitpid(-1 if init else child, os.WNOHANG)
+            except ChildProcessError:
+                return 1
+            if pid == 0:
+                break
+            if pid == child:
+                code = os.waitstatus_to_exitcode(status)
+                return 128 - code if code < 0 else code
+        info = _signal.sigwaitinfo(_WAITED)
+        if info.si_signo != _signal.SIGCHLD and info.si_code != _SI_KERNEL:
+            try:
+                os.kill(child, info.si_signo)
+            except ProcessLookupError:
+                pass
+
+
+# -- pid 1 -------------------------------------------------------------------------------------------
+
+def _init(spec: Spec) -> None:  # pragma: no cover - runs forked; its exit status is CMD's
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, _signal.SIGKILL)  # nsbuild killed: the run goes with it
+        _own_proc()
+        _mask()
+    except OSError as e:
+        print(f"nsbuild: error: cannot set up the run's /proc: {e}", file=sys.stderr)
+        os._exit(1)
+    pid = os.fork()
+    if pid == 0:
+        _exec(spec)
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)  # CMD, also root, may not read pid 1's memory, fds or environment
+    os.closerange(3, 1 << 20)
+    os._exit(_wait(pid, init=True))
+
+
+def _own_proc() -> None:
+    """A /proc of this PID namespace in place of the sandbox's (which shows the host's processes)."""
+    fs = sc.fsopen("proc", sc.FLAGS["FSOPEN_CLOEXEC"])
+    try:
+        sc.fsconfig(fs, sc.FSCONFIG_CMD_CREATE)
+        proc = sc.fsmount(fs, sc.FLAGS["FSMOUNT_CLOEXEC"], sc.flags(("MOUNT_ATTR_NOSUID", "MOUNT_ATTR_NODEV",
+                                                                      "MOUNT_ATTR_NOEXEC")))
+    finally:
+        os.close(fs)
+    try:
+        if not _is_dir("/proc"):
+            return  # a tree without /proc: nothing shows the host's processes either
+        try:  # private first, so the unmount is this run's alone whatever the recipe made /proc
+            sc.mount_setattr(sc.AT_FDCWD, "/proc", 0, propagation=sc.FLAGS["MS_PRIVATE"])
+            sc.umount2("/proc", sc.FLAGS["MNT_DETACH"])
+        except OSError:
+            pass  # /proc is a plain directory, not a mount
+        sc.move_mount(proc, "", sc.AT_FDCWD, "/proc", sc.FLAGS["MOVE_MOUNT_F_EMPTY_PATH"])
+    finally:
+        os.close(proc)
+
+
+def _mask() -> None:
+    """/proc's kernel knobs read-only and its revealing files hidden, as podman does; /sys read-only."""
+    ro = sc.flags(_RO)
+    for name in PROC_READONLY:
+        path = "/proc/" + name
+        try:
+            fd = sc.open_tree(sc.AT_FDCWD, path, sc.FLAGS["OPEN_TREE_CLONE"] | sc.FLAGS["OPEN_TREE_CLOEXEC"])
+        except OSError:
+            continue  # not on this kernel (e.g. no /proc/bus), or no /proc at all
+        try:
+            sc.mount_setattr(fd, "", sc.FLAGS["AT_EMPTY_PATH"], ro)
+            sc.move_mount(fd, "", sc.AT_FDCWD, path, sc.FLAGS["MOVE_MOUNT_F_EMPTY_PATH"])
+        finally:
+            os.close(fd)
+    try:  # sysfs writes reach the host's devices and kernel: read-only in every run
+        sc.mount_setattr(sc.AT_FDCWD, "/sys", sc.FLAGS["AT_RECURSIVE"], ro)
+    except OSError:
+        pass  # no sysfs mounted at /sys
+    present = [p for p in MASKED if os.path.lexists(p)]
+    if not present:
+        return
+    fs = sc.fsopen("tmpfs", sc.FLAGS["FSOPEN_CLOEXEC"])
+    try:
+        sc.fsconfig(fs, sc.FSCONFIG_SET_STRING, "size", "4k")
+        sc.fsconfig(fs, sc.FSCONFIG_SET_STRING, "mode", "0555")
+        sc.fsconfig(fs, sc.FSCONFIG_CMD_CREATE)
+        empty = sc.fsmount(fs, sc.FLAGS["FSMOUNT_CLOEXEC"], ro & ~sc.FLAGS["MOUNT_ATTR_RDONLY"])
+    finally:
+        os.close(fs)
+    try:
+        os.close(os.open("file", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444, dir_fd=empty))
+        sc.mount_setattr(empty, "", sc.FLAGS["AT_EMPTY_PATH"], ro)  # its clones are read-only too
+        for path in present:
+            is_dir = _is_dir(path)
+            clone = sc.open_tree(empty, "" if is_dir else "file", sc.FLAGS["OPEN_TREE_CLONE"]
+                                 | sc.FLAGS["OPEN_TREE_CLOEXEC"] | (sc.FLAGS["AT_EMPTY_PATH"] if is_dir else 0))
+            try:
+                sc.move_mount(clone, "", sc.AT_FDCWD, path, sc.FLAGS["MOVE_MOUNT_F_EMPTY_PATH"])
+            finally:
+                os.close(clone)
+    finally:
+        os.close(empty)
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return os.stat(path).st_mode & 0o170000 == 0o040000
+    except OSError:
+        return False
+
+
+# -- CMD ---------------------------------------------------------------------------------------------
+
+def _exec(spec: Spec) -> None:  # pragma: no cover - runs forked (or as the last act of nsbuild)
+    """Become the run's user with its capabilities, lock privileges down, exec spec.argv."""
+    try:
+        _become(spec)
+    except OSError as e:
+        print(f"nsbuild: error: cannot drop privileges for the run: {e}", file=sys.stderr)
+        os._exit(1)
+    except NsbuildError as e:
+        os._exit(e.report())
+    from builder.run import exec_command
+
+    exec_command(spec.argv, spec.env)
+
+
+def _become(spec: Spec) -> None:
+    caps = spec.caps
+    for cap in range(64):  # the bounding set: what no exec can give back (also capabilities newer than ours)
+        if not caps >> cap & 1:
+            try:
+                sc.prctl(sc.PR_CAPBSET_DROP, cap)
+            except OSError:
+                break  # EINVAL: past the kernel's last capability
+    sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+    os.setgroups(spec.groups)
+    if spec.uid != 0 and caps:
+        sc.prctl(sc.PR_SET_KEEPCAPS, 1)  # else setresuid drops every capability
+    os.setresgid(spec.gid, spec.gid, spec.gid)
+    os.setresuid(spec.uid, spec.uid, spec.uid)
+    sc.capset(caps, caps, caps)
+    if spec.uid != 0:  # root's exec keeps the bounding set; another user's needs them ambient
+        for cap in range(64):
+            if caps >> cap & 1:
+                sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, cap)
+    try:
+        os.chdir(spec.cwd)  # as the user: a directory it may not enter is refused as it would be later
+    except OSError as e:
+        raise NsbuildError(f"cannot change to {spec.cwd} inside the sandbox: {e.strerror}",
+                           "set [run] cwd (or --cwd) to a directory that exists") from None
+    os.closerange(3, 1 << 20)  # fds inherited from the caller would be doors to the host
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):  # Python ignores these; CMD gets the defaults
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    sc.seccomp_install(spec.seccomp)
