@@ -70,6 +70,13 @@ CASES = [
     ("[[mount]]\ntarget = '/t'\ntype = 'Bad Type'\n", "mount[0].type", "not a filesystem type"),
     ("[[mount]]\ntarget = '/t'\ntype = 'tmpfs'\npropagation = 'shard'\n", "mount[0].propagation",
      "did you mean 'shared'?"),
+    ("[run]\nuser = 'a b'\n", "run.user", "not root, a user NAME or UID[:GID]"),
+    ("[run]\nuser = '1000:x'\n", "run.user", "not root, a user NAME or UID[:GID]"),
+    ("[run]\nhostname = 'no_underscores'\n", "run.hostname", "not a valid host name"),
+    ("[run]\nhostname = '" + "a" * 65 + "'\n", "run.hostname", "not a valid host name"),
+    ("[run]\nnetwork = 'bridge'\n", "run.network", "unknown network 'bridge'"),
+    ("[run]\ncapabilities = ['CAP_FLY']\n", "run.capabilities[0]", "not a capability"),
+    ("[run]\ncontained = 'yes'\n", "run.contained", "must be"),
     ("[[mount]]\ntarget = '/t'\ntype = 'tmpfs'\npropagation = 'slave'\n", "mount[0].propagation",
      "'slave' needs a master"),
     ("[[mount]]\ntarget = '/t'\ntype = 'bind'\nsource = '.'\npropagation = 'shared'\n[[mount]]\n"
