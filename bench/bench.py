@@ -92,6 +92,15 @@ def times(cmd: list[str], n: int = RUNS, **kw) -> list[float]:
     return out
 
 
+def interleaved(cmds: dict[str, list[str]], n: int = RUNS, **kw) -> dict[str, list[float]]:
+    """Each command once per round, in turn, so that a noisy moment slows them all alike."""
+    out: dict[str, list[float]] = {key: [] for key in cmds}
+    for _ in range(n):
+        for key, cmd in cmds.items():
+            out[key] += times(cmd, 1, **kw)
+    return out
+
+
 def row(results: dict, key: str, ms: list[float], note: str = "") -> None:
     results[key] = {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "n": len(ms),
                     "note": note}
@@ -139,6 +148,12 @@ def bwrap_cmd(top: Path) -> list[str]:
             "--overlay-src", str(top / "config"), "--tmp-overlay", "/", "--ro-bind", "/usr", "/usr",
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", str(top / "project"), "/work",
             "/bin/true"]
+
+
+def bwrap_contained_cmd(top: Path) -> list[str]:
+    """bwrap with its namespaces (as `nsbuild run` has them) over the same tree."""
+    cmd = bwrap_cmd(top)
+    return cmd[:1] + ["--unshare-all", "--share-net", "--die-with-parent"] + cmd[1:]
 
 
 def in_process(plan: Plan, n: int) -> list[float]:
@@ -230,8 +245,13 @@ def main() -> int:
 
         # 2. enter
         nsfs = str(state / "bench.mnt")
-        row(results, "enter: nsbuild run bench -- /bin/true", times([NSBUILD, "run", "bench", "--", "/bin/true"],
-                                                                    env=env))
+        cmds = {"enter: nsbuild run bench -- /bin/true (contained)": [NSBUILD, "run", "bench", "--", "/bin/true"],
+                "enter: nsbuild run --unconfined bench -- /bin/true": [NSBUILD, "run", "--unconfined", "bench",
+                                                                        "--", "/bin/true"]}
+        if BWRAP.exists():
+            cmds["enter: bwrap --unshare-all --share-net --die-with-parent ..."] = bwrap_contained_cmd(top)
+        for key, ms in interleaved(cmds, env=env).items():
+            row(results, key, ms)
         row(results, "enter: nsenter --mount=FILE /bin/true", times(["nsenter", f"--mount={nsfs}", "/bin/true"]))
 
         # 3. in process
@@ -293,6 +313,7 @@ def _cleanup(top: Path, state: Path) -> None:
 def report(results: dict) -> None:
     floor = results.get("in-process: C floor", {}).get("median_ms")
     bwrap = results.get("build: bwrap ... /bin/true", {}).get("median_ms")
+    unconfined = results.get("enter: nsbuild run --unconfined bench -- /bin/true", {}).get("median_ms")
     print(f"nsbuild bench, {results['date']}, kernel {results['kernel']}, {results['cpus']} CPUs, "
           f"Python {results['python']}, strategy {results['strategy']}, {results['steps']} steps")
     print(f"{'what':58} {'median':>9} {'min':>9} {'max':>9}  ratio")
@@ -305,6 +326,8 @@ def report(results: dict) -> None:
                 ratio = f"{r['median_ms'] / floor:.2f}x floor"
             elif key.startswith("build") and bwrap:
                 ratio = f"{r['median_ms'] / bwrap:.2f}x bwrap"
+            elif key.startswith("enter: nsbuild run bench") and unconfined:
+                ratio = f"{r['median_ms'] / unconfined:.2f}x unconfined"  # target: at most 1.3x
             print(f"{key:58} {r['median_ms']:8.2f}ms {r['min_ms']:8.2f}ms {r['max_ms']:8.2f}ms  {ratio}")
         else:
             print(f"{key:58} {r['value']:9.1f}")
