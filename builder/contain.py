@@ -37,6 +37,8 @@ MASKED = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", 
 
 _WAITED = {_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP, _signal.SIGUSR1,
            _signal.SIGUSR2, _signal.SIGWINCH}
+# Python ignores these, and waits for those (blocked): CMD gets the default dispositions
+_DEFAULTED = (_signal.SIGPIPE, _signal.SIGXFSZ, *_WAITED)
 _SI_KERNEL = 0x80  # si_code of a signal the terminal sent to its foreground group (CMD got it too)
 _RO = ("MOUNT_ATTR_RDONLY", "MOUNT_ATTR_NOSUID", "MOUNT_ATTR_NODEV", "MOUNT_ATTR_NOEXEC")
 
@@ -213,12 +215,12 @@ def _init(spec: Spec) -> None:  # pragma: no cover - runs forked; its exit statu
     except OSError as e:
         print(f"nsbuild: error: cannot set up the run's /proc: {e}", file=sys.stderr)
         os._exit(1)
-    pid = os.fork()
-    if pid == 0:
-        _exec(spec)
-    sc.prctl(sc.PR_SET_DUMPABLE, 0)  # CMD, also root, may not read pid 1's memory, fds or environment
-    os.closerange(3, 1 << 20)
-    os._exit(_wait(pid, init=True))
+    # pid 1 takes CMD's privileges before it starts CMD: nothing in the PID namespace keeps more,
+    # and CMD is spawned (vfork and exec), not forked, so it costs no copy of this process
+    _lock_down(spec)
+    sc.prctl(sc.PR_SET_PDEATHSIG, _signal.SIGKILL)  # again: a change of user cleared it
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)  # CMD (the same user) may not ptrace pid 1 or read its fds
+    os._exit(_wait(spawn_command(spec.argv, spec.env, _DEFAULTED), init=True))
 
 
 def _own_proc() -> None:
@@ -296,8 +298,16 @@ def _is_dir(path: str) -> bool:
 
 # -- CMD ---------------------------------------------------------------------------------------------
 
-def _exec(spec: Spec) -> None:  # pragma: no cover - runs forked (or as the last act of nsbuild)
-    """Become the run's user with its capabilities, lock privileges down, exec spec.argv."""
+def _exec(spec: Spec) -> None:  # pragma: no cover - the last act of nsbuild (--share pid: no init)
+    _lock_down(spec)
+    for sig in _DEFAULTED:
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
+    exec_command(spec.argv, spec.env)
+
+
+def _lock_down(spec: Spec) -> None:
+    """Become the run's user with its capabilities and lock privileges down; exit on failure."""
     try:
         _become(spec)
     except OSError as e:
@@ -305,9 +315,6 @@ def _exec(spec: Spec) -> None:  # pragma: no cover - runs forked (or as the last
         os._exit(1)
     except NsbuildError as e:
         os._exit(e.report())
-    from builder.run import exec_command
-
-    exec_command(spec.argv, spec.env)
 
 
 def _become(spec: Spec) -> None:
@@ -335,8 +342,87 @@ def _become(spec: Spec) -> None:
         raise NsbuildError(f"cannot change to {spec.cwd} inside the sandbox: {e.strerror}",
                            "set [run] cwd (or --cwd) to a directory that exists") from None
     os.closerange(3, 1 << 20)  # fds inherited from the caller would be doors to the host
-    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):  # Python ignores these; CMD gets the defaults
-        _signal.signal(sig, _signal.SIG_DFL)
-    _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     sc.seccomp_install(spec.seccomp)
+
+
+# -- starting CMD: no module may be imported here, this runs inside the sandbox -------------------
+
+def exec_command(argv: list[str], env: dict[str, str]) -> None:
+    """exec argv[0] (searched in env's PATH); on failure say which file is missing, and exit."""
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        _failed(argv, env, e)
+
+
+def spawn_command(argv: list[str], env: dict[str, str], defaulted: tuple[int, ...]) -> int:
+    """posix_spawn argv[0] (searched in env's PATH, as execvpe does) with an empty signal mask and
+    `defaulted` signals at their default action; its pid. On failure say why, and exit."""
+    program = argv[0]
+    paths = [program] if "/" in program else [os.path.join(d or ".", program)
+                                              for d in env.get("PATH", os.defpath).split(os.pathsep)]
+    first: OSError | None = None
+    last: OSError = FileNotFoundError(2, "No such file or directory")
+    for path in paths:
+        try:
+            return os.posix_spawn(path, argv, env, setsigmask=(), setsigdef=defaulted)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            last = e
+        except OSError as e:
+            last = e
+            first = first or e
+    _failed(argv, env, first or last)
+    return -1  # not reached
+
+
+def _failed(argv: list[str], env: dict[str, str], error: OSError) -> None:
+    if isinstance(error, FileNotFoundError):
+        program = _which(argv[0], env.get("PATH", ""))
+        missing = _interpreter(program) if program else None
+        if missing:  # the program is there: the kernel's ENOENT is about its interpreter
+            print(f"nsbuild: error: {argv[0]}: its interpreter {missing} is missing in the sandbox",
+                  file=sys.stderr)
+        else:
+            print(f"nsbuild: error: {argv[0]}: command not found in the sandbox", file=sys.stderr)
+        os._exit(127)
+    print(f"nsbuild: error: {argv[0]}: {error.strerror}", file=sys.stderr)
+    os._exit(126)
+
+
+def _which(program: str, path: str) -> str | None:
+    if "/" in program:
+        return program if os.path.lexists(program) else None
+    for d in path.split(os.pathsep):
+        if d and os.path.exists(os.path.join(d, program)):
+            return os.path.join(d, program)
+    return None
+
+
+def _interpreter(program: str) -> str | None:
+    """The #! interpreter or ELF PT_INTERP of `program`, if that file is missing.
+
+    Read by hand, not with elf.py/pyelftools: this runs inside the sandbox, where importing a
+    module would load the sandbox's files."""
+    try:
+        with open(program, "rb") as f:
+            head = f.read(256)
+            if head.startswith(b"#!"):
+                words = head[2:].split(b"\n", 1)[0].split()
+                interp = os.fsdecode(words[0]) if words else ""
+            elif head[:4] == b"\x7fELF" and head[4] == 2 and head[5] == 1:  # 64-bit little-endian
+                phoff, = struct.unpack_from("<Q", head, 32)
+                phentsize, phnum = struct.unpack_from("<HH", head, 54)
+                f.seek(phoff)
+                table = f.read(phentsize * phnum)
+                interp = ""
+                for i in range(phnum):
+                    kind, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+                    if kind == 3:  # PT_INTERP
+                        f.seek(offset)
+                        interp = os.fsdecode(f.read(size).rstrip(b"\0"))
+            else:
+                return None
+    except (OSError, struct.error, IndexError):
+        return None
+    return interp if interp and not os.path.exists(interp) else None

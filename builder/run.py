@@ -8,7 +8,6 @@ from the sandbox's files, which its content controls.
 from __future__ import annotations
 
 import os
-import struct
 import sys
 import warnings  # noqa: F401 - os.execvpe imports it lazily, when the host's stdlib may be out of reach
 
@@ -86,7 +85,7 @@ def _enter(nsfd: int, command: list[str], s: dict, cache: str | None) -> None:  
         except OSError as e:
             raise NsbuildError(f"cannot change to {s['cwd']} inside the sandbox: {e.strerror}",
                                "set [run] cwd (or --cwd) to a directory that exists") from None
-        exec_command(command, env)
+        contain.exec_command(command, env)
     programs = contain.seccomp_programs(cache)
     contain.enter(nsfd)
     uid, gid, groups, home, name = contain.resolve_user(s.get("user", "root"), "[run] user (or --user)")
@@ -98,62 +97,6 @@ def _enter(nsfd: int, command: list[str], s: dict, cache: str | None) -> None:  
     caps = policy.capabilities(uid, s.get("capabilities", ()))
     contain.run(contain.Spec(command, s["cwd"], env, uid, gid, groups, caps, s["hostname"],
                              s.get("network", "host"), s["share"], programs[policy.has(caps, "SYS_ADMIN")]))
-
-
-def exec_command(argv: list[str], env: dict[str, str]) -> None:
-    """exec argv[0] (searched in env's PATH); on failure say which file is missing, and exit."""
-    try:
-        os.execvpe(argv[0], argv, env)
-    except FileNotFoundError:
-        program = _which(argv[0], env.get("PATH", ""))
-        missing = _interpreter(program) if program else None
-        if missing:  # the program is there: the kernel's ENOENT is about its interpreter
-            print(f"nsbuild: error: {argv[0]}: its interpreter {missing} is missing in the sandbox",
-                  file=sys.stderr)
-        else:
-            print(f"nsbuild: error: {argv[0]}: command not found in the sandbox", file=sys.stderr)
-        os._exit(127)
-    except OSError as e:
-        print(f"nsbuild: error: {argv[0]}: {e.strerror}", file=sys.stderr)
-        os._exit(126)
-
-
-def _which(program: str, path: str) -> str | None:
-    if "/" in program:
-        return program if os.path.lexists(program) else None
-    for d in path.split(os.pathsep):
-        if d and os.path.exists(os.path.join(d, program)):
-            return os.path.join(d, program)
-    return None
-
-
-def _interpreter(program: str) -> str | None:
-    """The #! interpreter or ELF PT_INTERP of `program`, if that file is missing.
-
-    Read by hand, not with elf.py/pyelftools: this runs inside the sandbox, where importing a
-    module would load the sandbox's files."""
-    try:
-        with open(program, "rb") as f:
-            head = f.read(256)
-            if head.startswith(b"#!"):
-                words = head[2:].split(b"\n", 1)[0].split()
-                interp = os.fsdecode(words[0]) if words else ""
-            elif head[:4] == b"\x7fELF" and head[4] == 2 and head[5] == 1:  # 64-bit little-endian
-                phoff, = struct.unpack_from("<Q", head, 32)
-                phentsize, phnum = struct.unpack_from("<HH", head, 54)
-                f.seek(phoff)
-                table = f.read(phentsize * phnum)
-                interp = ""
-                for i in range(phnum):
-                    kind, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", table, i * phentsize)
-                    if kind == 3:  # PT_INTERP
-                        f.seek(offset)
-                        interp = os.fsdecode(f.read(size).rstrip(b"\0"))
-            else:
-                return None
-    except (OSError, struct.error, IndexError):
-        return None
-    return interp if interp and not os.path.exists(interp) else None
 
 
 def run_persisted(name: str, command: list[str], state: str | None = None, opts: Options | None = None) -> None:
