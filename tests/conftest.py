@@ -17,6 +17,27 @@ IN_VM = os.environ.get("KERNEL_VM") == "1"
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: mounts for real")
 
+
+def _enter_scratch_namespace() -> int | None:
+    """Run the whole session in a private copy of the host's mount namespace.
+
+    Every test compares the mount table exactly, and other work on the machine (a user's docker, an
+    automounter, another engineer's test run) mounts at any time. In a recursively private copy those
+    mounts no longer propagate here, while every mount nsbuild makes still shows in this process's
+    table: the check stays exact for nsbuild and blind to everything else. Test subprocesses (the CLI)
+    inherit the namespace. Returns an fd of the host's namespace (for tests of this), None when not root."""
+    if not IS_ROOT:
+        return None  # unprivileged runs mount nothing: the host table is theirs to compare
+    from builder import syscalls as sc
+
+    host = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    sc.unshare(sc.FLAGS["CLONE_NEWNS"])  # conftest loads before pytest starts any thread
+    sc.mount_setattr(sc.AT_FDCWD, "/", sc.FLAGS["AT_RECURSIVE"], propagation=sc.FLAGS["MS_PRIVATE"])
+    return host
+
+
+HOST_NAMESPACE = _enter_scratch_namespace()
+
 # What the reliability suites did (faults injected, kills, races, recipes fuzzed, hostile layers):
 # printed at the end of the run, so CI's log carries the counts and not just "passed".
 TALLY: Counter[str] = Counter()
@@ -44,6 +65,31 @@ def mountinfo() -> list[str]:
     """The host's mount table (mount ids included: any remount shows)."""
     with open("/proc/self/mountinfo") as f:
         return f.read().splitlines()
+
+
+_SESSION_TMP: list[str] = []  # the session's pytest base temp dir, where every test image lives
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _SESSION_TMP[:] = [str(tmp_path_factory.getbasetemp())]
+
+
+def own_loops() -> set[tuple[str, str]]:
+    """Attached loop devices backed by a file of this session (loop devices are global: those of
+    other users and test runs are none of the tests' business)."""
+    import glob
+
+    found = set()
+    for path in glob.glob("/sys/block/loop*/loop/backing_file"):
+        try:
+            with open(path) as f:
+                backing = f.read().strip()
+        except FileNotFoundError:
+            continue  # detached while we looked
+        if any(backing == root or backing.startswith(root + "/") for root in _SESSION_TMP):
+            found.add((path.split("/")[3], backing))
+    return found
 
 
 def open_fds() -> set[str]:
