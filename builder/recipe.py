@@ -461,6 +461,8 @@ def _root(c: _Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[La
             c.add("root.upper", "a directory upper needs at least one [[layer]] below it (overlayfs)",
                   'add a [[layer]], or use upper = "tmpfs"')
         for layer in layers:
+            if not layer.path:
+                continue  # a binaries layer: no host directory yet (the store makes one), so no overlap
             if is_under(layer.path, upper) or is_under(upper, layer.path):
                 c.add("root.upper", f"'{upper}' overlaps {layer.origin} ({layer.path})",
                       "overlayfs needs the upper directory outside every layer")

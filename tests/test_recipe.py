@@ -198,3 +198,20 @@ def test_mounts_sorted_parents_first(tmp_path: Path) -> None:
     """)), cwd=str(tmp_path))
     assert [m.target for m in r.mounts] == ["/a", "/a/b", "/a/b/c"]
     assert [m.origin for m in r.mounts] == ["mount[1]", "mount[2]", "mount[0]"]
+
+
+def test_a_directory_upper_goes_with_a_binaries_layer(tmp_path: Path) -> None:
+    # a binaries layer has no host path ("" until the store makes one): it overlaps no upper
+    (tmp_path / "data").mkdir()
+    r = load(str(write(tmp_path, "[[layer]]\nbinaries = ['/bin/sh']\n[root]\nupper = 'data/upper'\n")),
+             cwd=str(tmp_path))
+    assert r.root.upper == str(tmp_path / "data/upper") and r.layers[0].kind == "binaries"
+
+
+def test_a_directory_upper_inside_a_layer_still_overlaps(tmp_path: Path) -> None:
+    (tmp_path / "layer").mkdir()
+    found = problems(tmp_path, "[[layer]]\nbinaries = ['/bin/sh']\n[[layer]]\npath = 'layer'\n"
+                               "[root]\nupper = 'layer/upper'\n")
+    assert [p for p in found if p.startswith("root.upper:")] == [
+        f"root.upper: '{tmp_path}/layer/upper' overlaps layer[1] ({tmp_path}/layer) "
+        "(overlayfs needs the upper directory outside every layer)"]
