@@ -222,14 +222,21 @@ def list_(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
 @app.command()
 @handled
 def rm(
-    names: List[str] = typer.Argument(..., help="Sandboxes to remove."),
+    names: Optional[List[str]] = typer.Argument(None, help="Sandboxes to remove."),
     state_dir: Optional[str] = StateOpt,
+    all_: bool = typer.Option(False, "--all", help="Remove every sandbox, then release the state directory "
+                              "(its own mount and the template namespace): the host as before the first build."),
 ) -> None:
     """Remove sandboxes: unmount the namespace file, delete the metadata (idempotent)."""
     from builder.recipe import NAME_RE
     from builder.state import StateDir, state_dir as resolve
 
     sd = StateDir(resolve(state_dir))
+    if all_ == bool(names):
+        raise UsageError("give sandbox names or --all" if not all_ else "--all takes no sandbox names",
+                         "e.g. `nsbuild rm dev`, or `nsbuild rm --all`")
+    if all_:
+        return _rm_all(sd)
     for name in names:
         if not NAME_RE.match(name):
             raise UsageError(f"'{name}' is not a sandbox name")
@@ -240,6 +247,18 @@ def rm(
     need_root()
     for name in names:
         out.print(f"{name}: {'removed' if sd.remove(name) else 'not found'}")
+
+
+def _rm_all(sd) -> None:  # sd: StateDir
+    if not os.path.isdir(sd.path):
+        out.print(f"nothing to remove: {sd.path} does not exist")
+        return
+    need_root()
+    removed, gone = sd.release()
+    for name in removed:
+        out.print(f"{name}: removed")
+    out.print(f"released {sd.path}" if gone else
+              f"released {sd.path} (kept the directory: it holds files that are not nsbuild's)")
 
 
 @app.command()

@@ -302,6 +302,36 @@ class StateDir:
             self.report(self.recover())
             return self._remove(name)
 
+    def release(self) -> tuple[list[str], bool]:
+        """`nsbuild rm --all`: remove every sandbox, then give the directory back to the host as it
+        was before the first build: the template namespace and the directory's own bind mount are
+        unmounted, nsbuild's files (.lock, .plans) deleted and the directory removed if that leaves
+        it empty. Returns the sandboxes removed, and whether the directory is gone."""
+        import shutil
+
+        if not os.path.isdir(self.path):
+            return [], True
+        with self.locked():
+            self.report(self.recover())
+            names = self.names()
+            for name in names:
+                self._remove(name)
+            while is_mount_point(self.template_path):
+                sc.umount2(self.template_path, sc.FLAGS["MNT_DETACH"])
+            for entry in (".template.mnt", ".lock"):
+                try:
+                    os.unlink(os.path.join(self.path, entry))
+                except FileNotFoundError:
+                    pass
+            shutil.rmtree(os.path.join(self.path, ".plans"), ignore_errors=True)
+        while is_mount_point(self.path):  # the self-bind that prepare() made (once, but be thorough)
+            sc.umount2(self.path, sc.FLAGS["MNT_DETACH"])
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            return names, False  # something else lives there: not nsbuild's to delete
+        return names, True
+
     @staticmethod
     def report(cleaned: list[str]) -> None:
         for line in cleaned:

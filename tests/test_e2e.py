@@ -14,7 +14,7 @@ import pytest
 
 from builder.features import STRATEGIES, probe, supported
 
-from conftest import RECIPES, needs_root, tally
+from conftest import RECIPES, mountinfo, needs_root, tally
 
 pytestmark = needs_root
 FEATURES = probe()
@@ -233,3 +233,31 @@ def test_doctor(nsbuild) -> None:
     assert report["auto"] in STRATEGIES and set(report["probes"]) == {"fsmount", "fsmount-namespace",
                                                                       "open-tree-namespace", "erofs-file"}
     assert report["features"]["erofs_file"] == probe(erofs=True).erofs_file
+
+
+def test_rm_all_gives_the_host_back(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    """After the last sandbox, `rm --all` also unmounts the state dir's self-bind and the template
+    namespace: the mount table and the file system are as before the first build."""
+    before = mountinfo()
+    for name in ("one", "two"):  # unshare: the first build pins the template, the second uses it
+        nsbuild("build", str(RECIPES / "layers.toml"), "-s", "unshare", "--name", name)
+    assert (state_dir / ".template.mnt").exists() and mountinfo() != before
+    proc = nsbuild("rm", "--all")
+    assert proc.stdout == f"one: removed\ntwo: removed\nreleased {state_dir}\n" and proc.stderr == ""
+    assert mountinfo() == before and not state_dir.exists()
+    assert nsbuild("rm", "--all").stdout == f"nothing to remove: {state_dir} does not exist\n"
+
+
+def test_rm_all_keeps_what_is_not_nsbuilds(nsbuild, state_dir: Path) -> None:
+    before = mountinfo()
+    nsbuild("build", str(RECIPES / "layers.toml"))
+    (state_dir / "notes.txt").write_text("mine\n")
+    assert nsbuild("rm", "--all").stdout.endswith("(kept the directory: it holds files that are not nsbuild's)\n")
+    assert mountinfo() == before and sorted(p.name for p in state_dir.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("args", [("rm",), ("rm", "--all", "dev")])
+def test_rm_needs_names_or_all(nsbuild, args: tuple[str, ...]) -> None:
+    proc = nsbuild(*args, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("nsbuild: error: ") and "--all" in proc.stderr
