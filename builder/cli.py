@@ -12,7 +12,7 @@ from rich.console import Console
 
 from builder import features as feat
 from builder.build import need_root
-from builder.errors import NsbuildError, UsageError
+from builder.errors import NsbuildError, UsageError, os_error
 
 app = typer.Typer(
     help="Build root filesystems from TOML recipes into persisted Linux mount namespaces.",
@@ -41,6 +41,8 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except NsbuildError as e:
             _fail(e)
+        except OSError as e:  # nothing said what went wrong: still one message, never a traceback
+            _fail(os_error(e))
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
     return wrapper
@@ -143,7 +145,7 @@ def check(
     progress.QUIET = quiet
     r = _load(recipe)
     if any(layer.kind == "image" for layer in r.layers):
-        need_root()
+        need_root("checking a recipe with image layers (they are mounted to be read)")
     r = resolve_layers(r)
     found = preflight.problems(r, features_for(r))
     if found:
@@ -176,8 +178,13 @@ def gc(
 
     store = Store(store_dir())
     if not dry_run:
-        need_root()
-    removed = store.gc(dry_run)
+        need_root("removing store entries")
+    try:
+        removed = store.gc(dry_run)
+    except PermissionError as e:
+        from builder.build import store_error
+
+        raise store_error(e) from None
     if as_json:
         print(json.dumps({"store": store.path, "dry_run": dry_run, "removed": removed}, indent=2))
         return
@@ -244,7 +251,7 @@ def rm(
         for name in names:
             out.print(f"{name}: not found")
         return
-    need_root()
+    need_root("removing a sandbox")
     for name in names:
         out.print(f"{name}: {'removed' if sd.remove(name) else 'not found'}")
 
@@ -253,7 +260,7 @@ def _rm_all(sd) -> None:  # sd: StateDir
     if not os.path.isdir(sd.path):
         out.print(f"nothing to remove: {sd.path} does not exist")
         return
-    need_root()
+    need_root("removing sandboxes")
     removed, gone = sd.release()
     for name in removed:
         out.print(f"{name}: removed")

@@ -100,12 +100,14 @@ def parse_run(args: list[str]) -> dict[str, object] | None:
 
 
 def _lean(command: Callable[..., None], params: dict[str, object]) -> None:
-    from builder.errors import NsbuildError
+    from builder.errors import NsbuildError, os_error
 
     try:
         command(**params)
     except NsbuildError as e:
         sys.exit(e.report())
+    except OSError as e:  # nothing said what went wrong: still one message, never a traceback
+        sys.exit(os_error(e).report())
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -51,6 +51,25 @@ class Problem:
         return f"{text} ({self.hint})" if self.hint else text
 
 
+def os_error(e: OSError) -> NsbuildError:
+    """One message for an OSError that no code path turned into one, mostly a user who is not root
+    meeting root's files (the state directory, the content store): the file, the reason, what to do."""
+    import errno
+    import os
+
+    if getattr(e, "filename", None):
+        message = f"cannot use {e.filename}: {e.strerror or e}"
+    else:
+        message = f"{e.strerror or e}"
+    hint = ""
+    if e.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        hint = ("it belongs to root: run nsbuild as root (sudo), or point --state-dir (NSBUILD_STATE_DIR) "
+                "and NSBUILD_STORE at directories of your own")
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "check the file's permissions and the mount it is on"
+    return NsbuildError(message, hint)
+
+
 class RecipeError(NsbuildError):
     """Every problem found in one recipe, reported together."""
 

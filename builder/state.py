@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 DEFAULT_STATE_DIR = "/run/nsbuild"
+_NOT_YOURS = "the state directory is root's (mode 0700): run nsbuild as root (sudo), or use --state-dir"
 
 
 def state_dir(option: str | None = None) -> str:
@@ -158,6 +159,9 @@ class StateDir:
                 meta = json.load(f)
         except FileNotFoundError:
             return None
+        except PermissionError:  # not corrupt, only not ours to read: removing it would be wrong
+            raise NsbuildError(f"cannot read the metadata of sandbox '{name}' ({self.meta_path(name)}): "
+                               "permission denied", _NOT_YOURS) from None
         except (OSError, ValueError) as e:
             raise NsbuildError(f"the metadata of sandbox '{name}' ({self.meta_path(name)}) is unreadable: {e}",
                                f"remove it with `nsbuild rm {name}`") from None
@@ -171,6 +175,9 @@ class StateDir:
             entries = os.listdir(self.path)
         except FileNotFoundError:
             return []
+        except PermissionError:
+            raise NsbuildError(f"cannot read the state directory {self.path}: permission denied",
+                               _NOT_YOURS) from None
         return sorted(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
 
     def recover(self, mounted: set[str] | None = None) -> list[str]:

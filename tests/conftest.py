@@ -150,3 +150,54 @@ def nsbuild(state_dir: Path, tmp_path: Path):
 
     run.env = env  # type: ignore[attr-defined]
     return run
+
+
+class User:
+    """An unprivileged user who runs the installed nsbuild: a copy of its packages that the user can
+    read (the venv may sit under root's home) and an interpreter of the same version."""
+
+    def __init__(self, name: str, python: str, site: str, home: str) -> None:
+        self.name, self.python, self.site, self.home = name, python, site, home
+
+    def run(self, *args: str, cwd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        clean = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.home, "LANG": "C.UTF-8",
+                 "PYTHONPATH": self.site, **(env or {})}
+        return subprocess.run(["runuser", "-u", self.name, "--", "env", "-i",
+                               *(f"{k}={v}" for k, v in clean.items()),
+                               self.python, "-s", "-m", "builder", *args],
+                              capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def user():
+    """A throwaway user (useradd), removed again with everything made for it."""
+    import shutil
+    import sysconfig
+    import tempfile
+
+    if not IS_ROOT:
+        pytest.skip("creating a test user needs root")
+    name = f"nsbt{os.getpid()}"[:31]
+    shared = tempfile.mkdtemp(prefix="nsbuild-user-")
+    os.chmod(shared, 0o755)
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", shared, "--shell", "/usr/sbin/nologin", name],
+                   check=True)
+    try:
+        site = os.path.join(shared, "site")
+        skip = shutil.ignore_patterns("pip", "pip-*", "setuptools*", "_pytest", "pytest*", "hypothesis*",
+                                      "_distutils_hack", "pkg_resources", "__pycache__", "*.pth")
+        shutil.copytree(sysconfig.get_paths()["purelib"], site, ignore=skip)
+        subprocess.run(["chmod", "-R", "a+rX", shared], check=True)
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        for python in (os.path.realpath(sys.executable), f"/usr/bin/python{version}", "/usr/bin/python3"):
+            probe = subprocess.run(["runuser", "-u", name, "--", python, "-c",
+                                    "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                   capture_output=True, text=True)
+            if probe.returncode == 0 and probe.stdout.strip() == version:
+                break
+        else:
+            pytest.fail(f"no Python {version} that user {name} can run (the test interpreter is not readable)")
+        yield User(name, python, site, shared)
+    finally:
+        subprocess.run(["userdel", name], check=True)
+        shutil.rmtree(shared)
