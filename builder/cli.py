@@ -29,20 +29,22 @@ StrategyOpt = typer.Option("auto", "--strategy", "-s",
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-def _fail(e: NsbuildError) -> None:
-    raise typer.Exit(e.report())
+def _fail(e: NsbuildError, as_json: bool = False) -> None:
+    raise typer.Exit(e.report(as_json))
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn NsbuildError into one message and its exit code: never a traceback."""
+    """Turn NsbuildError into one message and its exit code: never a traceback. With --json (or
+    plan's --format json) the message is JSON too."""
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json")) or kwargs.get("fmt") == "json"
         try:
             return fn(*args, **kwargs)
         except NsbuildError as e:
-            _fail(e)
+            _fail(e, as_json)
         except OSError as e:  # nothing said what went wrong: still one message, never a traceback
-            _fail(os_error(e))
+            _fail(os_error(e), as_json)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
     return wrapper
@@ -53,6 +55,24 @@ def _load(path: Optional[str]):  # -> Recipe
     from builder.build import default_recipe
 
     return recipe.load(path or default_recipe())
+
+
+def main(args: list[str]) -> None:
+    """Run the typer app. With --json, a command line typer refuses is reported as JSON too."""
+    if "--json" not in args:
+        app(args=args, prog_name="nsbuild")
+        return
+    # click's UsageError, whether typer vendors click or not (BadParameter is public and derives from it)
+    click_usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    try:
+        code = app(args=args, prog_name="nsbuild", standalone_mode=False)
+    except click_usage_error as e:
+        ctx = getattr(e, "ctx", None)
+        sys.exit(UsageError(e.format_message(), f"see `{ctx.command_path if ctx else 'nsbuild'} --help`")
+                 .report(as_json=True))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.command()
@@ -135,6 +155,7 @@ def plan(
 def check(
     recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Check that [run]'s command starts in RECIPE's tree: program, #! and ELF interpreters, libraries,
     architecture. Image layers are mounted detached (needs root); nothing is attached anywhere."""
@@ -142,7 +163,7 @@ def check(
     from builder.build import features_for, resolve_layers
     from builder.errors import RecipeError
 
-    progress.QUIET = quiet
+    progress.QUIET = quiet or as_json
     r = _load(recipe)
     if any(layer.kind == "image" for layer in r.layers):
         need_root("checking a recipe with image layers (they are mounted to be read)")
@@ -150,6 +171,9 @@ def check(
     found = preflight.problems(r, features_for(r))
     if found:
         raise RecipeError(r.file, found)
+    if as_json:
+        print(json.dumps({"file": r.file, "ok": True, "command": list(r.run.command)}, indent=2))
+        return
     print(f"{r.file}: ok: {r.run.command[0]} starts in the tree (program, interpreters, libraries)")
 
 
@@ -158,12 +182,16 @@ def check(
 def lock(
     recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Write RECIPE.lock: the digest of every input, for `nsbuild build --locked`."""
     from builder import lock as lk, progress
 
-    progress.QUIET = quiet
+    progress.QUIET = quiet or as_json
     path = lk.write(_load(recipe))
+    if as_json:
+        print(json.dumps({"lock": path}, indent=2))
+        return
     out.print(f"wrote {path}")
 
 
@@ -233,6 +261,7 @@ def rm(
     state_dir: Optional[str] = StateOpt,
     all_: bool = typer.Option(False, "--all", help="Remove every sandbox, then release the state directory "
                               "(its own mount and the template namespace): the host as before the first build."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Remove sandboxes: unmount the namespace file, delete the metadata (idempotent)."""
     from builder.recipe import NAME_RE
@@ -243,25 +272,34 @@ def rm(
         raise UsageError("give sandbox names or --all" if not all_ else "--all takes no sandbox names",
                          "e.g. `nsbuild rm dev`, or `nsbuild rm --all`")
     if all_:
-        return _rm_all(sd)
+        return _rm_all(sd, as_json)
     for name in names:
         if not NAME_RE.match(name):
-            raise UsageError(f"'{name}' is not a sandbox name")
-    if not os.path.isdir(sd.path):
-        for name in names:
-            out.print(f"{name}: not found")
+            raise UsageError(f"'{name}' is not a sandbox name",
+                             "names are lower-case letters, digits, '.', '_', '-'; see `nsbuild ls`")
+    if os.path.isdir(sd.path):
+        need_root("removing a sandbox")
+    results = {name: os.path.isdir(sd.path) and sd.remove(name) for name in names}
+    if as_json:
+        print(json.dumps({"removed": [n for n, r in results.items() if r],
+                          "not_found": [n for n, r in results.items() if not r]}, indent=2))
         return
-    need_root("removing a sandbox")
-    for name in names:
-        out.print(f"{name}: {'removed' if sd.remove(name) else 'not found'}")
+    for name, removed in results.items():
+        out.print(f"{name}: {'removed' if removed else 'not found'}")
 
 
-def _rm_all(sd) -> None:  # sd: StateDir
+def _rm_all(sd, as_json: bool) -> None:  # sd: StateDir
     if not os.path.isdir(sd.path):
-        out.print(f"nothing to remove: {sd.path} does not exist")
+        if as_json:
+            print(json.dumps({"removed": [], "released": None, "kept_directory": False}, indent=2))
+        else:
+            out.print(f"nothing to remove: {sd.path} does not exist")
         return
     need_root("removing sandboxes")
     removed, gone = sd.release()
+    if as_json:
+        print(json.dumps({"removed": removed, "released": sd.path, "kept_directory": not gone}, indent=2))
+        return
     for name in removed:
         out.print(f"{name}: removed")
     out.print(f"released {sd.path}" if gone else
