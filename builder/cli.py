@@ -18,9 +18,12 @@ app = typer.Typer(
     help="Build root filesystems from TOML recipes into persisted Linux mount namespaces.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name [run] and [sandbox]: as text, not rich markup
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console(highlight=False, markup=False, soft_wrap=True)  # paths print whole and as they are
+if not out.is_terminal and "COLUMNS" not in os.environ:
+    out.width = 1 << 16  # piped or redirected: tables as wide as their content, never a value cut to "…"
 
 StateOpt = typer.Option(None, "--state-dir", envvar="NSBUILD_STATE_DIR",
                         help="Where persisted sandboxes live [default: /run/nsbuild].")
@@ -219,7 +222,7 @@ def gc(
     verb = "would remove" if dry_run else "removed"
     for path in removed:
         out.print(f"{verb} {path}")
-    out.print(f"{len(removed)} entries {verb} from {store.path}")
+    out.print(f"{verb} {len(removed)} {'entry' if len(removed) == 1 else 'entries'} from {store.path}")
 
 
 @app.command("ls")

@@ -134,21 +134,22 @@ def state_dir(tmp_path: Path):
 @pytest.fixture
 def nsbuild(state_dir: Path, tmp_path: Path):
     """Run the CLI with the private state dir; returns CompletedProcess (text)."""
-    env = dict(os.environ, NSBUILD_STATE_DIR=str(state_dir), NSBUILD_STORE=str(tmp_path / "store"))
-    env.pop("NSBUILD_TEST_FAULT", None)
+    base_env = dict(os.environ, NSBUILD_STATE_DIR=str(state_dir), NSBUILD_STORE=str(tmp_path / "store"))
+    base_env.pop("NSBUILD_TEST_FAULT", None)
 
     # $CWD binds must not contain the state dir: a recursive bind would carry its nsfs mounts along
     workdir = tmp_path / "cwd"
     workdir.mkdir()
 
-    def run(*args: str, check: bool = True, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
-        proc = subprocess.run(nsbuild_cmd() + list(args), capture_output=True, text=True, env=env,
+    def run(*args: str, check: bool = True, cwd: Path | None = None, env: dict[str, str] | None = None,
+            **kw) -> subprocess.CompletedProcess:
+        proc = subprocess.run(nsbuild_cmd() + list(args), capture_output=True, text=True, env=env or base_env,
                               cwd=cwd or workdir, **kw)
         if check and proc.returncode != 0:
             raise AssertionError(f"nsbuild {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    run.env = env  # type: ignore[attr-defined]
+    run.env = base_env  # type: ignore[attr-defined]
     return run
 
 
