@@ -261,3 +261,28 @@ def test_rm_needs_names_or_all(nsbuild, args: tuple[str, ...]) -> None:
     proc = nsbuild(*args, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("nsbuild: error: ") and "--all" in proc.stderr
+
+
+@pytest.mark.parametrize("strategy", strategies())
+def test_overlay_error_shows_the_kernels_reason_and_the_key(nsbuild, state_dir: Path, tmp_path: Path,
+                                                            strategy: str) -> None:
+    """overlayfs says why CMD_CREATE failed only in the kernel log: nsbuild reads it from /dev/kmsg and
+    names root.upper, not just `root` and "see dmesg". Here a layer is the upper seen through a bind
+    mount, which validation (comparing paths) cannot know."""
+    (tmp_path / "data/upper/etc").mkdir(parents=True)
+    alias = tmp_path / "data/alias"
+    alias.mkdir()
+    subprocess.run(["mount", "--bind", str(tmp_path / "data/upper"), str(alias)], check=True)
+    try:
+        recipe = tmp_path / "ov.toml"
+        recipe.write_text('[sandbox]\nname = "ov"\n[[layer]]\npath = "data/alias"\n[root]\nupper = "data/upper"\n')
+        proc = nsbuild("build", str(recipe), "-s", strategy, check=False)
+    finally:
+        subprocess.run(["umount", str(alias)], check=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("nsbuild: error: root.upper (step ") and "FSCONFIG_CMD_CREATE" in first, first
+    assert first.endswith("failed: ELOOP (Too many levels of symbolic links); kernel says: "
+                          "overlayfs: conflicting lowerdir path"), first
+    assert "keep the upper outside every layer" in proc.stderr and "dmesg" not in proc.stderr
+    assert not state_dir.exists()
