@@ -48,7 +48,13 @@ def tally(what: str, count: int = 1) -> None:
     TALLY[what] += count
 
 
+NOT_RUN: list[str] = []  # suites that could not run here (no kernel-vm): said last, in red
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
+    for line in NOT_RUN:
+        terminalreporter.section("NOT RUN", red=True, bold=True)
+        terminalreporter.write_line(f"!!! {line.splitlines()[0]} !!!", red=True, bold=True)
     if TALLY:
         terminalreporter.section("what the reliability suites did")
         for what, count in sorted(TALLY.items()):
