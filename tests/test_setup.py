@@ -56,3 +56,28 @@ def test_set_up_2_without_shared_says_so_and_passes(clone_under_tmp: Path) -> No
     last = proc.stdout.rstrip().splitlines()
     not_run = [line for line in last if line.startswith("!!! KERNEL 7 TESTS NOT RUN")]
     assert not_run and "kernel-vm is missing" in not_run[0], proc.stdout[-3000:]
+
+
+def files(tree: Path) -> set[str]:
+    return {str(p.relative_to(tree)) for p in tree.rglob("*")}
+
+
+def test_set_up_1_leaves_no_build_droppings_in_the_clone(tmp_path: Path) -> None:
+    """Set-up 1 installs from the clone and builds the default recipe there, which binds the clone at
+    /work: pip's build/ and *.egg-info must not appear in it (nor in the sandbox)."""
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO, clone, ignore=IGNORE)
+    before = files(clone)
+    venv = tmp_path / "opt-nsbuild"
+    subprocess.run(f"python3 -m venv {venv} && {venv}/bin/pip install -q .", shell=True, cwd=clone, check=True,
+                   capture_output=True)
+    assert files(clone) == before
+    env = dict(os.environ, NSBUILD_STATE_DIR=str(tmp_path / "state"), NSBUILD_STORE=str(tmp_path / "store"))
+    try:
+        subprocess.run([f"{venv}/bin/nsbuild", "build", "-q"], cwd=clone, env=env, check=True)
+        seen = subprocess.run([f"{venv}/bin/nsbuild", "run", "dev", "--", "ls", "-A", "/work"], cwd=clone, env=env,
+                              check=True, capture_output=True, text=True).stdout.split()
+    finally:
+        subprocess.run([f"{venv}/bin/nsbuild", "rm", "--all"], env=env, check=True, capture_output=True)
+    assert sorted(seen) == sorted(p.name for p in clone.iterdir())
+    assert not {"build", "nsbuild.egg-info"} & set(seen)
