@@ -12,6 +12,7 @@ from rich.console import Console
 
 from builder import features as feat
 from builder.build import need_root
+from builder.completion import complete_format, complete_name, complete_strategy, complete_target
 from builder.errors import NsbuildError, UsageError, os_error
 
 app = typer.Typer(
@@ -25,37 +26,9 @@ out = Console(highlight=False, markup=False, soft_wrap=True)  # paths print whol
 if not out.is_terminal and "COLUMNS" not in os.environ:
     out.width = 1 << 16  # piped or redirected: tables as wide as their content, never a value cut to "…"
 
-def _complete_strategy(incomplete: str) -> list[str]:
-    return [s for s in ("auto",) + tuple(feat.STRATEGIES) if s.startswith(incomplete)]
-
-
-def _complete_format(incomplete: str) -> list[str]:
-    return [f for f in ("table", "strace", "json") if f.startswith(incomplete)]
-
-
-def _complete_name(ctx: typer.Context, incomplete: str) -> list[str]:
-    """Persisted sandboxes in the state dir of the command line (or NSBUILD_STATE_DIR); none if it
-    cannot be read: completion must never print an error."""
-    from builder.state import StateDir, state_dir as resolve
-
-    try:
-        names = StateDir(resolve(ctx.params.get("state_dir"))).names()
-    except (NsbuildError, OSError):
-        return []
-    return [n for n in names if n.startswith(incomplete)]
-
-
-def _complete_target(ctx: typer.Context, incomplete: str) -> list[str]:
-    """`run`'s TARGET: a sandbox name, or a recipe file (directories, to get there)."""
-    import glob
-
-    files = [p + "/" if os.path.isdir(p) else p for p in sorted(glob.glob(glob.escape(incomplete) + "*"))]
-    return _complete_name(ctx, incomplete) + [p for p in files if p.endswith(("/", ".toml"))]
-
-
 StateOpt = typer.Option(None, "--state-dir", envvar="NSBUILD_STATE_DIR",
                         help="Where persisted sandboxes live [default: /run/nsbuild].")
-StrategyOpt = typer.Option("auto", "--strategy", "-s", autocompletion=_complete_strategy,
+StrategyOpt = typer.Option("auto", "--strategy", "-s", autocompletion=complete_strategy,
                            help="auto, fsmount-namespace (7.1+), open-tree-namespace (7.0+) or unshare.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
@@ -132,7 +105,7 @@ def build(
 @handled
 def run(
     target: str = typer.Argument(..., help="Name of a persisted sandbox, or a recipe file (ephemeral).",
-                                 autocompletion=_complete_target),
+                                 autocompletion=complete_target),
     command: Optional[List[str]] = typer.Argument(None, help="Command to run [default: [run] command]."),
     state_dir: Optional[str] = StateOpt,
     strategy: str = StrategyOpt,
@@ -148,7 +121,7 @@ def run(
 def plan(
     recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
     strategy: str = StrategyOpt,
-    fmt: str = typer.Option("table", "--format", "-f", help="table, strace or json.", autocompletion=_complete_format),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, strace or json.", autocompletion=complete_format),
     as_json: bool = JsonOpt,
     state_dir: Optional[str] = StateOpt,
 ) -> None:
@@ -289,7 +262,7 @@ def list_(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
 @app.command()
 @handled
 def rm(
-    names: Optional[List[str]] = typer.Argument(None, help="Sandboxes to remove.", autocompletion=_complete_name),
+    names: Optional[List[str]] = typer.Argument(None, help="Sandboxes to remove.", autocompletion=complete_name),
     state_dir: Optional[str] = StateOpt,
     all_: bool = typer.Option(False, "--all", help="Remove every sandbox, then release the state directory "
                               "(its own mount and the template namespace): the host as before the first build."),

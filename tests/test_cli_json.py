@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IS_ROOT, RECIPES, needs_root, nsbuild_cmd
+from conftest import IS_ROOT, RECIPES, needs_root
 
 BAD = '[sandbox]\nname = "Bad"\n[root]\nsize = "lots"\n'
 

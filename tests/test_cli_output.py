@@ -1,8 +1,6 @@
 """What the CLI prints for humans, also when stdout is a pipe or a file."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
