@@ -45,7 +45,19 @@ def resolve_layers(recipe: Recipe, unpack: bool = True, store: Store | None = No
         return recipe  # the content store (tarfile, hashlib & co.) only when needed
     from builder.store import Store, store_dir
 
-    return (store or Store(store_dir())).resolve(recipe, unpack)
+    try:
+        return (store or Store(store_dir())).resolve(recipe, unpack)
+    except PermissionError as e:
+        raise store_error(e) from None
+
+
+def store_error(e: OSError) -> NsbuildError:
+    """The content store is root's (or read-only): say so, not a traceback."""
+    from builder.store import store_dir
+
+    return NsbuildError(f"cannot use the content store {store_dir()}: {e.strerror} ({e.filename})",
+                        "archive, OCI and binaries layers are unpacked there: run nsbuild as root (sudo), "
+                        "or set NSBUILD_STORE to a directory of your own")
 
 
 def _register_with_store(meta: dict[str, Any], state: StateDir) -> None:
@@ -257,9 +269,9 @@ def default_recipe() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "dev.toml")
 
 
-def need_root() -> None:
+def need_root(action: str = "building a sandbox") -> None:
     if os.geteuid() != 0:
-        raise NsbuildError("building a sandbox needs root (CAP_SYS_ADMIN)",
+        raise NsbuildError(f"{action} needs root (CAP_SYS_ADMIN)",
                            "run it with sudo; `nsbuild plan` works without root")
 
 

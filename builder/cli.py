@@ -12,35 +12,43 @@ from rich.console import Console
 
 from builder import features as feat
 from builder.build import need_root
-from builder.errors import NsbuildError, UsageError
+from builder.completion import complete_format, complete_name, complete_strategy, complete_target
+from builder.errors import NsbuildError, UsageError, os_error
 
 app = typer.Typer(
     help="Build root filesystems from TOML recipes into persisted Linux mount namespaces.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name [run] and [sandbox]: as text, not rich markup
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console(highlight=False, markup=False, soft_wrap=True)  # paths print whole and as they are
+if not out.is_terminal and "COLUMNS" not in os.environ:
+    out.width = 1 << 16  # piped or redirected: tables as wide as their content, never a value cut to "…"
 
 StateOpt = typer.Option(None, "--state-dir", envvar="NSBUILD_STATE_DIR",
                         help="Where persisted sandboxes live [default: /run/nsbuild].")
-StrategyOpt = typer.Option("auto", "--strategy", "-s",
+StrategyOpt = typer.Option("auto", "--strategy", "-s", autocompletion=complete_strategy,
                            help="auto, fsmount-namespace (7.1+), open-tree-namespace (7.0+) or unshare.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-def _fail(e: NsbuildError) -> None:
-    raise typer.Exit(e.report())
+def _fail(e: NsbuildError, as_json: bool = False) -> None:
+    raise typer.Exit(e.report(as_json))
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn NsbuildError into one message and its exit code: never a traceback."""
+    """Turn NsbuildError into one message and its exit code: never a traceback. With --json (or
+    plan's --format json) the message is JSON too."""
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json")) or kwargs.get("fmt") == "json"
         try:
             return fn(*args, **kwargs)
         except NsbuildError as e:
-            _fail(e)
+            _fail(e, as_json)
+        except OSError as e:  # nothing said what went wrong: still one message, never a traceback
+            _fail(os_error(e), as_json)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
     return wrapper
@@ -51,6 +59,24 @@ def _load(path: Optional[str]):  # -> Recipe
     from builder.build import default_recipe
 
     return recipe.load(path or default_recipe())
+
+
+def main(args: list[str]) -> None:
+    """Run the typer app. With --json, a command line typer refuses is reported as JSON too."""
+    if "--json" not in args:
+        app(args=args, prog_name="nsbuild")
+        return
+    # click's UsageError, whether typer vendors click or not (BadParameter is public and derives from it)
+    click_usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    try:
+        code = app(args=args, prog_name="nsbuild", standalone_mode=False)
+    except click_usage_error as e:
+        ctx = getattr(e, "ctx", None)
+        sys.exit(UsageError(e.format_message(), f"see `{ctx.command_path if ctx else 'nsbuild'} --help`")
+                 .report(as_json=True))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.command()
@@ -78,7 +104,8 @@ def build(
 @app.command(context_settings={"allow_interspersed_args": False})
 @handled
 def run(
-    target: str = typer.Argument(..., help="Name of a persisted sandbox, or a recipe file (ephemeral)."),
+    target: str = typer.Argument(..., help="Name of a persisted sandbox, or a recipe file (ephemeral).",
+                                 autocompletion=complete_target),
     command: Optional[List[str]] = typer.Argument(None, help="Command to run [default: [run] command]."),
     state_dir: Optional[str] = StateOpt,
     strategy: str = StrategyOpt,
@@ -108,7 +135,7 @@ def run(
 def plan(
     recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
     strategy: str = StrategyOpt,
-    fmt: str = typer.Option("table", "--format", "-f", help="table, strace or json."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, strace or json.", autocompletion=complete_format),
     as_json: bool = JsonOpt,
     state_dir: Optional[str] = StateOpt,
 ) -> None:
@@ -147,6 +174,7 @@ def plan(
 def check(
     recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Check that [run]'s command starts in RECIPE's tree: program, #! and ELF interpreters, libraries,
     architecture. Image layers are mounted detached (needs root); nothing is attached anywhere."""
@@ -154,14 +182,17 @@ def check(
     from builder.build import features_for, resolve_layers
     from builder.errors import RecipeError
 
-    progress.QUIET = quiet
+    progress.QUIET = quiet or as_json
     r = _load(recipe)
     if any(layer.kind == "image" for layer in r.layers):
-        need_root()
+        need_root("checking a recipe with image layers (they are mounted to be read)")
     r = resolve_layers(r)
     found = preflight.problems(r, features_for(r))
     if found:
         raise RecipeError(r.file, found)
+    if as_json:
+        print(json.dumps({"file": r.file, "ok": True, "command": list(r.run.command)}, indent=2))
+        return
     print(f"{r.file}: ok: {r.run.command[0]} starts in the tree (program, interpreters, libraries)")
 
 
@@ -170,12 +201,16 @@ def check(
 def lock(
     recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Write RECIPE.lock: the digest of every input, for `nsbuild build --locked`."""
     from builder import lock as lk, progress
 
-    progress.QUIET = quiet
+    progress.QUIET = quiet or as_json
     path = lk.write(_load(recipe))
+    if as_json:
+        print(json.dumps({"lock": path}, indent=2))
+        return
     out.print(f"wrote {path}")
 
 
@@ -190,15 +225,20 @@ def gc(
 
     store = Store(store_dir())
     if not dry_run:
-        need_root()
-    removed = store.gc(dry_run)
+        need_root("removing store entries")
+    try:
+        removed = store.gc(dry_run)
+    except PermissionError as e:
+        from builder.build import store_error
+
+        raise store_error(e) from None
     if as_json:
         print(json.dumps({"store": store.path, "dry_run": dry_run, "removed": removed}, indent=2))
         return
     verb = "would remove" if dry_run else "removed"
     for path in removed:
         out.print(f"{verb} {path}")
-    out.print(f"{len(removed)} entries {verb} from {store.path}")
+    out.print(f"{verb} {len(removed)} {'entry' if len(removed) == 1 else 'entries'} from {store.path}")
 
 
 @app.command("ls")
@@ -236,24 +276,53 @@ def list_(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
 @app.command()
 @handled
 def rm(
-    names: List[str] = typer.Argument(..., help="Sandboxes to remove."),
+    names: Optional[List[str]] = typer.Argument(None, help="Sandboxes to remove.", autocompletion=complete_name),
     state_dir: Optional[str] = StateOpt,
+    all_: bool = typer.Option(False, "--all", help="Remove every sandbox, then release the state directory "
+                              "(its own mount and the template namespace): the host as before the first build."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Remove sandboxes: unmount the namespace file, delete the metadata (idempotent)."""
     from builder.recipe import NAME_RE
     from builder.state import StateDir, state_dir as resolve
 
     sd = StateDir(resolve(state_dir))
+    if all_ == bool(names):
+        raise UsageError("give sandbox names or --all" if not all_ else "--all takes no sandbox names",
+                         "e.g. `nsbuild rm dev`, or `nsbuild rm --all`")
+    if all_:
+        return _rm_all(sd, as_json)
     for name in names:
         if not NAME_RE.match(name):
-            raise UsageError(f"'{name}' is not a sandbox name")
-    if not os.path.isdir(sd.path):
-        for name in names:
-            out.print(f"{name}: not found")
+            raise UsageError(f"'{name}' is not a sandbox name",
+                             "names are lower-case letters, digits, '.', '_', '-'; see `nsbuild ls`")
+    if os.path.isdir(sd.path):
+        need_root("removing a sandbox")
+    results = {name: os.path.isdir(sd.path) and sd.remove(name) for name in names}
+    if as_json:
+        print(json.dumps({"removed": [n for n, r in results.items() if r],
+                          "not_found": [n for n, r in results.items() if not r]}, indent=2))
         return
-    need_root()
-    for name in names:
-        out.print(f"{name}: {'removed' if sd.remove(name) else 'not found'}")
+    for name, removed in results.items():
+        out.print(f"{name}: {'removed' if removed else 'not found'}")
+
+
+def _rm_all(sd, as_json: bool) -> None:  # sd: StateDir
+    if not os.path.isdir(sd.path):
+        if as_json:
+            print(json.dumps({"removed": [], "released": None, "kept_directory": False}, indent=2))
+        else:
+            out.print(f"nothing to remove: {sd.path} does not exist")
+        return
+    need_root("removing sandboxes")
+    removed, gone = sd.release()
+    if as_json:
+        print(json.dumps({"removed": removed, "released": sd.path, "kept_directory": not gone}, indent=2))
+        return
+    for name in removed:
+        out.print(f"{name}: removed")
+    out.print(f"released {sd.path}" if gone else
+              f"released {sd.path} (kept the directory: it holds files that are not nsbuild's)")
 
 
 def _libseccomp() -> str:

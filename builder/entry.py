@@ -114,12 +114,15 @@ def parse_run(args: list[str]) -> dict[str, object] | None:
 
 
 def _lean(command: Callable[..., None], params: dict[str, object]) -> None:
-    from builder.errors import NsbuildError
+    from builder.errors import NsbuildError, os_error
 
+    as_json = bool(params.get("as_json"))
     try:
         command(**params)
     except NsbuildError as e:
-        sys.exit(e.report())
+        sys.exit(e.report(as_json))
+    except OSError as e:  # nothing said what went wrong: still one message, never a traceback
+        sys.exit(os_error(e).report(as_json))
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -136,9 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         from builder.build import build_command
 
         return _lean(build_command, params)
-    from builder.cli import app
+    from builder.cli import main as typer_main
 
-    app(args=args, prog_name="nsbuild")
+    typer_main(args)
 
 
 if __name__ == "__main__":

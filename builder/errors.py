@@ -16,12 +16,21 @@ class NsbuildError(Exception):
         super().__init__(message)
         self.hint = hint
 
-    def report(self) -> int:
-        """Print the message (and hint) on stderr; return the exit code."""
+    def report(self, as_json: bool = False) -> int:
+        """Print the message (and hint) on stderr, or as_json one JSON object on stdout (where the
+        command's --json output would have gone); return the exit code."""
+        if as_json:
+            import json
+
+            print(json.dumps(self.as_dict(), indent=2))
+            return self.exit_code
         print(f"nsbuild: error: {self}", file=sys.stderr)
         if self.hint:
             print(f"hint: {self.hint}", file=sys.stderr)
         return self.exit_code
+
+    def as_dict(self) -> dict[str, object]:
+        return {"error": str(self), "hint": self.hint, "key": None, "exit_code": self.exit_code}
 
 
 class UsageError(NsbuildError):
@@ -51,6 +60,25 @@ class Problem:
         return f"{text} ({self.hint})" if self.hint else text
 
 
+def os_error(e: OSError) -> NsbuildError:
+    """One message for an OSError that no code path turned into one, mostly a user who is not root
+    meeting root's files (the state directory, the content store): the file, the reason, what to do."""
+    import errno
+    import os
+
+    if getattr(e, "filename", None):
+        message = f"cannot use {e.filename}: {e.strerror or e}"
+    else:
+        message = f"{e.strerror or e}"
+    hint = ""
+    if e.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        hint = ("it belongs to root: run nsbuild as root (sudo), or point --state-dir (NSBUILD_STATE_DIR) "
+                "and NSBUILD_STORE at directories of your own")
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "check the file's permissions and the mount it is on"
+    return NsbuildError(message, hint)
+
+
 class RecipeError(NsbuildError):
     """Every problem found in one recipe, reported together."""
 
@@ -60,6 +88,11 @@ class RecipeError(NsbuildError):
         self.file = file
         self.problems = problems
         super().__init__("\n".join(p.render(file) for p in problems))
+
+    def as_dict(self) -> dict[str, object]:
+        first = self.problems[0] if self.problems else Problem("", "")
+        return dict(super().as_dict(), key=first.key or None, hint=self.hint or first.hint, file=self.file,
+                    problems=[{"key": p.key or None, "message": p.message, "hint": p.hint} for p in self.problems])
 
 
 class BuildError(NsbuildError):

@@ -315,9 +315,28 @@ def _ioctl(r: _Run, fd: int, request: str, *args: object) -> int | None:
     raise ValueError(f"unknown ioctl {request}")
 
 
+def _fsconfig(r: _Run, fd: int, cmd: int, key: str | None, value: str | None, aux: int) -> None:
+    if cmd != sc.FSCONFIG_CMD_CREATE:
+        return sc.fsconfig(fd, cmd, key, value, aux)
+    from builder import kmsg
+
+    log = kmsg.mark()  # overlayfs tells why CMD_CREATE failed only in the kernel log
+    try:
+        sc.fsconfig(fd, cmd, key, value, aux)
+    except sc.SyscallError as e:
+        if not e.kmsg:
+            e.kmsg = "; ".join(kmsg.since(log, "overlayfs:"))
+            log = -1
+        raise
+    finally:
+        if log >= 0:
+            os.close(log)
+    return None
+
+
 CALLS: dict[str, Callable[..., object]] = {  # type: ignore[name-defined]
     "fsopen": lambda r, name, fl: sc.fsopen(name, fl),
-    "fsconfig": lambda r, fd, cmd, key, value, aux: sc.fsconfig(fd, cmd, key, value, aux),
+    "fsconfig": _fsconfig,
     "fsmount": lambda r, fd, fl, attrs: sc.fsmount(fd, fl, attrs),
     "open_tree": lambda r, dfd, path, fl: sc.open_tree(dfd, path, fl),
     "move_mount": lambda r, f, fp, t, tp, fl: sc.move_mount(f, fp, t, tp, fl),
@@ -346,7 +365,8 @@ CALLS: dict[str, Callable[..., object]] = {  # type: ignore[name-defined]
 def _build_error(plan: Plan, failure: StepFailed) -> BuildError:
     step = plan.steps[failure.index]
     err = failure.error
-    where = f"{step.origin} " if step.origin else ""
+    origin = _overlay_key(step, err.kmsg) or step.origin
+    where = f"{origin} " if origin else ""
     message = f"{where}(step {failure.index + 1}, {strace_line(step)}) failed: {err.errname} ({err.strerror})"
     if err.kmsg:
         message += f"; kernel says: {err.kmsg}"
@@ -356,10 +376,25 @@ def _build_error(plan: Plan, failure: StepFailed) -> BuildError:
     return error
 
 
+# overlayfs's words for a problem with the upper directory (its workdir is a sibling of it)
+_UPPER_WORDS = ("upper", "workdir", "conflicting", "overlapping")
+
+
+def _overlay_key(step: Step, kmsg: str) -> str | None:
+    """The recipe key an overlayfs complaint is about: root.upper where it names the upper (or a
+    layer that overlaps it), else None (the step's own origin)."""
+    if step.call == "fsconfig" and kmsg.startswith("overlayfs:") and any(w in kmsg for w in _UPPER_WORDS):
+        return "root.upper"
+    return None
+
+
 def _hint(step: Step, err: sc.SyscallError) -> str:
     name = err.errname
+    if _overlay_key(step, err.kmsg) and ("conflicting" in err.kmsg or "overlapping" in err.kmsg):
+        return ("a layer and the upper directory are the same directory or inside one another (also through "
+                "a bind mount or a symlink): keep the upper outside every layer")
     if step.call == "fsconfig" and name == "EINVAL" and not err.kmsg:
-        return "overlayfs logs its reason to the kernel log only: see `dmesg | tail`"
+        return "overlayfs logs its reason to the kernel log only, which nsbuild cannot read here: see `dmesg | tail`"
     if step.call == "openat" and step.args[1] == "/dev/loop-control" and name == "ENOENT":
         return "image layers need loop devices: load the driver with `modprobe loop`"
     if step.call == "openat2" and name == "ENOENT":

@@ -77,16 +77,25 @@ def write(recipe: Recipe) -> str:
     """Write RECIPE.lock; the store keeps what it names until the lock file goes (`nsbuild gc`)."""
     from builder.store import Store, store_dir
 
+    from builder.build import store_error
+
     path = lock_path(recipe.file)
     store = Store(store_dir())
-    doc = {"version": VERSION, "recipe": os.path.basename(recipe.file), "recipe_sha256": recipe.sha256,
-           "layers": layer_digests(recipe, store), "store": store.entries(store.resolve(recipe, unpack=False))}
+    try:
+        doc = {"version": VERSION, "recipe": os.path.basename(recipe.file), "recipe_sha256": recipe.sha256,
+               "layers": layer_digests(recipe, store), "store": store.entries(store.resolve(recipe, unpack=False))}
+    except PermissionError as e:
+        raise store_error(e) from None
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:
             json.dump(doc, f, indent=2, sort_keys=True)
             f.write("\n")
         os.rename(tmp, path)
+    except PermissionError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}",
+                         "the lock file goes beside the recipe: make its directory writable for you, "
+                         "or lock a copy of the recipe in a directory of yours") from None
     except BaseException:  # also Ctrl-C: no RECIPE.lock.PID.tmp is left beside the recipe
         if os.path.exists(tmp):
             os.unlink(tmp)

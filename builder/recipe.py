@@ -184,6 +184,10 @@ class _Checker:
 
     def sandbox_path(self, value: str, key: str, allow_root: bool = False) -> str | None:
         """An absolute, normalized path inside the sandbox."""
+        problem = _length_problem(value)
+        if problem:
+            self.add(key, problem, "use a shorter path")
+            return None
         if not value.startswith("/"):
             self.add(key, f"'{value}' must be an absolute path inside the sandbox", "start it with '/'")
             return None
@@ -199,6 +203,22 @@ class _Checker:
             self.add(key, "'/' is the root; describe it in [root]")
             return None
         return value
+
+
+PATH_MAX = 4096  # bytes, with the terminating NUL (linux/limits.h)
+NAME_MAX = 255   # bytes per path component
+
+
+def _length_problem(path: str) -> str | None:
+    """Paths the kernel would refuse with ENAMETOOLONG, caught before anything is mounted."""
+    size = len(path.encode())
+    if size >= PATH_MAX:
+        return f"'{_short(path)}' is {size} bytes long; a path has at most {PATH_MAX - 1}"
+    for part in path.split("/"):
+        if len(part.encode()) > NAME_MAX:
+            return f"'{_short(part)}', a part of '{_short(path)}', is {len(part.encode())} bytes long; " \
+                   f"a file name has at most {NAME_MAX}"
+    return None
 
 
 def _toml_type(kind: type) -> str:
@@ -238,11 +258,15 @@ def _attrs(c: _Checker, raw: Any, where: str, defaults: tuple[str, ...]) -> tupl
         return defaults
     chosen: set[str] = set(defaults)
     atimes: list[str] = []
+    given: set[str] = set()
     for i, word in enumerate(raw):
         key = f"{where}.attrs[{i}]"
         if not isinstance(word, str):
             c.add(key, "must be a string")
-        elif word in NEGATIONS:
+            continue
+        if word in NEGATIONS or word in ATTRS:
+            given.add(word)
+        if word in NEGATIONS:
             chosen.discard(NEGATIONS[word])
         elif word in ATTRS:
             chosen.add(word)
@@ -252,6 +276,9 @@ def _attrs(c: _Checker, raw: Any, where: str, defaults: tuple[str, ...]) -> tupl
             close = difflib.get_close_matches(word, ATTRS + tuple(NEGATIONS), n=1)
             c.add(key, f"unknown attribute '{word}'",
                   f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(ATTRS))
+    for lift, word in NEGATIONS.items():
+        if lift in given and word in given:  # else the later one would win silently
+            c.add(f"{where}.attrs", f"conflicting attributes: {word} and {lift}", f"keep one of {word}, {lift}")
     if len(set(atimes)) > 1:
         c.add(f"{where}.attrs", f"conflicting atime attributes: {', '.join(sorted(set(atimes)))}",
               "keep one of noatime, relatime, strictatime")
@@ -442,6 +469,28 @@ def _binaries_layer(c: _Checker, t: dict[str, Any], where: str, base: str, cwd: 
     return Layer(where, "binaries", "", digest, binaries=lists["binaries"], files=lists["files"])
 
 
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "%": 1}
+MAX_SIZE = (1 << 63) - 1  # tmpfs parses the size into 64 bits and wraps silently beyond
+
+
+def _size_problem(size: str) -> str | None:
+    """What is wrong with a tmpfs size, or None."""
+    m = re.fullmatch(r"([0-9]+)([kmgKMG%]?)", size)
+    if not m:
+        return f"'{_short(size)}' is not a tmpfs size"
+    number, unit = int(m.group(1)), m.group(2).lower()
+    if unit == "%":
+        return None if number <= 100 else f"'{size}' is more than 100% of memory"
+    if number * SIZE_UNITS[unit] > MAX_SIZE:
+        return f"'{_short(size)}' is too large (at most 8 EiB)"
+    return None
+
+
+def _short(value: str, limit: int = 40) -> str:
+    """A value as messages quote it: long ones cut, so one error stays one line."""
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+
+
 def _root(c: _Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[Layer]) -> Root:
     t = c.typed(doc, "root", dict, "", {})
     c.keys(t, ("upper", "size", "attrs"), "root")
@@ -449,8 +498,9 @@ def _root(c: _Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[La
     size = c.typed(t, "size", (str, int), "root")
     if size is not None:
         size = str(size)
-        if not re.fullmatch(r"[0-9]+[kmgKMG%]?", size):
-            c.add("root.size", f"'{size}' is not a tmpfs size", 'write e.g. "512m", "2g" or "10%"')
+        problem = _size_problem(size)
+        if problem:
+            c.add("root.size", problem, 'write e.g. "512m", "2g" or "10%"')
     attrs = _attrs(c, t.get("attrs"), "root", DEFAULT_ATTRS["root"])
     upper = upper_raw
     if upper_raw not in ("tmpfs", "none"):
@@ -467,6 +517,8 @@ def _root(c: _Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[La
             c.add("root.upper", "a directory upper needs at least one [[layer]] below it (overlayfs)",
                   'add a [[layer]], or use upper = "tmpfs"')
         for layer in layers:
+            if not layer.path:
+                continue  # a binaries layer: no host directory yet (the store makes one), so no overlap
             if is_under(layer.path, upper) or is_under(upper, layer.path):
                 c.add("root.upper", f"'{upper}' overlaps {layer.origin} ({layer.path})",
                       "overlayfs needs the upper directory outside every layer")
@@ -612,6 +664,9 @@ def _paths(c: _Checker, doc: dict[str, Any], root: Root, mounts: list[Mount]) ->
             c.add(f"{where}.symlink", f"only applies to symlinks, not a {kind}")
         if kind == "symlink" and not link:
             c.add(f"{where}.symlink", "must name the link's target", 'e.g. symlink = "usr/bin"')
+        elif kind == "symlink" and link and len(link.encode()) >= PATH_MAX:
+            c.add(f"{where}.symlink", f"is {len(link.encode())} bytes long; a link target has at most "
+                  f"{PATH_MAX - 1}", "use a shorter target")
         data = (content or "").encode()
         if len(data) > MAX_FILE_CONTENT:
             c.add(f"{where}.content", f"is {len(data)} bytes; at most {MAX_FILE_CONTENT} are allowed",

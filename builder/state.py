@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 DEFAULT_STATE_DIR = "/run/nsbuild"
+_NOT_YOURS = "the state directory is root's (mode 0700): run nsbuild as root (sudo), or use --state-dir"
 
 
 def state_dir(option: str | None = None) -> str:
@@ -158,6 +159,9 @@ class StateDir:
                 meta = json.load(f)
         except FileNotFoundError:
             return None
+        except PermissionError:  # not corrupt, only not ours to read: removing it would be wrong
+            raise NsbuildError(f"cannot read the metadata of sandbox '{name}' ({self.meta_path(name)}): "
+                               "permission denied", _NOT_YOURS) from None
         except (OSError, ValueError) as e:
             raise NsbuildError(f"the metadata of sandbox '{name}' ({self.meta_path(name)}) is unreadable: {e}",
                                f"remove it with `nsbuild rm {name}`") from None
@@ -171,6 +175,9 @@ class StateDir:
             entries = os.listdir(self.path)
         except FileNotFoundError:
             return []
+        except PermissionError:
+            raise NsbuildError(f"cannot read the state directory {self.path}: permission denied",
+                               _NOT_YOURS) from None
         return sorted(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
 
     def recover(self, mounted: set[str] | None = None) -> list[str]:
@@ -301,6 +308,36 @@ class StateDir:
         with self.locked():
             self.report(self.recover())
             return self._remove(name)
+
+    def release(self) -> tuple[list[str], bool]:
+        """`nsbuild rm --all`: remove every sandbox, then give the directory back to the host as it
+        was before the first build: the template namespace and the directory's own bind mount are
+        unmounted, nsbuild's files (.lock, .seccomp, .plans) deleted and the directory removed if that leaves
+        it empty. Returns the sandboxes removed, and whether the directory is gone."""
+        import shutil
+
+        if not os.path.isdir(self.path):
+            return [], True
+        with self.locked():
+            self.report(self.recover())
+            names = self.names()
+            for name in names:
+                self._remove(name)
+            while is_mount_point(self.template_path):
+                sc.umount2(self.template_path, sc.FLAGS["MNT_DETACH"])
+            for entry in (".template.mnt", ".seccomp", ".lock"):
+                try:
+                    os.unlink(os.path.join(self.path, entry))
+                except FileNotFoundError:
+                    pass
+            shutil.rmtree(os.path.join(self.path, ".plans"), ignore_errors=True)
+        while is_mount_point(self.path):  # the self-bind that prepare() made (once, but be thorough)
+            sc.umount2(self.path, sc.FLAGS["MNT_DETACH"])
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            return names, False  # something else lives there: not nsbuild's to delete
+        return names, True
 
     @staticmethod
     def report(cleaned: list[str]) -> None:

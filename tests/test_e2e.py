@@ -14,7 +14,7 @@ import pytest
 
 from builder.features import STRATEGIES, probe, supported
 
-from conftest import RECIPES, needs_root, tally
+from conftest import RECIPES, mountinfo, needs_root, tally
 
 pytestmark = needs_root
 FEATURES = probe()
@@ -234,3 +234,58 @@ def test_doctor(nsbuild) -> None:
                                                                       "open-tree-namespace", "erofs-file"}
     assert report["features"]["erofs_file"] == probe(erofs=True).erofs_file
     assert report["seccomp"] == "yes"  # contained runs need libseccomp (set-up installs libseccomp2)
+
+
+def test_rm_all_gives_the_host_back(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    """After the last sandbox, `rm --all` also unmounts the state dir's self-bind and the template
+    namespace: the mount table and the file system are as before the first build."""
+    before = mountinfo()
+    for name in ("one", "two"):  # unshare: the first build pins the template, the second uses it
+        nsbuild("build", str(RECIPES / "layers.toml"), "-s", "unshare", "--name", name)
+    assert (state_dir / ".template.mnt").exists() and mountinfo() != before
+    nsbuild("run", "one", "--", "true")  # a contained run keeps its seccomp programs there too
+    assert (state_dir / ".seccomp").exists()
+    proc = nsbuild("rm", "--all")
+    assert proc.stdout == f"one: removed\ntwo: removed\nreleased {state_dir}\n" and proc.stderr == ""
+    assert mountinfo() == before and not state_dir.exists()
+    assert nsbuild("rm", "--all").stdout == f"nothing to remove: {state_dir} does not exist\n"
+
+
+def test_rm_all_keeps_what_is_not_nsbuilds(nsbuild, state_dir: Path) -> None:
+    before = mountinfo()
+    nsbuild("build", str(RECIPES / "layers.toml"))
+    (state_dir / "notes.txt").write_text("mine\n")
+    assert nsbuild("rm", "--all").stdout.endswith("(kept the directory: it holds files that are not nsbuild's)\n")
+    assert mountinfo() == before and sorted(p.name for p in state_dir.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("args", [("rm",), ("rm", "--all", "dev")])
+def test_rm_needs_names_or_all(nsbuild, args: tuple[str, ...]) -> None:
+    proc = nsbuild(*args, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("nsbuild: error: ") and "--all" in proc.stderr
+
+
+@pytest.mark.parametrize("strategy", strategies())
+def test_overlay_error_shows_the_kernels_reason_and_the_key(nsbuild, state_dir: Path, tmp_path: Path,
+                                                            strategy: str) -> None:
+    """overlayfs says why CMD_CREATE failed only in the kernel log: nsbuild reads it from /dev/kmsg and
+    names root.upper, not just `root` and "see dmesg". Here a layer is the upper seen through a bind
+    mount, which validation (comparing paths) cannot know."""
+    (tmp_path / "data/upper/etc").mkdir(parents=True)
+    alias = tmp_path / "data/alias"
+    alias.mkdir()
+    subprocess.run(["mount", "--bind", str(tmp_path / "data/upper"), str(alias)], check=True)
+    try:
+        recipe = tmp_path / "ov.toml"
+        recipe.write_text('[sandbox]\nname = "ov"\n[[layer]]\npath = "data/alias"\n[root]\nupper = "data/upper"\n')
+        proc = nsbuild("build", str(recipe), "-s", strategy, check=False)
+    finally:
+        subprocess.run(["umount", str(alias)], check=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("nsbuild: error: root.upper (step ") and "FSCONFIG_CMD_CREATE" in first, first
+    assert first.endswith("failed: ELOOP (Too many levels of symbolic links); kernel says: "
+                          "overlayfs: conflicting lowerdir path"), first
+    assert "keep the upper outside every layer" in proc.stderr and "dmesg" not in proc.stderr
+    assert not state_dir.exists()

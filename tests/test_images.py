@@ -2,7 +2,6 @@
 released after every build, rm and failure."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -18,19 +17,15 @@ from builder.errors import BuildError
 from builder.features import STRATEGIES, probe, supported
 from builder.recipe import load
 
-from conftest import mountinfo, needs_root, open_fds, tally
+from conftest import mountinfo, needs_root, open_fds, own_loops, tally
 
 pytestmark = needs_root
 TOOLS = {"erofs": "mkfs.erofs", "squashfs": "mksquashfs", "ext4": "mkfs.ext4"}
 
 
 def loops() -> set[tuple[str, str]]:
-    """Attached loop devices and their backing files."""
-    found = set()
-    for path in glob.glob("/sys/block/loop*/loop/backing_file"):
-        with open(path) as f:
-            found.add((path.split("/")[3], f.read().strip()))
-    return found
+    """Attached loop devices of this test session and their backing files."""
+    return own_loops()
 
 
 def wait_for_loops(expected: set[tuple[str, str]]) -> set[tuple[str, str]]:

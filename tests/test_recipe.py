@@ -209,3 +209,72 @@ def test_mounts_sorted_parents_first(tmp_path: Path) -> None:
     """)), cwd=str(tmp_path))
     assert [m.target for m in r.mounts] == ["/a", "/a/b", "/a/b/c"]
     assert [m.origin for m in r.mounts] == ["mount[1]", "mount[2]", "mount[0]"]
+
+
+def test_a_directory_upper_goes_with_a_binaries_layer(tmp_path: Path) -> None:
+    # a binaries layer has no host path ("" until the store makes one): it overlaps no upper
+    (tmp_path / "data").mkdir()
+    r = load(str(write(tmp_path, "[[layer]]\nbinaries = ['/bin/sh']\n[root]\nupper = 'data/upper'\n")),
+             cwd=str(tmp_path))
+    assert r.root.upper == str(tmp_path / "data/upper") and r.layers[0].kind == "binaries"
+
+
+def test_a_directory_upper_inside_a_layer_still_overlaps(tmp_path: Path) -> None:
+    (tmp_path / "layer").mkdir()
+    found = problems(tmp_path, "[[layer]]\nbinaries = ['/bin/sh']\n[[layer]]\npath = 'layer'\n"
+                               "[root]\nupper = 'layer/upper'\n")
+    assert [p for p in found if p.startswith("root.upper:")] == [
+        f"root.upper: '{tmp_path}/layer/upper' overlaps layer[1] ({tmp_path}/layer) "
+        "(overlayfs needs the upper directory outside every layer)"]
+
+
+GAPS = [
+    # sizes the kernel would wrap or refuse
+    ("[root]\nsize = '99999999999999999999999999g'\n", "root.size", "too large"),
+    ("[root]\nsize = '9223372036854775808'\n", "root.size", "too large"),
+    ("[root]\nsize = '8589934592g'\n", "root.size", "too large"),
+    ("[root]\nsize = '101%'\n", "root.size", "more than 100%"),
+    # a word and its negation: the later one used to win silently
+    ("[[mount]]\ntarget = '/t'\ntype = 'tmpfs'\nattrs = ['ro', 'rw']\n", "mount[0].attrs", "ro and rw"),
+    ("[[mount]]\ntarget = '/t'\ntype = 'tmpfs'\nattrs = ['exec', 'noexec']\n", "mount[0].attrs", "noexec and exec"),
+    ("[[mount]]\ntarget = '/t'\ntype = 'tmpfs'\nattrs = ['nosuid', 'suid']\n", "mount[0].attrs", "nosuid and suid"),
+    ("[[mount]]\ntarget = '/t'\ntype = 'tmpfs'\nattrs = ['dev', 'nodev']\n", "mount[0].attrs", "nodev and dev"),
+    ("[root]\nattrs = ['suid', 'nosuid']\n", "root.attrs", "nosuid and suid"),
+    # lengths the kernel refuses with ENAMETOOLONG
+    ("[[path]]\npath = '/" + "d/" * 3000 + "x'\n", "path[0].path", "a path has at most 4095"),
+    ("[[path]]\npath = '/" + "n" * 256 + "'\n", "path[0].path", "a file name has at most 255"),
+    ("[[mount]]\ntarget = '/" + "n" * 300 + "'\ntype = 'tmpfs'\n", "mount[0].target", "at most 255"),
+    ("[run]\ncwd = '/" + "d/" * 2100 + "'\n", "run.cwd", "at most 4095"),
+    ("[[path]]\npath = '/l'\nsymlink = '" + "s" * 4096 + "'\n", "path[0].symlink", "at most 4095"),
+]
+
+
+@pytest.mark.parametrize("body,key,fragment", GAPS, ids=[c[1] + ":" + c[2][:20] for c in GAPS])
+def test_validation_gap(tmp_path: Path, body: str, key: str, fragment: str) -> None:
+    found = problems(tmp_path, body)
+    assert any(p.startswith(key + ":") and fragment in p for p in found), found
+    assert all(len(p) < 300 for p in found), found  # a long value is cut, the message stays one line
+
+
+@pytest.mark.parametrize("size", ["0", "9223372036854775807", "8589934591g", "100%", "1%", "512M"])
+def test_sizes_within_range(tmp_path: Path, size: str) -> None:
+    assert load(str(write(tmp_path, f"[root]\nsize = '{size}'\n")), cwd=str(tmp_path)).root.size == size
+
+
+def test_a_word_or_its_negation_alone_is_fine(tmp_path: Path) -> None:
+    r = load(str(write(tmp_path, "[[mount]]\ntarget = '/t'\ntype = 'tmpfs'\nattrs = ['exec', 'ro']\n"
+                                 "[[mount]]\ntarget = '/u'\ntype = 'tmpfs'\nattrs = ['noexec', 'noexec']\n")),
+             cwd=str(tmp_path))
+    assert [m.attrs for m in r.mounts] == [("ro", "nosuid", "nodev"), ("nosuid", "nodev", "noexec")]
+
+
+def test_a_long_path_is_a_bad_recipe_not_a_failed_build(tmp_path: Path) -> None:
+    # it used to pass validation and fail at a plan step with ENAMETOOLONG: exit 1, an 8.6 KB message
+    import subprocess
+
+    from conftest import nsbuild_cmd
+
+    recipe = write(tmp_path, "[[path]]\npath = '/" + "d/" * 3000 + "x'\n")
+    proc = subprocess.run(nsbuild_cmd() + ["plan", str(recipe)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert proc.stderr.startswith(f"nsbuild: error: {recipe}: path[0].path: '/d/d/") and len(proc.stderr) < 300
