@@ -89,8 +89,8 @@ def _enter(nsfd: int, command: list[str], s: dict, cache: str | None) -> None:  
     programs = contain.seccomp_programs(cache)
     contain.enter(nsfd)
     uid, gid, groups, home, name = contain.resolve_user(s.get("user", "root"), "[run] user (or --user)")
-    if uid != 0 and env.get("HOME") == "/root" and home:
-        env["HOME"] = home  # the recipe left HOME at its default: the user's own
+    if uid != 0 and env.get("HOME") == "/root":
+        env["HOME"] = home or "/"  # the recipe left HOME at its default: the user's own (podman: "/")
     if name and uid != 0:
         env.setdefault("USER", name)
         env.setdefault("LOGNAME", name)

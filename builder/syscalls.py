@@ -23,17 +23,28 @@ except ImportError:  # bare checkout: parse the declarations now (~35 ms)
 
 lib = ffi.dlopen(None)
 
-# x86_64 syscall numbers, used where glibc has no wrapper.
-NR = {
-    "pivot_root": 155,
-    "open_tree": 428,
-    "move_mount": 429,
-    "fsopen": 430,
-    "fsconfig": 431,
-    "fsmount": 432,
-    "mount_setattr": 442,
-    "openat2": 437,
+# Syscall numbers, used where glibc has no wrapper. The mount API's (424+) are the same on every
+# architecture; older calls are not, so only architectures listed here get raw syscalls.
+_NUMBERS = {
+    "x86_64": {"pivot_root": 155},
+    "aarch64": {"pivot_root": 41},
 }
+_UNIFIED = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+            "openat2": 437, "mount_setattr": 442}
+MACHINE = os.uname().machine
+NR: dict[str, int] = {**_UNIFIED, **_NUMBERS[MACHINE]} if MACHINE in _NUMBERS else {}
+
+
+def _nr(name: str) -> int:
+    """The number of syscall `name` here; an architecture nsbuild has no table for is refused."""
+    try:
+        return NR[name]
+    except KeyError:
+        from builder.errors import NsbuildError
+
+        raise NsbuildError(f"nsbuild has no syscall numbers for this architecture ({MACHINE}) and cannot "
+                           f"call {name}()", "supported: " + ", ".join(_NUMBERS)) from None
+
 
 # Flag values (KERNEL-NOTES.md, linux/mount.h, linux/openat2.h, sched.h).
 FLAGS: dict[str, int] = {
@@ -138,11 +149,9 @@ def _resolve(name: str) -> Callable[..., int]:
     try:
         return getattr(lib, name)
     except AttributeError:
-        nr = NR[name]
-
         def shim(*args: object) -> int:
             cargs = [ffi.cast("long", a) if isinstance(a, int) else a for a in args]
-            return lib.syscall(nr, *cargs)
+            return lib.syscall(_nr(name), *cargs)
 
         return shim
 
@@ -221,7 +230,7 @@ def mount_setattr(dfd: int, path: str, flag: int, attr_set: int = 0, attr_clr: i
 def openat2(dfd: int, path: str, flag: int, resolve: int, mode: int = 0) -> int:
     how = ffi.new("struct open_how *")
     how.flags, how.mode, how.resolve = flag, mode, resolve
-    res = lib.syscall(NR["openat2"], ffi.cast("int", dfd), ffi.new("char[]", path.encode()), how,
+    res = lib.syscall(_nr("openat2"), ffi.cast("int", dfd), ffi.new("char[]", path.encode()), how,
                       ffi.cast("size_t", ffi.sizeof("struct open_how")))
     return _check(res, "openat2", repr(path))
 
@@ -235,7 +244,7 @@ def setns(fd: int, nstype: int) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    res = lib.syscall(NR["pivot_root"], ffi.new("char[]", new_root.encode()),
+    res = lib.syscall(_nr("pivot_root"), ffi.new("char[]", new_root.encode()),
                       ffi.new("char[]", put_old.encode()))
     _check(res, "pivot_root", f"{new_root!r}, {put_old!r}")
 

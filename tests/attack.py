@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -50,6 +51,11 @@ def must_fail(name: str, fn, expect: int | None = None) -> None:  # type: ignore
     record(name, expect is not None and value != expect, code)
 
 
+def _nsenter(target: str) -> int:
+    """nsenter into every namespace of process `target`: its exit status, 0 if it got in."""
+    return subprocess.run(["nsenter", "-t", target, "-a", "true"], stderr=subprocess.DEVNULL).returncode
+
+
 def read_kcore() -> int:
     with open("/proc/kcore", "rb") as f:
         if f.read(16):
@@ -84,6 +90,8 @@ def main(secret: str, host_pid: int, host_dir: str) -> None:
                 finally:
                     os.close(fd)
             must_fail(f"setns /proc/{pid}/ns/{ns}", enter)
+    for target in ("1", str(host_pid)):  # util-linux, as a user would type it
+        must_fail(f"nsenter -t {target} -a", lambda: _nsenter(target))
     must_fail("unshare(CLONE_NEWUSER)", lambda: syscall("unshare", 0x10000000), EPERM)
     must_fail("unshare(CLONE_NEWNS)", lambda: syscall("unshare", 0x20000), EPERM)
 
