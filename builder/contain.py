@@ -27,6 +27,10 @@ import sys
 from builder import policy, syscalls as sc
 from builder.errors import NsbuildError, UsageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 SHAREABLE = ("pid", "ipc", "uts", "cgroup")
 _NS = {"pid": "CLONE_NEWPID", "ipc": "CLONE_NEWIPC", "uts": "CLONE_NEWUTS", "cgroup": "CLONE_NEWCGROUP"}
 
@@ -38,7 +42,9 @@ MASKED = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", 
 _WAITED = {_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP, _signal.SIGUSR1,
            _signal.SIGUSR2, _signal.SIGWINCH}
 # Python ignores these, and waits for those (blocked): CMD gets the default dispositions
-_DEFAULTED = (_signal.SIGPIPE, _signal.SIGXFSZ, *_WAITED)
+_DEFAULTED = (_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGTTOU, _signal.SIGIO, *_WAITED)
+_OUTER = _WAITED | {_signal.SIGIO}  # nsbuild outside also hears from pid 1 (a stop to relay)
+_TTY_STOPS = (_signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU)
 _SI_KERNEL = 0x80  # si_code of a signal the terminal sent to its foreground group (CMD got it too)
 _RO = ("MOUNT_ATTR_RDONLY", "MOUNT_ATTR_NOSUID", "MOUNT_ATTR_NODEV", "MOUNT_ATTR_NOEXEC")
 
@@ -73,7 +79,9 @@ def seccomp_programs(cache_dir: str | None) -> dict[bool, bytes]:
         try:
             with open(path, "rb") as f:
                 cached = marshal.load(f)
-            if isinstance(cached, tuple) and len(cached) == 2 and cached[0] == key:
+            if (isinstance(cached, tuple) and len(cached) == 2 and cached[0] == key
+                    and isinstance(cached[1], dict) and set(cached[1]) == {False, True}
+                    and all(isinstance(p, bytes) and p and len(p) % 8 == 0 for p in cached[1].values())):
                 return cached[1]
         except (OSError, EOFError, ValueError, TypeError):
             pass
@@ -97,53 +105,104 @@ def seccomp_programs(cache_dir: str | None) -> dict[bool, bytes]:
 # -- the user, read from the sandbox's own files ---------------------------------------------------
 
 def _read_db(path: str) -> list[list[str]]:
-    """/etc/passwd or /etc/group of the sandbox (this process's root is the sandbox's): parsed here,
-    never through NSS, which would load the sandbox's libnss modules into this root process."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    """/etc/passwd or /etc/group of the sandbox (this process's root is the sandbox's), parsed here,
+    never through NSS (which would load the sandbox's libnss modules into this root process).
+
+    Resolved in the sandbox's root without magic links (its /proc shows the host's processes, whose
+    /proc/PID/root leads to the host), opened O_PATH first and read only if it is a regular file:
+    a device node is never opened. The reopen goes through the host's /proc, held from before setns."""
+    if _HOST_PROC is None:
         return []
     try:
-        if not (os.fstat(fd).st_mode & 0o170000 == 0o100000):  # a FIFO or a device: not a database
-            return []
-        data = os.read(fd, 1 << 20)
-    finally:
-        os.close(fd)
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = sc.openat2(root, path.lstrip("/"), os.O_PATH | os.O_CLOEXEC,
+                            sc.flags(("RESOLVE_IN_ROOT", "RESOLVE_NO_MAGICLINKS")))
+        finally:
+            os.close(root)
+        try:
+            if os.fstat(fd).st_mode & 0o170000 != 0o100000:
+                return []
+            data_fd = os.open(f"self/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=_HOST_PROC)
+        finally:
+            os.close(fd)
+        try:
+            data = os.read(data_fd, 1 << 20)
+        finally:
+            os.close(data_fd)
+    except OSError:
+        return []
     return [line.split(":") for line in data.decode(errors="replace").splitlines()
             if line and not line.startswith("#")]
 
 
+def _id(text: str) -> int | None:
+    """A uid or gid as written in a passwd or group file; None unless plain ASCII digits in range
+    (str.isdigit() takes "²", which int() refuses)."""
+    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) < 0xFFFFFFFF:
+        return int(text)
+    return None
+
+
 def resolve_user(user: str, where: str) -> tuple[int, int, list[int], str | None, str | None]:
-    """'root', a NAME of the sandbox's /etc/passwd or 'UID[:GID]' -> uid, gid, groups, home, name."""
-    passwd = _read_db("/etc/passwd")
-    uid_text, _, gid_text = user.partition(":")
-    if uid_text.isdigit() and (not gid_text or gid_text.isdigit()):
-        uid = int(uid_text)
-        entry = next((e for e in passwd if len(e) >= 7 and e[2] == uid_text), None)
-        gid = int(gid_text) if gid_text else int(entry[3]) if entry and entry[3].isdigit() else uid
-        name, home = (entry[0], entry[5]) if entry else (None, None)
+    """'root', a NAME of the sandbox's /etc/passwd or 'UID[:GID]' -> uid, gid, groups, home, name.
+    Total: the sandbox's files are hostile input, and nothing after setns may raise unplanned."""
+    passwd = [e for e in _read_db("/etc/passwd") if len(e) >= 7 and _id(e[2]) is not None
+              and _id(e[3]) is not None]
+    uid_text, colon, gid_text = user.partition(":")
+    uid_given, gid_given = _id(uid_text), _id(gid_text)
+    if uid_given is not None and (not colon or gid_given is not None):
+        entry = next((e for e in passwd if _id(e[2]) == uid_given), None)
+        gid = gid_given if gid_given is not None else _id(entry[3]) if entry else uid_given
+        uid, name, home = uid_given, entry[0] if entry else None, entry[5] if entry else None
     else:
-        entry = next((e for e in passwd if len(e) >= 7 and e[0] == user), None)
-        if entry is None or not (entry[2].isdigit() and entry[3].isdigit()):
+        entry = next((e for e in passwd if e[0] == user), None)
+        if entry is None:
             if user == "root":
                 return 0, 0, [0], "/root", "root"
             raise UsageError(f"{where}: no user '{user}' in the sandbox's /etc/passwd",
                              "name a user the sandbox has, or give UID[:GID]")
-        uid, gid, name, home = int(entry[2]), int(entry[3]), entry[0], entry[5]
+        uid, gid, name, home = _id(entry[2]), _id(entry[3]), entry[0], entry[5]
     groups = [gid]
     if name:
         for e in _read_db("/etc/group"):
-            if len(e) >= 4 and e[2].isdigit() and name in e[3].split(",") and int(e[2]) not in groups:
-                groups.append(int(e[2]))
-    return uid, gid, groups, home, name
+            group = _id(e[2]) if len(e) >= 4 else None
+            if group is not None and name in e[3].split(",") and group not in groups and len(groups) < 65536:
+                groups.append(group)
+    return uid, gid, groups, home, name  # type: ignore[return-value]
 
 
 # -- outside: nsbuild itself -----------------------------------------------------------------------
 
+_HOST_PROC: int | None = None  # the host's /proc, between enter() and run(): see _read_db
+
+
 def enter(nsfd: int) -> None:
-    """setns into a sandbox (seccomp_programs() first: from here on the host's files are out of reach)."""
+    """setns into a sandbox (seccomp_programs() first: from here on the host's files are out of reach).
+
+    From here on this process must not import, and no exception may reach Python's traceback
+    printer: both would read files (modules, source lines, `# coding:` codecs) at the host's paths,
+    which now name the sandbox's files. guarded() ends the process instead."""
+    global _HOST_PROC
+    sys.path[:] = []  # an import that slips through finds nothing instead of the sandbox's modules
+    sys.excepthook = lambda *_: None
+    _HOST_PROC = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     sc.setns(nsfd, sc.FLAGS["CLONE_NEWNS"])
     os.close(nsfd)
+
+
+def guarded(fn: Callable[[], None]) -> None:
+    """Run fn() inside the sandbox: an NsbuildError is reported, anything else ends the process
+    with a fixed message (no traceback: see enter()); never returns."""
+    try:
+        fn()
+        code = 0
+    except NsbuildError as e:
+        code = e.report()
+    except BaseException as e:  # noqa: BLE001 - the message names the type only
+        os.write(2, f"nsbuild: error: the run failed inside the sandbox ({type(e).__name__})\n".encode())
+        code = 1
+    os._exit(code)
 
 
 def run(spec: Spec) -> None:
@@ -157,6 +216,10 @@ def run(spec: Spec) -> None:
             flags |= sc.FLAGS[flag]
     if spec.network == "none":
         flags |= sc.FLAGS["CLONE_NEWNET"]
+    global _HOST_PROC
+    if _HOST_PROC is not None:
+        os.close(_HOST_PROC)
+        _HOST_PROC = None
     sc.unshare(flags)  # the mount namespace copied here is this run's own
     if "uts" not in spec.share:
         sc.sethostname(spec.hostname)
@@ -167,11 +230,30 @@ def run(spec: Spec) -> None:
     if "pid" in spec.share:  # no PID namespace, so no init: this process becomes CMD
         _mask()
         _exec(spec)
-    _signal.pthread_sigmask(_signal.SIG_BLOCK, _WAITED)  # before fork: no signal is lost in between
+    # CMD gets a process group of its own, so kill(0, ...) inside reaches no host process (the
+    # caller's group holds nsbuild, pipeline neighbours, a script's shell); a terminal that nsbuild
+    # has in the foreground is handed to that group, and CMD's stops are relayed (Ctrl-Z), as sudo does
+    tty = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, _OUTER)  # before fork: no signal is lost in between
     pid = os.fork()
     if pid == 0:
-        _init(spec)
-    os._exit(_wait(pid, init=False))
+        ours.close()
+        guarded(lambda: _init(spec, theirs))  # never unwinds into the caller's frames
+    theirs.close()
+    try:
+        os.setpgid(pid, pid)  # here too, so the group exists before the terminal is handed over
+    except OSError:
+        pass  # it did it first
+    if tty:
+        _signal.signal(_signal.SIGTTOU, _signal.SIG_IGN)  # a background group may set the terminal
+        os.tcsetpgrp(0, pid)
+        fcntl.fcntl(ours.fileno(), fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(ours.fileno(), fcntl.F_SETFL, os.O_ASYNC | os.O_NONBLOCK)  # SIGIO when pid 1 writes
+    code = _wait(pid, init=False, relay=(ours, pid) if tty else None)
+    if tty:
+        os.tcsetpgrp(0, os.getpgrp())
+    os._exit(code)
 
 
 def _loopback_up() -> None:
@@ -183,33 +265,65 @@ def _loopback_up() -> None:
         s.close()
 
 
-def _wait(child: int, init: bool) -> int:
+def _wait(child: int, init: bool, relay: tuple[_socket.socket, int] | None = None,
+          stopped: _socket.socket | None = None) -> int:
     """Wait for `child` and return its exit status (128+N if signal N killed it), forwarding the
-    signals sent to this process; as init, also reap every orphan of the PID namespace."""
+    signals sent to this process (not those the terminal sent: CMD's group had them too). As init,
+    also reap every orphan of the PID namespace, and tell `stopped` when CMD stops. Outside, with
+    `relay` (the socket from pid 1, its group), stop with CMD and hand it the terminal again after."""
+    waited = _OUTER if relay else _WAITED
     while True:
         while True:
             try:
-                pid, status = os.waitpid(-1 if init else child, os.WNOHANG)
+                pid, status = os.waitpid(-1 if init else child, os.WNOHANG | os.WUNTRACED)
             except ChildProcessError:
                 return 1
             if pid == 0:
                 break
+            if pid == child and os.WIFSTOPPED(status):
+                if stopped is not None and os.WSTOPSIG(status) in _TTY_STOPS:
+                    try:
+                        stopped.send(b"z")
+                    except OSError:
+                        pass
+                continue
             if pid == child:
                 code = os.waitstatus_to_exitcode(status)
                 return 128 - code if code < 0 else code
-        info = _signal.sigwaitinfo(_WAITED)
-        if info.si_signo != _signal.SIGCHLD and info.si_code != _SI_KERNEL:
+        info = _signal.sigwaitinfo(waited)
+        if info.si_signo == _signal.SIGIO and relay:
+            _relay_stop(*relay)
+        elif info.si_signo not in (_signal.SIGCHLD, _signal.SIGIO) and info.si_code != _SI_KERNEL:
             try:
                 os.kill(child, info.si_signo)
             except ProcessLookupError:
                 pass
 
 
+def _relay_stop(sock: _socket.socket, group: int) -> None:
+    """CMD stopped at the terminal (Ctrl-Z): give the terminal back and stop too, so the caller's
+    shell has its job control; once continued (fg), hand the terminal to CMD and continue it."""
+    try:
+        if not sock.recv(64):
+            return
+    except BlockingIOError:
+        return
+    os.tcsetpgrp(0, os.getpgrp())
+    os.kill(os.getpid(), _signal.SIGTSTP)  # not blocked: stops here until the shell continues us
+    os.tcsetpgrp(0, group)
+    try:
+        os.killpg(group, _signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
 # -- pid 1 -------------------------------------------------------------------------------------------
 
-def _init(spec: Spec) -> None:  # pragma: no cover - runs forked; its exit status is CMD's
+def _init(spec: Spec, outer: _socket.socket) -> None:  # pragma: no cover - runs forked
+    """pid 1: exits with CMD's status. `outer` is the socket to nsbuild outside."""
+    os.setpgid(0, 0)
+    _alive(outer)
     try:
-        sc.prctl(sc.PR_SET_PDEATHSIG, _signal.SIGKILL)  # nsbuild killed: the run goes with it
         _own_proc()
         _mask()
     except OSError as e:
@@ -217,10 +331,21 @@ def _init(spec: Spec) -> None:  # pragma: no cover - runs forked; its exit statu
         os._exit(1)
     # pid 1 takes CMD's privileges before it starts CMD: nothing in the PID namespace keeps more,
     # and CMD is spawned (vfork and exec), not forked, so it costs no copy of this process
-    _lock_down(spec)
-    sc.prctl(sc.PR_SET_PDEATHSIG, _signal.SIGKILL)  # again: a change of user cleared it
+    _lock_down(spec, keep=outer.fileno())
+    _alive(outer)  # again: a change of user cleared the death signal
     sc.prctl(sc.PR_SET_DUMPABLE, 0)  # CMD (the same user) may not ptrace pid 1 or read its fds
-    os._exit(_wait(spawn_command(spec.argv, spec.env, _DEFAULTED), init=True))
+    os._exit(_wait(spawn_command(spec.argv, spec.env, _DEFAULTED), init=True, stopped=outer))
+
+
+def _alive(outer: _socket.socket) -> None:
+    """Die with nsbuild: PDEATHSIG, and a check for a death before it was set (EOF on the socket)."""
+    sc.prctl(sc.PR_SET_PDEATHSIG, _signal.SIGKILL)
+    outer.setblocking(False)
+    try:
+        if not outer.recv(1):
+            os._exit(1)
+    except BlockingIOError:
+        pass
 
 
 def _own_proc() -> None:
@@ -306,10 +431,10 @@ def _exec(spec: Spec) -> None:  # pragma: no cover - the last act of nsbuild (--
     exec_command(spec.argv, spec.env)
 
 
-def _lock_down(spec: Spec) -> None:
+def _lock_down(spec: Spec, keep: int = -1) -> None:
     """Become the run's user with its capabilities and lock privileges down; exit on failure."""
     try:
-        _become(spec)
+        _become(spec, keep)
     except OSError as e:
         print(f"nsbuild: error: cannot drop privileges for the run: {e}", file=sys.stderr)
         os._exit(1)
@@ -317,7 +442,7 @@ def _lock_down(spec: Spec) -> None:
         os._exit(e.report())
 
 
-def _become(spec: Spec) -> None:
+def _become(spec: Spec, keep: int = -1) -> None:
     caps = spec.caps
     for cap in range(64):  # the bounding set: what no exec can give back (also capabilities newer than ours)
         if not caps >> cap & 1:
@@ -341,7 +466,12 @@ def _become(spec: Spec) -> None:
     except OSError as e:
         raise NsbuildError(f"cannot change to {spec.cwd} inside the sandbox: {e.strerror}",
                            "set [run] cwd (or --cwd) to a directory that exists") from None
-    os.closerange(3, 1 << 20)  # fds inherited from the caller would be doors to the host
+    # fds inherited from the caller would be doors to the host (close_range: however high they are)
+    if keep >= 3:
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 2**31 - 1)
+    else:
+        os.closerange(3, 2**31 - 1)
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     sc.seccomp_install(spec.seccomp)
 

@@ -77,17 +77,25 @@ def _enter(nsfd: int, command: list[str], s: dict, cache: str | None) -> None:  
     env = _env(s["env"])
     sys.stdout.flush()
     sys.stderr.flush()
-    if not s.get("contained", True):  # today's behaviour: the mount namespace only, as full root
-        sc.setns(nsfd, sc.FLAGS["CLONE_NEWNS"])
-        os.close(nsfd)
-        try:
-            os.chdir(s["cwd"])
-        except OSError as e:
-            raise NsbuildError(f"cannot change to {s['cwd']} inside the sandbox: {e.strerror}",
-                               "set [run] cwd (or --cwd) to a directory that exists") from None
-        contain.exec_command(command, env)
+    if not s.get("contained", True):  # the mount namespace only, as full root (what nsenter does)
+        contain.enter(nsfd)
+        contain.guarded(lambda: _unconfined(command, env, s["cwd"]))
     programs = contain.seccomp_programs(cache)
     contain.enter(nsfd)
+    contain.guarded(lambda: _contained(command, env, s, programs))
+
+
+def _unconfined(command: list[str], env: dict[str, str], cwd: str) -> None:
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise NsbuildError(f"cannot change to {cwd} inside the sandbox: {e.strerror}",
+                           "set [run] cwd (or --cwd) to a directory that exists") from None
+    contain.exec_command(command, env)
+
+
+def _contained(command: list[str], env: dict[str, str], s: dict, programs: dict[bool, bytes]) -> None:  # type: ignore[type-arg]
+    """Inside the sandbox's namespace (contain.enter): settle who CMD runs as, then contain.run."""
     uid, gid, groups, home, name = contain.resolve_user(s.get("user", "root"), "[run] user (or --user)")
     if uid != 0 and env.get("HOME") == "/root":
         env["HOME"] = home or "/"  # the recipe left HOME at its default: the user's own (podman: "/")

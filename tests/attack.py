@@ -22,7 +22,7 @@ NR = {"open_by_handle_at": 304, "init_module": 175, "finit_module": 313, "delete
       "reboot": 169, "kexec_load": 246, "kexec_file_load": 320, "fsopen": 430, "open_tree": 428,
       "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "keyctl": 250, "add_key": 248,
       "request_key": 249, "swapon": 167, "swapoff": 168, "unshare": 272, "setns": 308, "mount": 165,
-      "ptrace": 101}
+      "ptrace": 101, "io_uring_setup": 425}
 EPERM = errno.EPERM
 results: dict[str, str] = {}
 
@@ -125,6 +125,7 @@ def main(secret: str, host_pid: int, host_dir: str) -> None:
     must_fail("kexec_file_load", lambda: syscall("kexec_file_load", -1, -1, 0, 0, 0), EPERM)
     for name in ("bpf", "userfaultfd", "keyctl", "add_key", "request_key", "swapoff"):
         must_fail(name, lambda: syscall(name, 0, 0, 0), EPERM)
+    must_fail("io_uring_setup", lambda: syscall("io_uring_setup", 8, 0), EPERM)
     must_fail("perf_event_open", lambda: syscall("perf_event_open", 0, 0, -1, -1, 0), EPERM)
 
     # kernel knobs

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -234,3 +235,81 @@ def test_an_ephemeral_run_is_contained_too(nsbuild, tmp_path: Path) -> None:
     out = nsbuild("run", str(recipe), "--", "sh", "-c", "hostname; ls /proc | grep -c '^[0-9]'; "
                   "grep CapEff /proc/self/status").stdout.splitlines()
     assert out[0] == "eph" and int(out[1]) <= 4 and cap_eff(out[2]) == policy.capabilities(0, ())
+
+
+def test_cmd_cannot_signal_the_callers_process_group(nsbuild, tmp_path: Path) -> None:
+    """kill(0, SIGKILL) from CMD reaches its own group only, not the script that ran nsbuild."""
+    build(nsbuild, tmp_path)
+    cmd = " ".join(nsbuild_cmd())
+    script = (f"sleep 60 & echo $!; {cmd} run dev -- python3 -c 'import os, signal; os.kill(0, signal.SIGKILL)'; "
+              "echo rc=$?; kill -0 $! && echo neighbour-alive; kill $!")
+    proc = subprocess.run(["setsid", "sh", "-c", script], env=nsbuild.env, cwd=tmp_path / "cwd",  # type: ignore[attr-defined]
+                          capture_output=True, text=True, timeout=60)
+    assert "rc=137" in proc.stdout and "neighbour-alive" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_hostile_passwd_and_group_files(nsbuild, tmp_path: Path) -> None:
+    """The sandbox's /etc/passwd and /etc/group are read by nsbuild as root: bad numbers, huge ids and
+    symlinks into the host (through /proc/PID/root) give no traceback and nothing from the host."""
+    build(nsbuild, tmp_path)
+    host_only = tmp_path / "host-passwd"
+    host_only.write_text("evil:x:1234:1234:evil:/LEAKED-FROM-HOST:/bin/sh\n")
+
+    def inside(script: str) -> None:
+        nsbuild("run", "dev", "--", "sh", "-c", script)  # root CMD writes the tmpfs upper all runs share
+
+    inside("printf 'root:x:0:\\302\\262:root:/root:/bin/sh\\n' > /etc/passwd")  # gid "²": isdigit() but not int()
+    proc = nsbuild("run", "dev", "--", "id", "-u", check=False)
+    assert proc.returncode == 0 and proc.stdout == "0\n" and "Traceback" not in proc.stderr, proc.stderr
+    inside("echo 'evil:x:1234:99999999999:e:/:/bin/sh' > /etc/passwd")  # a gid setgroups would refuse
+    proc = nsbuild("run", "--user", "evil", "dev", "--", "id", "-u", check=False)
+    assert proc.returncode == 2 and "no user 'evil'" in proc.stderr and "Traceback" not in proc.stderr
+    inside(f"rm /etc/passwd; ln -s /proc/2/root{host_only} /etc/passwd; ln -sf /proc/2/root/dev/loop-control "
+           "/etc/group")
+    proc = nsbuild("run", "--user", "evil", "dev", "--", "sh", "-c", "id -u; echo $HOME", check=False)
+    assert proc.returncode == 2 and "LEAKED" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert nsbuild("run", "dev", "--", "id", "-u").stdout == "0\n"
+    tally("hostile passwd/group files read without harm", 4)
+
+
+def test_ctrl_z_stops_and_fg_continues_through_a_terminal(nsbuild, tmp_path: Path) -> None:
+    """Job control at a terminal: CMD's process group gets the terminal; Ctrl-Z stops CMD and
+    nsbuild, so the shell gets the terminal back; fg continues both. Driven through a real pty."""
+    import pty
+
+    build(nsbuild, tmp_path)
+    env = dict(nsbuild.env, PS1="$ ", TERM="dumb")  # type: ignore[attr-defined]
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the shell on the pty
+        os.chdir(tmp_path / "cwd")
+        os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+    seen = b""
+
+    def expect(marker: bytes) -> None:
+        nonlocal seen
+        for _ in range(3000):  # polled, ~30 s at most
+            r, _, _ = select.select([fd], [], [], 0.01)
+            if r:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+            if marker in seen:
+                seen = seen[seen.index(marker) + len(marker):]
+                return
+        pytest.fail(f"no {marker!r} on the terminal; last output: {seen[-500:]!r}")
+
+    try:
+        expect(b"$ ")
+        os.write(fd, f"{' '.join(nsbuild_cmd())} run dev -- sh -c 'echo re\"\"ady; read x; echo g\"\"ot=$x'\n".encode())
+        expect(b"ready")  # (the echoed command line says re""ady)
+        os.write(fd, b"\x1a")  # Ctrl-Z
+        expect(b"Stopped")
+        os.write(fd, b"fg\n")
+        expect(b"run dev")  # bash echoes the job it continues
+        os.write(fd, b"hello\n")
+        expect(b"got=hello")
+        os.write(fd, b"exit\n")
+    finally:
+        os.close(fd)
+        os.waitpid(pid, 0)
