@@ -379,7 +379,7 @@ def _layers(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer
         if kind in ("archive", "image"):
             if not os.path.isfile(host):
                 c.add(f"{where}.{kind}", f"'{value}' ({host}) is not a file", f"{kind} paths are relative to the "
-                      "recipe file" + ("; tar, tar.gz, tar.xz and tar.bz2 are read" if kind == "archive" else ""))
+                      "recipe file" + ("; tar, tar.gz, tar.xz, tar.bz2 and tar.zst are read" if kind == "archive" else ""))
                 continue
             if kind == "archive":
                 layers.append(Layer(where, "archive", host, digest, devices))

@@ -118,12 +118,23 @@ def _check_pin(recipe: Recipe, layer: Layer, digest: str) -> None:
 
 
 def _untar(layer: Layer, dest: str) -> None:
+    """Unpack an archive: tarfile finds plain, gz, xz and bz2 by their magic; zstd (which tarfile
+    does not know) is read as a stream through the zstandard binding."""
     size = os.stat(layer.path).st_size
     with open(layer.path, "rb") as raw, \
-            progress.bar(f"unpacking {os.path.basename(layer.path)}", size) as advance, \
-            tarfile.open(fileobj=progress.CountingReader(raw, advance), mode="r:*") as tar:  # type: ignore
-        xattrs = Xattrs()
-        tar.extractall(dest, numeric_owner=True, filter=_layer_filter(layer.devices, xattrs))
+            progress.bar(f"unpacking {os.path.basename(layer.path)}", size) as advance:
+        counted = progress.CountingReader(raw, advance)
+        is_zstd = raw.read(4) == b"\x28\xb5\x2f\xfd"  # zstd.MAGIC, without importing the binding
+        raw.seek(0)
+        if is_zstd:
+            from builder import zstd
+
+            tar = tarfile.open(fileobj=zstd.reader(counted), mode="r|")  # type: ignore[arg-type]
+        else:
+            tar = tarfile.open(fileobj=counted, mode="r:*")  # type: ignore[arg-type]
+        with tar:
+            xattrs = Xattrs()
+            tar.extractall(dest, numeric_owner=True, filter=_layer_filter(layer.devices, xattrs))
     xattrs.apply(dest)
 
 
