@@ -73,7 +73,10 @@ def lookup(state: StateDir, recipe_path: str, k: tuple) -> tuple[Plan, dict] | N
 
 
 def cacheable(recipe: Recipe) -> bool:
-    return all(layer.kind != "binaries" for layer in recipe.layers)
+    """Not binaries layers (see above), nor registry layers named by tag: a tag can move, so each build
+    asks the registry for the manifest (one named by digest cannot)."""
+    return all(layer.kind != "binaries" and not (layer.path.startswith("docker://") and "@sha256:" not in layer.path)
+               for layer in recipe.layers)
 
 
 def _inputs(recipe: Recipe) -> list[str]:

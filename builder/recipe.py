@@ -375,6 +375,16 @@ def _layers(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer
         value = c.typed(t, kind, str, where)
         if value is None:
             continue
+        if kind == "oci" and value.startswith("docker://"):
+            layer = _registry_layer(c, t, where, value, digest, devices)
+            if layer:
+                layers.append(layer)
+            continue
+        if kind == "oci" and value.startswith("oci:"):  # skopeo's transport syntax: oci:DIR[:TAG]
+            value, _, tag = value[len("oci:"):].partition(":")
+            if tag and "ref" in t:
+                c.add(f"{where}.ref", f"the layer names its tag twice (oci:...:{tag} and ref)", "keep one")
+            t = dict(t, ref=tag) if tag else t
         host = c.host_path(value, base, cwd)
         if kind in ("archive", "image"):
             if not os.path.isfile(host):
@@ -410,6 +420,22 @@ def _layers(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer
             continue
         layers.append(Layer(where, "dir", host))
     return layers
+
+
+def _registry_layer(c: _Checker, t: dict[str, Any], where: str, value: str, digest: str | None,
+                    devices: bool) -> Layer | None:
+    """oci = "docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]": pulled when the layer is resolved."""
+    from builder.registry import BadReference, parse
+
+    if "ref" in t:
+        c.add(f"{where}.ref", "does not apply to a docker:// layer", "put the tag or digest in the reference")
+    try:
+        ref = parse(value)
+    except BadReference as e:
+        c.add(f"{where}.oci", str(e), e.hint)
+        return None
+    platform = c.typed(t, "platform", str, where)
+    return Layer(where, "oci", str(ref), digest, devices, platform=platform)
 
 
 def _binaries_layer(c: _Checker, t: dict[str, Any], where: str, base: str, cwd: str,

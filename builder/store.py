@@ -6,6 +6,9 @@
     <store>/.lock                    flock(2) held while unpacking
     <store>/.gc.lock                 flock(2): builds hold it shared, gc exclusively (gclock.py)
     <store>/roots/                   symlinks to lock files and state dirs: what `nsbuild gc` keeps
+    <store>/blobs/<hex>              manifests, indexes and configs pulled from registries (a cache
+                                     checked against its digest on use; `nsbuild gc` empties it)
+    <store>/tmp/pull.PID.XXXX/       layer blobs being pulled, deleted once unpacked
     <store>/digests.json             sha256 of input files by (device, inode, size, mtime, ctime): a
                                      rebuild does not read a large image or archive again
 
@@ -13,6 +16,7 @@ A crash leaves at most a directory under tmp/, never a half layer under sha256/.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -32,7 +36,9 @@ from builder.recipe import Layer, Recipe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from builder import oci
+    from collections.abc import Iterator
+
+    from builder import oci, registry
 
 DEFAULT_STORE = "/var/lib/nsbuild/store"
 
@@ -187,6 +193,7 @@ class Store:
         self._known: dict[str, list] | None = None  # digests.json
         self._closures: dict[Layer, tuple[str, list[str]]] = {}  # binaries layers: digest, host paths
         self._images: dict[Layer, oci.Image] = {}  # OCI layers
+        self._pulled: dict[Layer, registry.Pulled] = {}  # OCI layers from a registry
         self._dirty = False
 
     def entries(self, recipe: Recipe) -> list[str]:
@@ -248,21 +255,78 @@ class Store:
             oci.unpack_layer(blob, tmp, _layer_filter(layer.devices, xattrs))
             xattrs.apply(tmp)
 
-        out = []
-        for k, blob in enumerate(image.layers):
-            path = self.entry(blob.digest.removeprefix("sha256:") + "-oci", layer.devices)
-            if unpack:
+        paths = [self.entry(blob.digest.removeprefix("sha256:") + "-oci", layer.devices) for blob in image.layers]
+        if unpack and layer in self._pulled:
+            with self._downloads(layer, image, paths) as blobs:
+                for k, (blob, path) in enumerate(zip(blobs, paths)):
+                    self._fill(f"{layer.origin} blob {k}", f"{layer.path} blob {blob.digest}", path,
+                               lambda tmp, b=blob: unpack_blob(b, tmp))
+        elif unpack:
+            for k, (blob, path) in enumerate(zip(image.layers, paths)):
                 self._fill(f"{layer.origin} blob {k}", blob.path, path, lambda tmp, b=blob: unpack_blob(b, tmp))
-            out.append(Layer(f"{layer.origin}.blob[{k}]", "dir", path))
-        return out
+        return [Layer(f"{layer.origin}.blob[{k}]", "dir", path) for k, path in enumerate(paths)]
+
+    @contextlib.contextmanager
+    def _downloads(self, layer: Layer, image: oci.Image, paths: list[str]) -> Iterator[list[oci.Blob]]:
+        """The blobs of a pulled image whose store entries are missing, fetched and verified into
+        tmp/pull.PID.XXXX/ (all of them before any is unpacked: a failed pull leaves nothing under
+        sha256/), as Blobs with those paths; the downloads are deleted afterwards. The image's manifest
+        and config go into the blob cache, so a warm pull asks only for the manifest."""
+        pulled = self._pulled[layer]
+        gclock.hold(self.path)
+        made = self._ensure_dirs()
+        gclock.hold(self.path)
+        tmp = ""
+        try:
+            tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=f"pull.{os.getpid()}.")
+            blobs = []
+            for blob, path in zip(image.layers, paths):
+                if os.path.isdir(path):
+                    blobs.append(dataclasses.replace(blob, path=""))  # _fill will not read it
+                    continue
+                dest = os.path.join(tmp, blob.digest.removeprefix("sha256:"))
+                pulled.client.blob(blob.digest, blob.size, dest, f"pulling {blob.digest[7:19]}")
+                blobs.append(dataclasses.replace(blob, path=dest))
+            self._cache_documents(pulled.documents)
+            yield blobs
+        except BaseException:
+            if tmp:
+                remove_tree(tmp)
+                tmp = ""
+            if made:  # a first pull that failed leaves no store behind
+                gclock.release(self.path)
+                self._remove_unused(made)
+            raise
+        finally:
+            if tmp:
+                remove_tree(tmp)
+
+    def _cache_documents(self, documents: dict[str, bytes]) -> None:
+        cache = os.path.join(self.path, "blobs")
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        for digest, body in documents.items():
+            dest = os.path.join(cache, digest.removeprefix("sha256:"))
+            if os.path.exists(dest):
+                continue
+            tmp = f"{dest}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(body)
+            os.rename(tmp, dest)  # never half-visible: readers also check the digest
 
     def _image(self, layer: Layer) -> oci.Image:
         """The image an OCI layer picks (its index, manifest and config read and checked once per
         Store: `nsbuild lock` asks twice)."""
         if layer not in self._images:
-            from builder import oci
+            if layer.path.startswith("docker://"):
+                from builder import registry
 
-            self._images[layer] = oci.open_layout(layer.path).image(layer.ref, layer.platform)
+                cache = os.path.join(self.path, "blobs")
+                self._pulled[layer] = registry.pull_image(layer.path, layer.origin, layer.platform, cache)
+                self._images[layer] = self._pulled[layer].image
+            else:
+                from builder import oci
+
+                self._images[layer] = oci.open_layout(layer.path).image(layer.ref, layer.platform)
         return self._images[layer]
 
     def _binaries(self, layer: Layer) -> tuple[str, list[str]]:
@@ -484,6 +548,8 @@ class Store:
             tmp = os.path.join(self.path, "tmp")
             removed += [os.path.join(tmp, n) for n in sorted(os.listdir(tmp))] if os.path.isdir(tmp) else []
             removed += [os.path.join(self.path, "roots", n) for n in dead]
+            blobs = os.path.join(self.path, "blobs")  # re-fetched on demand: no root keeps them
+            removed += [os.path.join(blobs, n) for n in sorted(os.listdir(blobs))] if os.path.isdir(blobs) else []
             removed += _abandoned_tmp_files(self.path) + _abandoned_tmp_files(os.path.join(self.path, "roots"))
             if not dry_run:
                 for path in removed:

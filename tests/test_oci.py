@@ -466,3 +466,18 @@ def test_skopeo_zstd_layout_builds_like_the_gzip_one(nsbuild, tmp_path: Path) ->
     nsbuild("build", str(recipe))
     assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
     nsbuild("rm", "oci")
+
+
+def test_skopeo_transport_syntax_names_the_layout_and_tag(tmp_path: Path) -> None:
+    from builder.errors import RecipeError
+    from builder.recipe import parse
+
+    two_layer_image(tmp_path / "layout")
+    doc = {"sandbox": {"name": "x"}, "layer": [{"oci": "oci:layout:v1"}]}
+    layer = parse(doc, str(tmp_path / "r.toml"), "0" * 64, str(tmp_path)).layers[0]
+    assert (layer.kind, layer.path, layer.ref) == ("oci", str(tmp_path / "layout"), "v1")
+    assert parse({"sandbox": {"name": "x"}, "layer": [{"oci": "oci:layout"}]}, str(tmp_path / "r.toml"), "0" * 64,
+                 str(tmp_path)).layers[0].ref is None
+    with pytest.raises(RecipeError, match="names its tag twice"):
+        parse({"sandbox": {"name": "x"}, "layer": [{"oci": "oci:layout:v1", "ref": "v1"}]},
+              str(tmp_path / "r.toml"), "0" * 64, str(tmp_path))
