@@ -108,7 +108,8 @@ def metadata(recipe: Recipe, plan: Plan) -> dict[str, Any]:
     return {
         "recipe": recipe.file, "recipe_sha256": recipe.sha256, "strategy": plan.strategy,
         "kernel": plan.kernel, "upper": recipe.root.upper, "description": recipe.description,
-        "run": {"command": list(recipe.run.command), "cwd": recipe.run.cwd, "env": dict(recipe.run.env)},
+        "run": {"command": list(recipe.run.command), "cwd": recipe.run.cwd, "env": dict(recipe.run.env),
+                "user": recipe.run.user},
         "store": _store_entries(recipe),
     }
 

@@ -118,14 +118,32 @@ def plan(
     else:
         chosen = feat.pick_strategy(features, strategy)
     p = make_plan(r, features, chosen, StateDir(resolve(state_dir)).template())
+    run_rows = _run_origins(r)
     if fmt == "json":
-        print(json.dumps(render.as_dict(p), indent=2))
+        doc = render.as_dict(p)
+        if run_rows:
+            doc["run"] = {key: {"value": json.loads(value), "from": where} for key, value, where in run_rows}
+        print(json.dumps(doc, indent=2))
     elif fmt == "strace":
         sys.stdout.write(render.strace(p))
+        for key, value, where in run_rows:
+            print(f"# run.{key} = {value}  ({where})")
     else:
         out.print(render.table(p))
         for note in p.notes:
             out.print(f"note: {note}")
+        for key, value, where in run_rows:
+            out.print(f"run.{key} = {value}  ({where})")
+
+
+def _run_origins(r) -> list[tuple[str, str, str]]:  # r: a resolved Recipe
+    """[run]'s values and where each came from, when an image's config can set them: the top layer is an
+    OCI image's (resolved, its blobs are layers named "layer[N].blob[K]")."""
+    if not r.layers or ".blob[" not in r.layers[-1].origin:
+        return []
+    from builder.imageconfig import describe
+
+    return describe(r.run)
 
 
 @app.command()
@@ -149,6 +167,8 @@ def check(
     if found:
         raise RecipeError(r.file, found)
     print(f"{r.file}: ok: {r.run.command[0]} starts in the tree (program, interpreters, libraries)")
+    for key, value, where in _run_origins(r):
+        print(f"  run.{key} = {value}  ({where})")
 
 
 @app.command()

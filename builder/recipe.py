@@ -109,6 +109,10 @@ class Run:
     cwd: str = "/"
     env: tuple[tuple[str, str], ...] = ()
     given: bool = False  # the recipe names the command (else /bin/sh is only the default)
+    user: str = "root"   # "root", NAME or "UID[:GID]"
+    # where values came from: (key, "recipe" | "image config of layer[N]"), keys "command", "cwd", "user",
+    # "env.NAME"; a key not listed is the built-in default (imageconfig.py fills those from an image)
+    origins: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -670,4 +674,6 @@ def _run(c: _Checker, doc: dict[str, Any]) -> Run:
             c.add(f"run.env.{k}", "is not a valid environment variable")
         else:
             env[k] = v
-    return Run(tuple(command), cwd, tuple(sorted(env.items())), "command" in t)
+    origins = [(k, "recipe") for k in ("command", "cwd", "user") if k in t]
+    origins += [(f"env.{k}", "recipe") for k in env_raw]
+    return Run(tuple(command), cwd, tuple(sorted(env.items())), "command" in t, origins=tuple(sorted(origins)))

@@ -241,7 +241,13 @@ class Store:
                 raise ValueError(f"unknown layer kind {layer.kind}")
         if unpack:
             self.save_digests()
-        return dataclasses.replace(recipe, layers=tuple(layers))
+        run = recipe.run
+        top = recipe.layers[-1] if recipe.layers else None
+        if top is not None and top.kind == "oci":  # the image is what the sandbox is: its config sets defaults
+            from builder.imageconfig import run_defaults
+
+            run = run_defaults(run, self._image(top).config, f"image config of {top.origin}")
+        return dataclasses.replace(recipe, layers=tuple(layers), run=run)
 
     def _oci(self, recipe: Recipe, layer: Layer, unpack: bool) -> list[Layer]:
         """One store directory per layer blob, whiteouts in overlayfs form ("-oci" entries)."""

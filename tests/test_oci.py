@@ -85,11 +85,14 @@ def put_json(layout: Path, doc: dict[str, Any], media_type: str, **extra: Any) -
 
 
 def image(layout: Path, *layers: bytes, layer_type: str = TAR_GZ, runs_on: tuple[str, str, str] = HOST,
-          manifest_type: str = OCI_MANIFEST, config_type: str = OCI_CONFIG, **extra: Any) -> dict[str, Any]:
-    """Write config, layers and manifest; the manifest's descriptor (with `extra`, e.g. annotations)."""
+          manifest_type: str = OCI_MANIFEST, config_type: str = OCI_CONFIG, run_config: dict[str, Any] | None = None,
+          **extra: Any) -> dict[str, Any]:
+    """Write config (its "config" section `run_config`: Env, Cmd, ...), layers and manifest; the manifest's
+    descriptor (with `extra`, e.g. annotations)."""
     os_, arch, variant = runs_on
     config = put_json(layout, {"os": os_, "architecture": arch, **({"variant": variant} if variant else {}),
-                               "rootfs": {"type": "layers", "diff_ids": []}}, config_type)
+                               "rootfs": {"type": "layers", "diff_ids": []},
+                               **({"config": run_config} if run_config is not None else {})}, config_type)
     descs = [put(layout, data, layer_type) for data in layers]
     return put_json(layout, {"schemaVersion": 2, "mediaType": manifest_type, "config": config, "layers": descs},
                     manifest_type, **extra)

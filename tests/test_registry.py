@@ -249,3 +249,11 @@ def test_challenges_parse() -> None:
     assert reg._challenge('Basic realm="x"') == ("basic", {"realm": "x"})
     with pytest.raises(NsbuildError, match="unsupported authentication challenge"):
         reg.Client(reg.parse("docker://127.0.0.1:1/x"), "layer[0]")._authenticate("Negotiate")
+
+
+def test_a_pulled_image_config_gives_run_defaults(nsbuild, registry, tmp_path: Path) -> None:
+    r = recipe(tmp_path, registry.ref("demo:gzip"))
+    r.write_text(r.read_text().split("[run]")[0])  # no [run]: the demo image's Cmd ["/bin/sh"] is the command
+    run = json.loads(nsbuild("plan", str(r), "--json").stdout)["run"]
+    assert run["command"] == {"value": ["/bin/sh"], "from": "image config of layer[0]"}
+    assert run["cwd"] == {"value": "/", "from": "default"}
