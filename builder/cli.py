@@ -187,6 +187,30 @@ def lock(
 
 @app.command()
 @handled
+def export(
+    target: str = typer.Argument(..., help="A persisted sandbox's name, or a recipe file."),
+    dest: str = typer.Argument(..., help="oci:DIR[:TAG] (a layout) or docker://HOST[:PORT]/REPO:TAG (a push)."),
+    state_dir: Optional[str] = StateOpt,
+    as_json: bool = JsonOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary."),
+) -> None:
+    """Write a sandbox's tree as an OCI image: to a layout, or pushed to a registry."""
+    from builder import export as ex, progress
+
+    progress.QUIET = quiet
+    ex.parse_dest(dest)  # a bad destination is a usage error before anything is unpacked
+    need_root()
+    digest, report = ex.export(target, dest, state_dir)
+    if as_json:
+        print(json.dumps({"digest": digest, "dest": dest, "blobs": report}, indent=2))
+    elif not quiet:
+        for line in report:
+            out.print(line)
+        out.print(f"exported {target} to {dest} (manifest {digest})")
+
+
+@app.command()
+@handled
 def gc(
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only list what would be removed."),
     as_json: bool = JsonOpt,

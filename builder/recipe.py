@@ -490,8 +490,8 @@ def _root(c: _Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[La
         if not layers:
             c.add("root.upper", "a directory upper needs at least one [[layer]] below it (overlayfs)",
                   'add a [[layer]], or use upper = "tmpfs"')
-        for layer in layers:
-            if is_under(layer.path, upper) or is_under(upper, layer.path):
+        for layer in layers:  # binaries layers have no path ("" would contain everything), registry ones a URL
+            if layer.path.startswith("/") and (is_under(layer.path, upper) or is_under(upper, layer.path)):
                 c.add("root.upper", f"'{upper}' overlaps {layer.origin} ({layer.path})",
                       "overlayfs needs the upper directory outside every layer")
     elif upper_raw == "none":

@@ -136,32 +136,37 @@ class Client:
                                         retries=urllib3.Retry(total=5, connect=0, read=0, status=0, other=0,
                                                               redirect=5))
         self.authorization: str | None = None
+        self.actions = "pull"  # a push asks for "pull,push" tokens
 
     def error(self, message: str, hint: str = "") -> NsbuildError:
         return NsbuildError(f"{self.origin}: registry {self.ref.host}: {message}", hint)
 
     # --- requests
 
-    def request(self, path: str, headers: dict[str, str] | None = None, what: str = "") -> Any:
-        """GET base+path, the body not read yet: auth challenges answered, connection errors, 429 and 5xx
-        retried with backoff. Any other status than 200/206 is an error naming `what`."""
+    def request(self, path: str, headers: dict[str, str] | None = None, what: str = "", method: str = "GET",
+                body: bytes | BinaryIO | None = None, ok: tuple[int, ...] = (200, 206)) -> Any:
+        """`method` base+path (or an absolute URL, as upload Locations are), the response body not read yet:
+        auth challenges answered, connection errors, 429 and 5xx retried with backoff (a file body is
+        rewound). A status not in `ok` is an error naming `what`."""
         import urllib3
 
-        url = self.base + path
+        url = path if "://" in path else self.base + path
         authed = False
         for attempt in range(ATTEMPTS):
             h = dict(headers or {})
             if self.authorization:
                 h["Authorization"] = self.authorization
+            if hasattr(body, "seek"):
+                body.seek(0)  # type: ignore[union-attr]
             try:
-                r = self.http.request("GET", url, headers=h, preload_content=False)
+                r = self.http.request(method, url, headers=h, body=body, preload_content=False)
             except urllib3.exceptions.HTTPError as e:
                 if attempt + 1 == ATTEMPTS:
                     raise self.error(f"cannot reach {self.base} ({_reason(e)})",
                                      "check that the registry runs and the address is right") from None
                 _pause(attempt)
                 continue
-            if r.status in (200, 206):
+            if r.status in ok:
                 return r
             body = _drain(r)
             if r.status == 401 and not authed and r.headers.get("WWW-Authenticate"):
@@ -212,7 +217,7 @@ class Client:
 
         import urllib3
 
-        query = {"scope": params.get("scope") or f"repository:{self.ref.repo}:pull"}
+        query = {"scope": params.get("scope") or f"repository:{self.ref.repo}:{self.actions}"}
         if params.get("service"):
             query["service"] = params["service"]
         url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(query)

@@ -64,6 +64,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def do_POST(self) -> None:  # pushes: upload sessions, blob and manifest PUTs, forwarded as they are
+        self.do_GET()
+
+    def do_PUT(self) -> None:
+        self.do_GET()
+
     def do_GET(self) -> None:
         blob = "/blobs/" in self.path
         manifest = "/manifests/" in self.path
@@ -82,13 +88,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if MODE.startswith("status:") and manifest:
             return self.send(int(MODE.split(":")[1]), b'{"errors":[{"code":"DENIED","message":"injected"}]}')
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization", "connection")}
+        request_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         conn = http.client.HTTPConnection("127.0.0.1", BACKEND, timeout=30)
         try:
-            conn.request(self.command, self.path, headers=headers)
+            conn.request(self.command, self.path, body=request_body or None, headers=headers)
             r = conn.getresponse()
             body = r.read()
             out = {k: v for k, v in r.getheaders() if k.lower() not in ("content-length", "connection",
                                                                         "transfer-encoding")}
+            if "Location" in out and out["Location"].startswith(f"http://127.0.0.1:{BACKEND}/"):
+                out["Location"] = out["Location"].replace(f":{BACKEND}/", f":{self.server.server_address[1]}/", 1)
         finally:
             conn.close()
         if self.command == "HEAD":
