@@ -29,6 +29,10 @@ from builder import oci
 from builder.errors import NsbuildError, UsageError
 from builder.recipe import Layer, PathEntry, Recipe
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.store import Store
+
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 XATTRS = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
@@ -130,14 +134,14 @@ def layers_of(recipe: Recipe, upper: str | None, work: str, epoch: int) -> tuple
     return out, resolved.run  # the run defaults as the build has them (image config included)
 
 
-def _oci_blobs(store: Any, layer: Layer) -> list[Blob]:
-    image = store._image(layer)
+def _oci_blobs(store: Store, layer: Layer) -> list[Blob]:
+    image = store.image(layer)
     diff_ids = (image.config.get("rootfs") or {}).get("diff_ids") or []
     if len(diff_ids) != len(image.layers):
         raise NsbuildError(f"{layer.origin}: the image config lists {len(diff_ids)} diff_ids for "
                            f"{len(image.layers)} layers", "the image is malformed: it cannot keep its layers")
-    pulled = store._pulled.get(layer)
-    return [Blob(b.media_type, b.digest, b.size, b.path, str(d), pulled.client if pulled else None)
+    source = store.registry_source(layer)
+    return [Blob(b.media_type, b.digest, b.size, b.path, str(d), source)
             for b, d in zip(image.layers, diff_ids)]
 
 

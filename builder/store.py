@@ -246,14 +246,14 @@ class Store:
         if top is not None and top.kind == "oci":  # the image is what the sandbox is: its config sets defaults
             from builder.imageconfig import run_defaults
 
-            run = run_defaults(run, self._image(top).config, f"image config of {top.origin}")
+            run = run_defaults(run, self.image(top).config, f"image config of {top.origin}")
         return dataclasses.replace(recipe, layers=tuple(layers), run=run)
 
     def _oci(self, recipe: Recipe, layer: Layer, unpack: bool) -> list[Layer]:
         """One store directory per layer blob, whiteouts in overlayfs form ("-oci" entries)."""
         from builder import oci
 
-        image = self._image(layer)
+        image = self.image(layer)
         _check_pin(recipe, layer, image.manifest_digest.removeprefix("sha256:"))
 
         def unpack_blob(blob: oci.Blob, tmp: str) -> None:
@@ -319,7 +319,7 @@ class Store:
                 f.write(body)
             os.rename(tmp, dest)  # never half-visible: readers also check the digest
 
-    def _image(self, layer: Layer) -> oci.Image:
+    def image(self, layer: Layer) -> oci.Image:
         """The image an OCI layer picks (its index, manifest and config read and checked once per
         Store: `nsbuild lock` asks twice)."""
         if layer not in self._images:
@@ -334,6 +334,11 @@ class Store:
 
                 self._images[layer] = oci.open_layout(layer.path).image(layer.ref, layer.platform)
         return self._images[layer]
+
+    def registry_source(self, layer: Layer) -> registry.Client | None:
+        """The registry client an OCI layer was pulled with (None for a layout), after image()."""
+        pulled = self._pulled.get(layer)
+        return pulled.client if pulled else None
 
     def _binaries(self, layer: Layer) -> tuple[str, list[str]]:
         """The host paths a binaries layer copies (programs with their shared-library closure, extra
@@ -380,7 +385,7 @@ class Store:
         if layer.kind in ("image", "archive"):
             return self.digest(layer.path)
         if layer.kind == "oci":
-            return self._image(layer).manifest_digest.removeprefix("sha256:")
+            return self.image(layer).manifest_digest.removeprefix("sha256:")
         if layer.kind == "binaries":
             return self._binaries(layer)[0]
         raise ValueError(f"no input digest for {layer.kind} layers")

@@ -257,3 +257,34 @@ def test_a_pulled_image_config_gives_run_defaults(nsbuild, registry, tmp_path: P
     run = json.loads(nsbuild("plan", str(r), "--json").stdout)["run"]
     assert run["command"] == {"value": ["/bin/sh"], "from": "image config of layer[0]"}
     assert run["cwd"] == {"value": "/", "from": "default"}
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_blobs_show_progress_on_a_terminal_unless_quiet(nsbuild, registry, tmp_path: Path, quiet: bool) -> None:
+    import pty
+
+    from conftest import nsbuild_cmd
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(nsbuild_cmd() + ["build", str(recipe(tmp_path, registry.ref("demo:gzip")))]
+                                + (["--quiet"] if quiet else []), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=slave, env=dict(nsbuild.env, TERM="xterm"), cwd=tmp_path)
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(60) == 0, seen
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert (b"pulling" in seen) is not quiet, seen
+    nsbuild("rm", "oci")
