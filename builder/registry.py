@@ -367,6 +367,10 @@ def _pause(attempt: int, retry_after: str | None = None) -> None:
 
 # --- images
 
+# docker:// reference with a tag -> (manifest URL, the digest it resolved to), per process: what
+# plancache.save records so that a warm build can check that the tag has not moved
+RESOLVED: dict[str, tuple[str, str]] = {}
+
 @dataclasses.dataclass(frozen=True)
 class Pulled:
     """A picked image, its layers not fetched yet; `documents` are the manifest (and index) and config
@@ -394,6 +398,8 @@ def pull_image(text: str, origin: str, platform: str | None, cache: str | None) 
         return body, media_type, digest
 
     body, media_type, digest = fetch(ref.digest or ref.tag or "latest")
+    if not ref.digest:  # what the tag points at now, for a cached plan to check (tagcheck.py)
+        RESOLVED[str(ref)] = (f"{client.base}/v2/{ref.repo}/manifests/{ref.tag}", digest)
     where = f"{ref}"
     while media_type in oci.INDEX_TYPES:
         index = _json(client, body, f"index {digest}")

@@ -49,9 +49,34 @@ def test_warm_pull_asks_only_for_the_manifest(nsbuild, fault_proxy, tmp_path: Pa
     nsbuild("build", str(r))
     cold = proxy.requests()
     assert sum("/blobs/" in line for line in cold) == 3, cold  # config and two layers
-    nsbuild("build", str(r), "--replace")
+    nsbuild("build", str(r), "--replace")  # planned anew (the first build pinned the template namespace)
     warm = proxy.requests()[len(cold):]
     assert warm == ["GET /v2/demo/manifests/gzip - -> 200"], warm
+    nsbuild("build", str(r), "--replace")  # the cached plan, once the tag is seen not to have moved
+    cached = proxy.requests()[len(cold) + len(warm):]
+    assert cached == ["HEAD /v2/demo/manifests/gzip - -> 200"], cached
+    assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
+    nsbuild("rm", "oci")
+
+
+def test_a_moved_tag_is_pulled_again_not_taken_from_the_cached_plan(nsbuild, registry, images: Path,
+                                                                    tmp_path: Path) -> None:
+    dest = "--dest-tls-verify=false"
+    skopeo(dest, f"oci:{RECIPES / 'oci/layout'}:demo", registry.ref("retag:v1"))
+    r = recipe(tmp_path, registry.ref("retag:v1"))
+    nsbuild("build", str(r))
+    gzip_entries = store_entries(tmp_path)
+    nsbuild("build", str(r), "--replace")  # the plan is cached now (the first build pinned the template)
+    nsbuild("build", str(r), "--replace")  # the cached plan
+    assert store_entries(tmp_path) == gzip_entries
+    plans = Path(nsbuild.env["NSBUILD_STATE_DIR"]) / ".plans"
+    assert len(os.listdir(plans)) == 1
+    skopeo(dest, f"oci:{images / 'zstd'}:demo", registry.ref("retag:v1"))  # same tree, other blobs
+    nsbuild("build", str(r), "--replace")
+    entries = store_entries(tmp_path)
+    assert len(entries) == 4 and set(gzip_entries) < set(entries)  # the zstd blobs were pulled and unpacked
+    meta = json.loads((Path(nsbuild.env["NSBUILD_STATE_DIR"]) / "oci.json").read_text())
+    assert set(meta["store"]) == set(entries) - set(gzip_entries)  # and the sandbox uses them
     assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
     nsbuild("rm", "oci")
 
