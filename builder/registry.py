@@ -168,7 +168,7 @@ class Client:
                 continue
             if r.status in ok:
                 return r
-            body = _drain(r)
+            answer = _drain(r)
             if r.status == 401 and not authed and r.headers.get("WWW-Authenticate"):
                 authed = True
                 self._authenticate(r.headers.get("WWW-Authenticate", ""))
@@ -176,7 +176,7 @@ class Client:
             if r.status in RETRY_STATUS and attempt + 1 < ATTEMPTS:
                 _pause(attempt, r.headers.get("Retry-After"))
                 continue
-            raise self._status_error(r.status, what, body)
+            raise self._status_error(r.status, what, answer)
         raise AssertionError("not reached")
 
     def _status_error(self, status: int, what: str, body: bytes) -> NsbuildError:

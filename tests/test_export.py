@@ -201,3 +201,24 @@ def test_image_layers_cannot_be_exported_yet(nsbuild, tmp_path: Path) -> None:
     path.write_text('[sandbox]\nname = "i"\n[[layer]]\nimage = "img.squashfs"\n')
     proc = nsbuild("export", str(path), f"oci:{tmp_path / 'out'}", check=False)
     assert proc.returncode == 2 and "cannot be exported yet" in proc.stderr, proc.stderr
+
+
+def test_a_push_retries_5xx_with_the_same_body_and_logs_in_for_tokens(nsbuild, registry, fault_proxy,
+                                                                     tmp_path: Path) -> None:
+    """Every first request of a path answers 503 (blob checks, upload sessions, uploads, the manifest):
+    each is sent again whole. Then a push through Bearer auth, with credentials from ~/.docker/config.json."""
+    from registries import PASSWORD, USER, docker_config
+
+    r = recipe(tmp_path)
+    flaky = fault_proxy("5xx-once")
+    out = export(nsbuild, str(r), flaky.ref("flaky:v1"))
+    assert inspect(registry.ref("flaky:v1"))["Digest"] == out["digest"]
+    assert sum(line.endswith("-> 503") for line in flaky.requests()) >= 3
+    token = fault_proxy(f"token:{USER}:{PASSWORD}")
+    home = tmp_path / "home"
+    docker_config(home, token.host)
+    nsbuild.env["HOME"] = str(home)
+    nsbuild.env.pop("XDG_RUNTIME_DIR", None)
+    out = export(nsbuild, str(r), token.ref("tokened:v1"))
+    assert inspect(registry.ref("tokened:v1"))["Digest"] == out["digest"]
+    assert any(line.startswith("GET /token?") and "push" in line and line.endswith("200") for line in token.requests())
