@@ -103,6 +103,9 @@ def source_of(target: str, state_dir: str | None) -> tuple[Recipe, str | None]:
     if meta is None:
         raise UsageError(f"no sandbox named '{target}' in {sd.path}", "give its recipe file, or list them with `nsbuild ls`")
     r = rcp.load(str(meta["recipe"]))
+    if r.sha256 != meta.get("recipe_sha256"):  # the image must be the tree that was built, not a newer recipe's
+        raise UsageError(f"the recipe of '{target}' ({r.file}) changed since the sandbox was built",
+                         f"rebuild it (`nsbuild build --replace {r.file}`), or export the recipe file itself")
     upper = str(meta.get("upper", "tmpfs"))
     if upper == "tmpfs":
         print(f"nsbuild: note: '{target}' has a tmpfs upper, which only its namespace holds: the export has the "

@@ -222,3 +222,23 @@ def test_a_push_retries_5xx_with_the_same_body_and_logs_in_for_tokens(nsbuild, r
     out = export(nsbuild, str(r), token.ref("tokened:v1"))
     assert inspect(registry.ref("tokened:v1"))["Digest"] == out["digest"]
     assert any(line.startswith("GET /token?") and "push" in line and line.endswith("200") for line in token.requests())
+
+
+def test_a_sandbox_whose_recipe_changed_is_not_exported_as_the_new_recipe(nsbuild, tmp_path: Path) -> None:
+    r = recipe(tmp_path)
+    nsbuild("build", str(r))
+    r.write_text(r.read_text().replace("exported\\n", "changed\\n"))
+    proc = nsbuild("export", "exp", f"oci:{tmp_path / 'out'}", check=False)
+    assert proc.returncode == 2 and "changed since the sandbox was built" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+    nsbuild("rm", "exp")
+
+
+def test_a_push_to_an_unreachable_registry_is_one_error(nsbuild, tmp_path: Path) -> None:
+    from registries import free_port
+
+    host = f"127.0.0.1:{free_port()}"
+    proc = nsbuild("export", str(recipe(tmp_path)), f"docker://{host}/x:v1", check=False)
+    assert proc.returncode == 1 and f"registry {host}: cannot reach http://{host}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert os.listdir(tmp_path / "store" / "tmp") == []  # the new layers were written under tmp/ and are gone

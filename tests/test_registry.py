@@ -313,3 +313,18 @@ def test_blobs_show_progress_on_a_terminal_unless_quiet(nsbuild, registry, tmp_p
             os.close(slave)
     assert (b"pulling" in seen) is not quiet, seen
     nsbuild("rm", "oci")
+
+
+def test_gc_empties_the_document_cache_and_a_pull_fetches_it_again(nsbuild, fault_proxy, tmp_path: Path) -> None:
+    proxy = fault_proxy("pass")
+    r = recipe(tmp_path, proxy.ref("demo:gzip"))
+    nsbuild("build", str(r))
+    nsbuild("rm", "oci")
+    removed = json.loads(nsbuild("gc", "--json").stdout)["removed"]
+    blobs = tmp_path / "store" / "blobs"
+    assert sum("/blobs/" in p for p in removed) == 2 and os.listdir(blobs) == []
+    assert store_entries(tmp_path) == []  # no sandbox and no lock file keeps the layers
+    n = len(proxy.requests())
+    nsbuild("build", str(r))
+    assert sum("/blobs/" in line for line in proxy.requests()[n:]) == 3  # config and both layers again
+    nsbuild("rm", "oci")
