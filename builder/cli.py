@@ -15,6 +15,10 @@ from builder.build import need_root
 from builder.completion import complete_format, complete_name, complete_strategy, complete_target
 from builder.errors import NsbuildError, UsageError, os_error
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.recipe import Recipe
+
 app = typer.Typer(
     help="Build root filesystems from TOML recipes into persisted Linux mount namespaces.",
     no_args_is_help=True,
@@ -177,9 +181,9 @@ def plan(
             out.print(f"run.{key} = {value}  ({where})")
 
 
-def _run_origins(r) -> list[tuple[str, str, str]]:  # r: a resolved Recipe
-    """[run]'s values and where each came from, when an image's config can set them: the top layer is an
-    OCI image's (resolved, its blobs are layers named "layer[N].blob[K]")."""
+def _run_origins(r: Recipe) -> list[tuple[str, str, str]]:
+    """[run]'s values and where each came from, when an image's config can set them: the top layer of the
+    resolved recipe `r` is an OCI image's (its blobs are layers named "layer[N].blob[K]")."""
     if not r.layers or ".blob[" not in r.layers[-1].origin:
         return []
     from builder.imageconfig import describe

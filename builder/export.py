@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -80,8 +82,6 @@ def parse_dest(text: str) -> Dest:
 
 
 def oci_tag_ok(tag: str) -> bool:
-    import re
-
     return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", tag) is not None
 
 
@@ -268,8 +268,6 @@ def paths_layer(paths: tuple[PathEntry, ...], work: str, epoch: int) -> Blob:
                 info.type, info.linkname, info.mode = tarfile.SYMTYPE, p.link, 0o777
                 tar.addfile(info)
             else:
-                import io
-
                 info.size = len(p.content)
                 tar.addfile(info, io.BytesIO(p.content))
 
