@@ -3,7 +3,8 @@
     .venv/bin/python bench/kinds.py        # as root, after `bench/run` installed nsbuild
 
 cold: an empty content store (every input hashed, unpacked or copied); warm: the same store again
-(`--replace`). Each kind is one recipe from recipes/: the image kind uses the Debian minbase
+(`--replace`). Then the registry rows (bench/registry_rows.py): a cold and a warm pull from a loopback
+registry against `skopeo copy`, and an export against `tar -czf`. Each kind is one recipe from recipes/: the image kind uses the Debian minbase
 image from recipes/debian/make-image.sh when it exists, else a squashfs image of the same
 2,600-file tree the archive kind uses. Everything happens under a temporary directory with a
 private state dir and store, removed at the end.
@@ -77,6 +78,12 @@ def main() -> int:
             results[kind] = {"cold_ms": statistics.median(cold) * 1000, "warm_ms": statistics.median(warm) * 1000}
             print(f"{kind:10} cold {results[kind]['cold_ms']:9.1f} ms   warm {results[kind]['warm_ms']:7.1f} ms"
                   f"   (median of {RUNS})", flush=True)
+        if shutil.which("skopeo") and os.path.exists("/usr/bin/docker-registry"):
+            import registry_rows  # bench/registry_rows.py: pull from a loopback registry, export
+
+            results.update(registry_rows.rows(NSBUILD, top, TREE, RUNS))
+        else:
+            print("registry rows skipped: skopeo or docker-registry missing (README set-up 2 installs them)")
     finally:
         for mnt in sorted((line.split()[4] for line in open("/proc/self/mountinfo")
                            if line.split()[4].startswith(str(state))), key=len, reverse=True):

@@ -15,6 +15,10 @@ from builder.build import need_root
 from builder.completion import complete_format, complete_name, complete_strategy, complete_target
 from builder.errors import NsbuildError, UsageError, os_error
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.recipe import Recipe
+
 app = typer.Typer(
     help="Build root filesystems from TOML recipes into persisted Linux mount namespaces.",
     no_args_is_help=True,
@@ -159,14 +163,32 @@ def plan(
     else:
         chosen = feat.pick_strategy(features, strategy)
     p = make_plan(r, features, chosen, StateDir(resolve(state_dir)).template())
+    run_rows = _run_origins(r)
     if fmt == "json":
-        print(json.dumps(render.as_dict(p), indent=2))
+        doc = render.as_dict(p)
+        if run_rows:
+            doc["run"] = {key: {"value": json.loads(value), "from": where} for key, value, where in run_rows}
+        print(json.dumps(doc, indent=2))
     elif fmt == "strace":
         sys.stdout.write(render.strace(p))
+        for key, value, where in run_rows:
+            print(f"# run.{key} = {value}  ({where})")
     else:
         out.print(render.table(p))
         for note in p.notes:
             out.print(f"note: {note}")
+        for key, value, where in run_rows:
+            out.print(f"run.{key} = {value}  ({where})")
+
+
+def _run_origins(r: Recipe) -> list[tuple[str, str, str]]:
+    """[run]'s values and where each came from, when an image's config can set them: the top layer of the
+    resolved recipe `r` is an OCI image's (its blobs are layers named "layer[N].blob[K]")."""
+    if not r.layers or ".blob[" not in r.layers[-1].origin:
+        return []
+    from builder.imageconfig import describe
+
+    return describe(r.run)
 
 
 @app.command()
@@ -194,6 +216,8 @@ def check(
         print(json.dumps({"file": r.file, "ok": True, "command": list(r.run.command)}, indent=2))
         return
     print(f"{r.file}: ok: {r.run.command[0]} starts in the tree (program, interpreters, libraries)")
+    for key, value, where in _run_origins(r):
+        print(f"  run.{key} = {value}  ({where})")
 
 
 @app.command()
@@ -212,6 +236,30 @@ def lock(
         print(json.dumps({"lock": path}, indent=2))
         return
     out.print(f"wrote {path}")
+
+
+@app.command()
+@handled
+def export(
+    target: str = typer.Argument(..., help="A persisted sandbox's name, or a recipe file."),
+    dest: str = typer.Argument(..., help="oci:DIR[:TAG] (a layout) or docker://HOST[:PORT]/REPO:TAG (a push)."),
+    state_dir: Optional[str] = StateOpt,
+    as_json: bool = JsonOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary."),
+) -> None:
+    """Write a sandbox's tree as an OCI image: to a layout, or pushed to a registry."""
+    from builder import export as ex, progress
+
+    progress.QUIET = quiet
+    ex.parse_dest(dest)  # a bad destination is a usage error before anything is unpacked
+    need_root()
+    digest, report = ex.export(target, dest, state_dir)
+    if as_json:
+        print(json.dumps({"digest": digest, "dest": dest, "blobs": report}, indent=2))
+    elif not quiet:
+        for line in report:
+            out.print(line)
+        out.print(f"exported {target} to {dest} (manifest {digest})")
 
 
 @app.command()

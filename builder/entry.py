@@ -13,7 +13,7 @@ TYPE_CHECKING = False  # typing costs ~4 ms at start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-COMMANDS = ("build", "run", "plan", "check", "lock", "gc", "ls", "rm", "doctor")
+COMMANDS = ("build", "run", "plan", "check", "lock", "export", "gc", "ls", "rm", "doctor")
 
 # build's options, as in cli.build: value options (with their aliases) and flags
 BUILD_VALUES = {"--strategy": "strategy", "-s": "strategy", "--name": "name", "--state-dir": "state_dir",

@@ -30,14 +30,17 @@ MANIFEST_TYPES = frozenset({"application/vnd.oci.image.manifest.v1+json",
                             "application/vnd.docker.distribution.manifest.v2+json"})
 CONFIG_TYPES = frozenset({"application/vnd.oci.image.config.v1+json",
                           "application/vnd.docker.container.image.v1+json"})
-# layer media type -> tarfile stream mode; non-distributable ("foreign") layers unpack like the others
+# layer media type -> compression ("", "gz" or "zstd"); non-distributable ("foreign") layers unpack like the
+# others. zstd:chunked layers carry the plain zstd media type (their extra frames are skippable ones).
 LAYER_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar": "r|",
-    "application/vnd.oci.image.layer.v1.tar+gzip": "r|gz",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": "r|",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "r|gz",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": "r|gz",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "r|gz",
+    "application/vnd.oci.image.layer.v1.tar": "",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gz",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": "",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gz",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gz",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gz",
 }
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # os.uname().machine -> (GOARCH, variant)
@@ -193,10 +196,6 @@ class Layout:
     def _layer(self, desc: Descriptor) -> Blob:
         where = f"layer {desc['digest']}"
         media_type = desc["mediaType"]
-        if "zstd" in media_type:
-            raise self._error(f"{where} is compressed with zstd ({media_type}), which Python 3.11 cannot read",
-                              "copy the image again with gzip layers, e.g. skopeo copy --dest-compress-format gzip "
-                              "SOURCE oci:DIR:TAG")
         if media_type not in LAYER_TYPES:
             raise self._error(f"{where} has the unsupported media type {media_type!r}",
                               "supported: " + ", ".join(LAYER_TYPES))
@@ -326,8 +325,8 @@ def unpack_layer(blob: Blob, dest: str, member_filter: MemberFilter) -> None:
     bytes not yet verified is no new risk: the filter is what keeps any layer inside `dest` (as for
     unpinned archive layers); a mismatch is reported after the fact, also when tarfile failed first.
     """
-    mode = LAYER_TYPES.get(blob.media_type)
-    if mode is None:
+    compression = LAYER_TYPES.get(blob.media_type)
+    if compression is None:
         raise UsageError(f"layer {blob.digest}: unsupported media type {blob.media_type!r}")
     whiteouts: list[str] = []
 
@@ -347,7 +346,14 @@ def unpack_layer(blob: Blob, dest: str, member_filter: MemberFilter) -> None:
     with open(blob.path, "rb") as f:
         src = _Hashing(f)
         try:
-            with tarfile.open(fileobj=src, mode=mode) as tar:  # type: ignore[call-overload]
+            if compression == "zstd":
+                from builder import zstd
+
+                stream: BinaryIO = zstd.reader(src)  # type: ignore[arg-type]
+                mode = "r|"
+            else:
+                stream, mode = src, "r|" + compression  # type: ignore[assignment]
+            with tarfile.open(fileobj=stream, mode=mode) as tar:  # type: ignore[call-overload]
                 tar.extractall(dest, numeric_owner=True, filter=keep)
         except Exception:
             if mismatch := _mismatch(blob, src):  # a corrupt blob is reported as such, not as a tar error

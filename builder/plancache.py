@@ -8,7 +8,8 @@ A cached plan is used only while everything it was made from is the same: the re
 directory, $HOME, $NSBUILD_STORE (store paths are in the plan), the user, the kernel release, whether a template namespace is pinned, the
 nsbuild code, and the kind and identity of every host path the recipe names (layers, bind
 sources, also optional ones that were missing, the upper; for files also size, mtime and ctime,
-so an archive or image that changed is seen; for OCI layouts their index.json too). Binaries
+so an archive or image that changed is seen; for OCI layouts their index.json too), and for registry
+layers named by tag the manifest digest the tag resolved to (one HEAD request, tagcheck.py). Binaries
 layers are not cached: their closure can change with any library on the host.
 """
 from __future__ import annotations
@@ -65,6 +66,11 @@ def lookup(state: StateDir, recipe_path: str, k: tuple) -> tuple[Plan, dict] | N
             return None
         if any(_identity(path) != ident for path, ident in data["inputs"]):
             return None
+        if data.get("tags"):
+            from builder import tagcheck
+
+            if any(tagcheck.digest(url) != digest for url, digest in data["tags"]):
+                return None  # a tag moved (or cannot be checked): plan anew, which pulls
         if data["meta"].get("store"):
             gclock.hold(data["store"])
         return Plan.load(data["plan"]), data["meta"]
@@ -76,16 +82,31 @@ def cacheable(recipe: Recipe) -> bool:
     return all(layer.kind != "binaries" for layer in recipe.layers)
 
 
+def _tags(recipe: Recipe) -> list[tuple[str, str]] | None:
+    """(manifest URL, digest) of each registry layer named by tag, as this process pulled it: a warm
+    build checks that no tag moved (tagcheck.py). A digest cannot move and needs no check. None if
+    a tag was not resolved here (then nothing is cached)."""
+    tagged = [layer.path for layer in recipe.layers if layer.path.startswith("docker://") and "@sha256:" not in layer.path]
+    if not tagged:
+        return []
+    import sys
+
+    resolved = getattr(sys.modules.get("builder.registry"), "RESOLVED", {})
+    found = [resolved.get(ref) for ref in tagged]
+    return None if None in found else found  # type: ignore[return-value]
+
+
 def _inputs(recipe: Recipe) -> list[str]:
     return list(recipe.inputs) + [os.path.join(layer.path, "index.json") for layer in recipe.layers
-                                  if layer.kind == "oci"]
+                                  if layer.kind == "oci" and not layer.path.startswith("docker://")]
 
 
 def save(state: StateDir, recipe: Recipe, recipe_path: str, options: tuple, k: tuple, plan: Plan,
          meta: dict) -> None:
     """Remember a plan that built successfully (best effort: a cache). `k` is the key from before
     the build: if the build changed it (a first build pins the template), the next build plans anew."""
-    if k != key(state, recipe_path, options):
+    tags = _tags(recipe)
+    if k != key(state, recipe_path, options) or tags is None:
         return
     path = _entry(state, recipe_path)
     store = ""
@@ -94,7 +115,7 @@ def save(state: StateDir, recipe: Recipe, recipe_path: str, options: tuple, k: t
 
         store = store_dir()
     data = {"key": k, "inputs": [(p, _identity(p)) for p in _inputs(recipe)], "plan": plan.dump(), "meta": meta,
-            "store": store}
+            "store": store, "tags": tags}
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)

@@ -115,6 +115,9 @@ class Run:
     hostname: str | None = None  # None: the sandbox's name
     network: str = "host"   # "host" or "none" (a new network namespace with only lo)
     capabilities: tuple[str, ...] = ()  # changes to the default set: "+CAP_X"/"CAP_X", "-CAP_X", "ALL"
+    # where values came from: (key, "recipe" | "image config of layer[N]"), keys "command", "cwd", "user",
+    # "env.NAME"; a key not listed is the built-in default (imageconfig.py fills those from an image)
+    origins: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -408,11 +411,21 @@ def _layers(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer
         value = c.typed(t, kind, str, where)
         if value is None:
             continue
+        if kind == "oci" and value.startswith("docker://"):
+            layer = _registry_layer(c, t, where, value, digest, devices)
+            if layer:
+                layers.append(layer)
+            continue
+        if kind == "oci" and value.startswith("oci:"):  # skopeo's transport syntax: oci:DIR[:TAG]
+            value, _, tag = value[len("oci:"):].partition(":")
+            if tag and "ref" in t:
+                c.add(f"{where}.ref", f"the layer names its tag twice (oci:...:{tag} and ref)", "keep one")
+            t = dict(t, ref=tag) if tag else t
         host = c.host_path(value, base, cwd)
         if kind in ("archive", "image"):
             if not os.path.isfile(host):
                 c.add(f"{where}.{kind}", f"'{value}' ({host}) is not a file", f"{kind} paths are relative to the "
-                      "recipe file" + ("; tar, tar.gz, tar.xz and tar.bz2 are read" if kind == "archive" else ""))
+                      "recipe file" + ("; tar, tar.gz, tar.xz, tar.bz2 and tar.zst are read" if kind == "archive" else ""))
                 continue
             if kind == "archive":
                 layers.append(Layer(where, "archive", host, digest, devices))
@@ -443,6 +456,22 @@ def _layers(c: _Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer
             continue
         layers.append(Layer(where, "dir", host))
     return layers
+
+
+def _registry_layer(c: _Checker, t: dict[str, Any], where: str, value: str, digest: str | None,
+                    devices: bool) -> Layer | None:
+    """oci = "docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]": pulled when the layer is resolved."""
+    from builder.registry import BadReference, parse
+
+    if "ref" in t:
+        c.add(f"{where}.ref", "does not apply to a docker:// layer", "put the tag or digest in the reference")
+    try:
+        ref = parse(value)
+    except BadReference as e:
+        c.add(f"{where}.oci", str(e), e.hint)
+        return None
+    platform = c.typed(t, "platform", str, where)
+    return Layer(where, "oci", str(ref), digest, devices, platform=platform)
 
 
 def _binaries_layer(c: _Checker, t: dict[str, Any], where: str, base: str, cwd: str,
@@ -516,10 +545,8 @@ def _root(c: _Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[La
         if not layers:
             c.add("root.upper", "a directory upper needs at least one [[layer]] below it (overlayfs)",
                   'add a [[layer]], or use upper = "tmpfs"')
-        for layer in layers:
-            if not layer.path:
-                continue  # a binaries layer: no host directory yet (the store makes one), so no overlap
-            if is_under(layer.path, upper) or is_under(upper, layer.path):
+        for layer in layers:  # binaries layers have no path ("" would contain everything), registry ones a URL
+            if layer.path.startswith("/") and (is_under(layer.path, upper) or is_under(upper, layer.path)):
                 c.add("root.upper", f"'{upper}' overlaps {layer.origin} ({layer.path})",
                       "overlayfs needs the upper directory outside every layer")
     elif upper_raw == "none":
@@ -731,7 +758,10 @@ def _run(c: _Checker, doc: dict[str, Any]) -> Run:
         if not isinstance(word, str) or cap_word(word) is None:
             c.add(f"run.capabilities[{i}]", f"'{word}' is not a capability",
                   'e.g. "+CAP_NET_RAW" to add, "-CAP_CHOWN" to drop, "-ALL" for none')
+    origins = [(k, "recipe") for k in ("command", "cwd", "user") if k in t]
+    origins += [(f"env.{k}", "recipe") for k in env_raw]
     return Run(tuple(command), cwd, tuple(sorted(env.items())), "command" in t, contained is not False,
                user if isinstance(user, str) else "root", hostname if isinstance(hostname, str) else None,
                network if network in NETWORKS else "host",
-               tuple(w for w in caps if isinstance(w, str)) if isinstance(caps, list) else ())
+               tuple(w for w in caps if isinstance(w, str)) if isinstance(caps, list) else (),
+               tuple(sorted(origins)))

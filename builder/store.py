@@ -6,6 +6,9 @@
     <store>/.lock                    flock(2) held while unpacking
     <store>/.gc.lock                 flock(2): builds hold it shared, gc exclusively (gclock.py)
     <store>/roots/                   symlinks to lock files and state dirs: what `nsbuild gc` keeps
+    <store>/blobs/<hex>              manifests, indexes and configs pulled from registries (a cache
+                                     checked against its digest on use; `nsbuild gc` empties it)
+    <store>/tmp/pull.PID.XXXX/       layer blobs being pulled, deleted once unpacked
     <store>/digests.json             sha256 of input files by (device, inode, size, mtime, ctime): a
                                      rebuild does not read a large image or archive again
 
@@ -13,6 +16,7 @@ A crash leaves at most a directory under tmp/, never a half layer under sha256/.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -32,7 +36,9 @@ from builder.recipe import Layer, Recipe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from builder import oci
+    from collections.abc import Iterator
+
+    from builder import oci, registry
 
 DEFAULT_STORE = "/var/lib/nsbuild/store"
 
@@ -118,12 +124,23 @@ def _check_pin(recipe: Recipe, layer: Layer, digest: str) -> None:
 
 
 def _untar(layer: Layer, dest: str) -> None:
+    """Unpack an archive: tarfile finds plain, gz, xz and bz2 by their magic; zstd (which tarfile
+    does not know) is read as a stream through the zstandard binding."""
     size = os.stat(layer.path).st_size
     with open(layer.path, "rb") as raw, \
-            progress.bar(f"unpacking {os.path.basename(layer.path)}", size) as advance, \
-            tarfile.open(fileobj=progress.CountingReader(raw, advance), mode="r:*") as tar:  # type: ignore
-        xattrs = Xattrs()
-        tar.extractall(dest, numeric_owner=True, filter=_layer_filter(layer.devices, xattrs))
+            progress.bar(f"unpacking {os.path.basename(layer.path)}", size) as advance:
+        counted = progress.CountingReader(raw, advance)
+        is_zstd = raw.read(4) == b"\x28\xb5\x2f\xfd"  # zstd.MAGIC, without importing the binding
+        raw.seek(0)
+        if is_zstd:
+            from builder import zstd
+
+            tar = tarfile.open(fileobj=zstd.reader(counted), mode="r|")  # type: ignore[arg-type]
+        else:
+            tar = tarfile.open(fileobj=counted, mode="r:*")  # type: ignore[arg-type]
+        with tar:
+            xattrs = Xattrs()
+            tar.extractall(dest, numeric_owner=True, filter=_layer_filter(layer.devices, xattrs))
     xattrs.apply(dest)
 
 
@@ -176,6 +193,7 @@ class Store:
         self._known: dict[str, list] | None = None  # digests.json
         self._closures: dict[Layer, tuple[str, list[str]]] = {}  # binaries layers: digest, host paths
         self._images: dict[Layer, oci.Image] = {}  # OCI layers
+        self._pulled: dict[Layer, registry.Pulled] = {}  # OCI layers from a registry
         self._dirty = False
 
     def entries(self, recipe: Recipe) -> list[str]:
@@ -223,13 +241,19 @@ class Store:
                 raise ValueError(f"unknown layer kind {layer.kind}")
         if unpack:
             self.save_digests()
-        return dataclasses.replace(recipe, layers=tuple(layers))
+        run = recipe.run
+        top = recipe.layers[-1] if recipe.layers else None
+        if top is not None and top.kind == "oci":  # the image is what the sandbox is: its config sets defaults
+            from builder.imageconfig import run_defaults
+
+            run = run_defaults(run, self.image(top).config, f"image config of {top.origin}")
+        return dataclasses.replace(recipe, layers=tuple(layers), run=run)
 
     def _oci(self, recipe: Recipe, layer: Layer, unpack: bool) -> list[Layer]:
         """One store directory per layer blob, whiteouts in overlayfs form ("-oci" entries)."""
         from builder import oci
 
-        image = self._image(layer)
+        image = self.image(layer)
         _check_pin(recipe, layer, image.manifest_digest.removeprefix("sha256:"))
 
         def unpack_blob(blob: oci.Blob, tmp: str) -> None:
@@ -237,22 +261,84 @@ class Store:
             oci.unpack_layer(blob, tmp, _layer_filter(layer.devices, xattrs))
             xattrs.apply(tmp)
 
-        out = []
-        for k, blob in enumerate(image.layers):
-            path = self.entry(blob.digest.removeprefix("sha256:") + "-oci", layer.devices)
-            if unpack:
+        paths = [self.entry(blob.digest.removeprefix("sha256:") + "-oci", layer.devices) for blob in image.layers]
+        if unpack and layer in self._pulled:
+            with self._downloads(layer, image, paths) as blobs:
+                for k, (blob, path) in enumerate(zip(blobs, paths)):
+                    self._fill(f"{layer.origin} blob {k}", f"{layer.path} blob {blob.digest}", path,
+                               lambda tmp, b=blob: unpack_blob(b, tmp))
+        elif unpack:
+            for k, (blob, path) in enumerate(zip(image.layers, paths)):
                 self._fill(f"{layer.origin} blob {k}", blob.path, path, lambda tmp, b=blob: unpack_blob(b, tmp))
-            out.append(Layer(f"{layer.origin}.blob[{k}]", "dir", path))
-        return out
+        return [Layer(f"{layer.origin}.blob[{k}]", "dir", path) for k, path in enumerate(paths)]
 
-    def _image(self, layer: Layer) -> oci.Image:
+    @contextlib.contextmanager
+    def _downloads(self, layer: Layer, image: oci.Image, paths: list[str]) -> Iterator[list[oci.Blob]]:
+        """The blobs of a pulled image whose store entries are missing, fetched and verified into
+        tmp/pull.PID.XXXX/ (all of them before any is unpacked: a failed pull leaves nothing under
+        sha256/), as Blobs with those paths; the downloads are deleted afterwards. The image's manifest
+        and config go into the blob cache, so a warm pull asks only for the manifest."""
+        pulled = self._pulled[layer]
+        gclock.hold(self.path)
+        made = self._ensure_dirs()
+        gclock.hold(self.path)
+        tmp = ""
+        try:
+            tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=f"pull.{os.getpid()}.")
+            blobs = []
+            for blob, path in zip(image.layers, paths):
+                if os.path.isdir(path):
+                    blobs.append(dataclasses.replace(blob, path=""))  # _fill will not read it
+                    continue
+                dest = os.path.join(tmp, blob.digest.removeprefix("sha256:"))
+                pulled.client.blob(blob.digest, blob.size, dest, f"pulling {blob.digest[7:19]}")
+                blobs.append(dataclasses.replace(blob, path=dest))
+            self._cache_documents(pulled.documents)
+            yield blobs
+        except BaseException:
+            if tmp:
+                remove_tree(tmp)
+                tmp = ""
+            if made:  # a first pull that failed leaves no store behind
+                gclock.release(self.path)
+                self._remove_unused(made)
+            raise
+        finally:
+            if tmp:
+                remove_tree(tmp)
+
+    def _cache_documents(self, documents: dict[str, bytes]) -> None:
+        cache = os.path.join(self.path, "blobs")
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        for digest, body in documents.items():
+            dest = os.path.join(cache, digest.removeprefix("sha256:"))
+            if os.path.exists(dest):
+                continue
+            tmp = f"{dest}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(body)
+            os.rename(tmp, dest)  # never half-visible: readers also check the digest
+
+    def image(self, layer: Layer) -> oci.Image:
         """The image an OCI layer picks (its index, manifest and config read and checked once per
         Store: `nsbuild lock` asks twice)."""
         if layer not in self._images:
-            from builder import oci
+            if layer.path.startswith("docker://"):
+                from builder import registry
 
-            self._images[layer] = oci.open_layout(layer.path).image(layer.ref, layer.platform)
+                cache = os.path.join(self.path, "blobs")
+                self._pulled[layer] = registry.pull_image(layer.path, layer.origin, layer.platform, cache)
+                self._images[layer] = self._pulled[layer].image
+            else:
+                from builder import oci
+
+                self._images[layer] = oci.open_layout(layer.path).image(layer.ref, layer.platform)
         return self._images[layer]
+
+    def registry_source(self, layer: Layer) -> registry.Client | None:
+        """The registry client an OCI layer was pulled with (None for a layout), after image()."""
+        pulled = self._pulled.get(layer)
+        return pulled.client if pulled else None
 
     def _binaries(self, layer: Layer) -> tuple[str, list[str]]:
         """The host paths a binaries layer copies (programs with their shared-library closure, extra
@@ -299,7 +385,7 @@ class Store:
         if layer.kind in ("image", "archive"):
             return self.digest(layer.path)
         if layer.kind == "oci":
-            return self._image(layer).manifest_digest.removeprefix("sha256:")
+            return self.image(layer).manifest_digest.removeprefix("sha256:")
         if layer.kind == "binaries":
             return self._binaries(layer)[0]
         raise ValueError(f"no input digest for {layer.kind} layers")
@@ -473,6 +559,8 @@ class Store:
             tmp = os.path.join(self.path, "tmp")
             removed += [os.path.join(tmp, n) for n in sorted(os.listdir(tmp))] if os.path.isdir(tmp) else []
             removed += [os.path.join(self.path, "roots", n) for n in dead]
+            blobs = os.path.join(self.path, "blobs")  # re-fetched on demand: no root keeps them
+            removed += [os.path.join(blobs, n) for n in sorted(os.listdir(blobs))] if os.path.isdir(blobs) else []
             removed += _abandoned_tmp_files(self.path) + _abandoned_tmp_files(os.path.join(self.path, "roots"))
             if not dry_run:
                 for path in removed:

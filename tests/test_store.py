@@ -203,3 +203,39 @@ def test_a_failed_first_unpack_removes_the_store_only_if_unused(tmp_path: Path, 
         gclock.release()
         if holder is not None:
             os.close(holder)
+
+
+def zstd_archive(path: Path, build, frames: int = 1) -> Path:  # noqa: ANN001 - a callable filling the tar
+    """A .tar.zst as `zstd` writes it (in `frames` frames, as `zstd -T0` may)."""
+    import zstandard
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        build(tar)
+    data, step = buf.getvalue(), -(-len(buf.getvalue()) // frames)
+    c = zstandard.ZstdCompressor()
+    path.write_bytes(b"".join(c.compress(data[i:i + step]) for i in range(0, len(data), step)))
+    return path
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_zstd_archive_layer(nsbuild, tmp_path: Path, frames: int) -> None:
+    tar = zstd_archive(tmp_path / "root.tar.zst", good, frames)
+    digest = hashlib.sha256(tar.read_bytes()).hexdigest()
+    nsfs = json.loads(nsbuild("build", str(recipe(tmp_path, tar, f'sha256 = "{digest}"\n')), "--json").stdout)["nsfs"]
+    assert sh(nsfs, "cat /etc/motd; stat -c '%a %u:%g' /etc/motd /sbin-tool") == \
+        "from the tarball\n640 1000:1000\n4755 0:0\n"
+    assert sorted(os.listdir(tmp_path / "store" / "sha256")) == [digest]
+    nsbuild("rm", "arch")
+
+
+def test_corrupt_zstd_archive_is_one_error_and_leaves_no_entry(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    tar = zstd_archive(tmp_path / "root.tar.zst", good)
+    data = bytearray(tar.read_bytes())
+    data[len(data) // 2:] = bytes(len(data) - len(data) // 2)
+    tar.write_bytes(bytes(data))
+    proc = nsbuild("build", str(recipe(tmp_path, tar)), check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "layer[0]: cannot unpack" in proc.stderr and "zstd" in proc.stderr and "Traceback" not in proc.stderr
+    assert not state_dir.exists()
+    assert not (tmp_path / "store").exists()  # the first unpack failed: no store was left behind

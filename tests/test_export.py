@@ -1,0 +1,244 @@
+"""`nsbuild export`: layouts read by skopeo and umoci and run by crun, pushes to a real registry, the
+image pulled back into nsbuild, whiteouts in OCI form, reproducible digests."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import RECIPES, needs_root
+from registries import fault_proxy, images, registry  # noqa: F401
+
+pytestmark = needs_root
+DEMO_LAYERS = [d["digest"] for d in json.loads((RECIPES / "oci/layout/blobs/sha256" /
+                                                 "53d1c3a752da96e287e82341eb4066a09a23597942835ad624ebe62a3975d639")
+                                                .read_text())["layers"]]
+SCRIPT = "cat /etc/motd /etc/hostname; ls /opt/demo; echo $GREETING"
+EXPECTED = "from layer 2\nexported\nc\nhi\n"
+
+
+def recipe(tmp_path: Path, extra: str = "") -> Path:
+    """The demo image, a binaries layer with a shell above it, a [[path]] and [run] with env."""
+    path = tmp_path / "export.toml"
+    path.write_text(f'[sandbox]\nname = "exp"\n[[layer]]\noci = "{RECIPES / "oci/layout"}"\nref = "demo"\n'
+                    '[[layer]]\nbinaries = ["/bin/sh", "/bin/cat", "/bin/ls", "/usr/bin/find", "/usr/bin/sort", "/usr/bin/stat", '
+                    '"/usr/bin/md5sum", "/usr/bin/rm"]\n'
+                    f'{extra}[[path]]\npath = "/etc/hostname"\ncontent = "exported\\n"\n'
+                    f'[run]\ncommand = ["/bin/sh", "-c", "{SCRIPT}"]\nenv = {{ GREETING = "hi" }}\n')
+    return path
+
+
+def export(nsbuild, *args: str, env: dict[str, str] | None = None) -> dict:
+    if env:
+        nsbuild.env.update(env)
+    try:
+        return json.loads(nsbuild("export", "--json", *args).stdout)
+    finally:
+        for k in env or {}:
+            nsbuild.env.pop(k)
+
+
+def inspect(ref: str) -> dict:
+    return json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", ref], capture_output=True, text=True,
+                                     check=True).stdout)
+
+
+def crun_run(bundle: Path, tmp_path: Path) -> str:
+    """Run an umoci bundle with crun as root. umoci writes terminal = true (we have none); this host's cgroups
+    are hybrid, which crun refuses, so the v2 hierarchy is unmounted in a private mount namespace first."""
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = False
+    (bundle / "config.json").write_text(json.dumps(config))
+    script = ("if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified; fi; "
+              f"exec crun --root={tmp_path / 'crun'} --cgroup-manager=disabled run -b {bundle} nsbuild-export-test")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_export_to_a_layout_runs_under_crun_and_is_reproducible(nsbuild, tmp_path: Path) -> None:
+    r = recipe(tmp_path)
+    out = export(nsbuild, str(r), f"oci:{tmp_path / 'out'}:v1")
+    info = inspect(f"oci:{tmp_path / 'out'}:v1")
+    assert info["Digest"] == out["digest"]
+    assert info["Layers"][:2] == DEMO_LAYERS and len(info["Layers"]) == 4  # demo, binaries, [[path]]
+    assert "GREETING=hi" in info["Env"]
+    config = json.loads((tmp_path / "out/blobs/sha256" /
+                         json.loads((tmp_path / "out/blobs/sha256" / out["digest"][7:]).read_bytes())["config"]["digest"][7:])
+                        .read_text())["config"]
+    assert config["Cmd"] == ["/bin/sh", "-c", SCRIPT] and config["WorkingDir"] == "/" and "User" not in config
+    subprocess.run(["umoci", "unpack", "--image", f"{tmp_path / 'out'}:v1", str(tmp_path / "bundle")], check=True,
+                   capture_output=True)
+    assert crun_run(tmp_path / "bundle", tmp_path) == EXPECTED
+    # the same inputs, the same digest: into a second layout, and again into the first
+    assert export(nsbuild, str(r), f"oci:{tmp_path / 'again'}:v1")["digest"] == out["digest"]
+    again = export(nsbuild, str(r), f"oci:{tmp_path / 'out'}:v1")
+    assert again["digest"] == out["digest"] and all(line.endswith(" exists") for line in again["blobs"])
+    assert len(json.loads((tmp_path / "out/index.json").read_text())["manifests"]) == 1  # the tag was replaced
+
+
+def new_layers(layout: Path, digest: str) -> list[tarfile.TarFile]:
+    manifest = json.loads((layout / "blobs/sha256" / digest[7:]).read_bytes())
+    return [tarfile.open(fileobj=io.BytesIO(gzip.decompress((layout / "blobs/sha256" / d["digest"][7:]).read_bytes())))
+            for d in manifest["layers"] if d["digest"] not in DEMO_LAYERS]
+
+
+def test_tarballs_are_sorted_with_numeric_owners_and_source_date_epoch(nsbuild, tmp_path: Path) -> None:
+    r = recipe(tmp_path)
+    out = export(nsbuild, str(r), f"oci:{tmp_path / 'out'}:v1", env={"SOURCE_DATE_EPOCH": "1700000000"})
+    for tar in new_layers(tmp_path / "out", out["digest"]):
+        members = tar.getmembers()
+        assert members and {m.mtime for m in members} == {1700000000}
+        assert {(m.uname, m.gname) for m in members} == {("", "")}
+        names = [m.name for m in members]
+        assert names == sorted(names, key=lambda n: n.split("/"))  # depth first, each directory's names sorted
+    assert export(nsbuild, str(r), f"oci:{tmp_path / 'zero'}:v1")["digest"] != out["digest"]  # times are in it
+    manifest = json.loads((tmp_path / "out/blobs/sha256" / out["digest"][7:]).read_bytes())
+    config = json.loads((tmp_path / "out/blobs/sha256" / manifest["config"]["digest"][7:]).read_bytes())
+    assert config["created"] == "2023-11-14T22:13:20Z"
+
+
+def test_whiteouts_leave_in_oci_form_and_the_tree_comes_back(nsbuild, tmp_path: Path) -> None:
+    """A directory layer with an overlayfs whiteout and an opaque directory: exported as .wh. entries,
+    and the image pulled back into nsbuild gives the same tree as the recipe."""
+    top = tmp_path / "top"
+    (top / "opt/demo").mkdir(parents=True)
+    (top / "opt/demo/new").write_text("new\n")
+    os.setxattr(top / "opt/demo", "trusted.overlay.opaque", b"y")
+    (top / "etc").mkdir()
+    os.mknod(top / "etc/legacy.conf", 0o600 | 0o020000, os.makedev(0, 0))
+    r = recipe(tmp_path, '[[layer]]\npath = "top"\n')
+    out = export(nsbuild, str(r), f"oci:{tmp_path / 'out'}:v1")
+    names = {m.name for tar in new_layers(tmp_path / "out", out["digest"]) for m in tar.getmembers()}
+    assert {"etc/.wh.legacy.conf", "opt/demo/.wh..wh..opq", "opt/demo/new"} <= names
+    listing = "find / -xdev | sort | while read -r f; do stat -c '%n %F %a %u:%g' \"$f\"; " \
+              "if [ -f \"$f\" ]; then cat \"$f\" | md5sum; fi; done"
+    nsbuild("build", str(r))
+    before = nsbuild("run", "exp", "--", "/bin/sh", "-c", listing).stdout
+    nsbuild("rm", "exp")
+    back = tmp_path / "back.toml"
+    back.write_text(f'[sandbox]\nname = "exp"\n[[layer]]\noci = "oci:{tmp_path / "out"}:v1"\n')
+    nsbuild("build", str(back))
+    assert nsbuild("run", "exp").stdout == "from layer 2\nexported\nnew\nhi\n"  # the image's own [run]
+    assert nsbuild("run", "exp", "--", "/bin/sh", "-c", listing).stdout == before
+    nsbuild("rm", "exp")
+
+
+def test_a_persisted_sandbox_with_a_directory_upper_exports_its_changes(nsbuild, tmp_path: Path) -> None:
+    r = recipe(tmp_path, "")
+    r.write_text(r.read_text().replace("[[path]]", '[root]\nupper = "upper"\n[[path]]', 1))
+    nsbuild("build", str(r))
+    nsbuild("run", "exp", "--", "/bin/sh", "-c", "echo made > /made; rm /etc/motd")
+    out = export(nsbuild, "exp", f"oci:{tmp_path / 'out'}:v1")
+    nsbuild("rm", "exp")
+    back = tmp_path / "back.toml"
+    back.write_text(f'[sandbox]\nname = "back"\n[[layer]]\noci = "oci:{tmp_path / "out"}:v1"\n'
+                    '[run]\ncommand = ["/bin/sh", "-c", "cat /made; test ! -e /etc/motd"]\n')
+    nsbuild("build", str(back))
+    assert nsbuild("run", "back").stdout == "made\n"
+    nsbuild("rm", "back")
+    assert out["digest"].startswith("sha256:")
+
+
+def test_a_tmpfs_sandbox_exports_the_tree_as_built_and_says_so(nsbuild, tmp_path: Path) -> None:
+    nsbuild("build", str(recipe(tmp_path)))
+    proc = nsbuild("export", "exp", f"oci:{tmp_path / 'out'}:v1")
+    assert "tmpfs upper" in proc.stderr and "directory upper" in proc.stderr
+    assert inspect(f"oci:{tmp_path / 'out'}:v1")["Layers"][:2] == DEMO_LAYERS
+    nsbuild("rm", "exp")
+
+
+def test_export_pushes_skips_what_the_registry_has_and_rebuilds_from_it(nsbuild, registry, fault_proxy,
+                                                                      tmp_path: Path) -> None:
+    proxy = fault_proxy("pass")
+    r = recipe(tmp_path)
+    ref = proxy.ref("pushed:v1")
+    out = export(nsbuild, str(r), ref)
+    assert sum(" uploaded" in line for line in out["blobs"]) == 5  # 4 layers and the config
+    info = inspect(registry.ref("pushed:v1"))
+    assert info["Digest"] == out["digest"] and info["Layers"][:2] == DEMO_LAYERS
+    n = len(proxy.requests())
+    again = export(nsbuild, str(r), ref)
+    assert again["digest"] == out["digest"] and sum(" exists" in line for line in again["blobs"]) == 5
+    second = proxy.requests()[n:]
+    assert [line.split()[0] for line in second] == ["HEAD"] * 5 + ["PUT"], second  # blobs not sent again
+    back = tmp_path / "back.toml"
+    back.write_text(f'[sandbox]\nname = "exp"\n[[layer]]\noci = "{registry.ref("pushed:v1")}"\n')
+    nsbuild("build", str(back))
+    assert nsbuild("run", "exp").stdout == EXPECTED
+    nsbuild("rm", "exp")
+
+
+def test_a_pulled_lower_keeps_its_digest_in_a_push_to_another_repository(nsbuild, registry, tmp_path: Path) -> None:
+    path = tmp_path / "pulled.toml"
+    path.write_text(f'[sandbox]\nname = "p"\n[[layer]]\noci = "{registry.ref("demo:gzip")}"\n'
+                    '[[path]]\npath = "/etc/hostname"\ncontent = "p\\n"\n')
+    out = export(nsbuild, str(path), registry.ref("copied:v1"))
+    assert [line.split(" ", 1)[1] for line in out["blobs"][:2]] == ["mounted from demo"] * 2
+    assert inspect(registry.ref("copied:v1"))["Layers"][:2] == DEMO_LAYERS
+    layout = export(nsbuild, str(path), f"oci:{tmp_path / 'out'}:v1")  # the blobs are fetched for a layout
+    assert inspect(f"oci:{tmp_path / 'out'}:v1")["Layers"][:2] == DEMO_LAYERS and layout["digest"] == out["digest"]
+
+
+@pytest.mark.parametrize("dest", ["nowhere", "oci:", "docker://host.example/x@sha256:" + "a" * 64, "oci:/tmp/x:bad*tag"])
+def test_bad_destinations_are_usage_errors(nsbuild, tmp_path: Path, dest: str) -> None:
+    proc = nsbuild("export", str(recipe(tmp_path)), dest, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_image_layers_cannot_be_exported_yet(nsbuild, tmp_path: Path) -> None:
+    image = tmp_path / "img.squashfs"
+    (tmp_path / "src").mkdir()
+    subprocess.run(["mksquashfs", str(tmp_path / "src"), str(image), "-quiet", "-noappend"], check=True)
+    path = tmp_path / "img.toml"
+    path.write_text('[sandbox]\nname = "i"\n[[layer]]\nimage = "img.squashfs"\n')
+    proc = nsbuild("export", str(path), f"oci:{tmp_path / 'out'}", check=False)
+    assert proc.returncode == 2 and "cannot be exported yet" in proc.stderr, proc.stderr
+
+
+def test_a_push_retries_5xx_with_the_same_body_and_logs_in_for_tokens(nsbuild, registry, fault_proxy,
+                                                                     tmp_path: Path) -> None:
+    """Every first request of a path answers 503 (blob checks, upload sessions, uploads, the manifest):
+    each is sent again whole. Then a push through Bearer auth, with credentials from ~/.docker/config.json."""
+    from registries import PASSWORD, USER, docker_config
+
+    r = recipe(tmp_path)
+    flaky = fault_proxy("5xx-once")
+    out = export(nsbuild, str(r), flaky.ref("flaky:v1"))
+    assert inspect(registry.ref("flaky:v1"))["Digest"] == out["digest"]
+    assert sum(line.endswith("-> 503") for line in flaky.requests()) >= 3
+    token = fault_proxy(f"token:{USER}:{PASSWORD}")
+    home = tmp_path / "home"
+    docker_config(home, token.host)
+    nsbuild.env["HOME"] = str(home)
+    nsbuild.env.pop("XDG_RUNTIME_DIR", None)
+    out = export(nsbuild, str(r), token.ref("tokened:v1"))
+    assert inspect(registry.ref("tokened:v1"))["Digest"] == out["digest"]
+    assert any(line.startswith("GET /token?") and "push" in line and line.endswith("200") for line in token.requests())
+
+
+def test_a_sandbox_whose_recipe_changed_is_not_exported_as_the_new_recipe(nsbuild, tmp_path: Path) -> None:
+    r = recipe(tmp_path)
+    nsbuild("build", str(r))
+    r.write_text(r.read_text().replace("exported\\n", "changed\\n"))
+    proc = nsbuild("export", "exp", f"oci:{tmp_path / 'out'}", check=False)
+    assert proc.returncode == 2 and "changed since the sandbox was built" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+    nsbuild("rm", "exp")
+
+
+def test_a_push_to_an_unreachable_registry_is_one_error(nsbuild, tmp_path: Path) -> None:
+    from registries import free_port
+
+    host = f"127.0.0.1:{free_port()}"
+    proc = nsbuild("export", str(recipe(tmp_path)), f"docker://{host}/x:v1", check=False)
+    assert proc.returncode == 1 and f"registry {host}: cannot reach http://{host}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert os.listdir(tmp_path / "store" / "tmp") == []  # the new layers were written under tmp/ and are gone

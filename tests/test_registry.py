@@ -1,0 +1,330 @@
+"""Pulling docker:// layers from real registries (Debian's docker-registry on 127.0.0.1, images pushed
+with skopeo), through a fault-injecting proxy for the failures."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import RECIPES, needs_root, tally
+from registries import (PASSWORD, USER, auth_registry, docker_config, fault_proxy, images,  # noqa: F401
+                        registry, skopeo)
+
+from builder import registry as reg
+from builder.errors import NsbuildError
+
+pytestmark = needs_root
+
+
+def recipe(tmp_path: Path, ref: str, extra: str = "", name: str = "r.toml") -> Path:
+    """recipes/oci.toml with its layer pulled from `ref` (the demo image: prints "from layer 2", "c")."""
+    text = (RECIPES / "oci.toml").read_text().replace('oci = "oci/layout"', f'oci = "{ref}"{extra}')
+    path = tmp_path / name
+    path.write_text(text.replace('ref = "demo"', ""))
+    return path
+
+
+def store_entries(tmp_path: Path) -> list[str]:
+    top = tmp_path / "store" / "sha256"
+    return sorted(os.listdir(top)) if top.exists() else []
+
+
+@pytest.mark.parametrize("tag", ["gzip", "zstd"])
+def test_pull_builds_and_runs(nsbuild, registry, tmp_path: Path, tag: str) -> None:
+    proc = nsbuild("build", str(recipe(tmp_path, registry.ref(f"demo:{tag}"))), "--quiet")
+    assert proc.stdout == "" and proc.stderr == ""  # --quiet, and no terminal: no bars
+    assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
+    assert len(store_entries(tmp_path)) == 2 and all(e.endswith("-oci") for e in store_entries(tmp_path))
+    assert os.listdir(tmp_path / "store" / "tmp") == []  # the downloads are gone once unpacked
+    assert len(os.listdir(tmp_path / "store" / "blobs")) == 2  # manifest and config, for warm pulls
+    nsbuild("rm", "oci")
+
+
+def test_warm_pull_asks_only_for_the_manifest(nsbuild, fault_proxy, tmp_path: Path) -> None:
+    proxy = fault_proxy("pass")
+    r = recipe(tmp_path, proxy.ref("demo:gzip"))
+    nsbuild("build", str(r))
+    cold = proxy.requests()
+    assert sum("/blobs/" in line for line in cold) == 3, cold  # config and two layers
+    nsbuild("build", str(r), "--replace")  # planned anew (the first build pinned the template namespace)
+    warm = proxy.requests()[len(cold):]
+    assert warm == ["GET /v2/demo/manifests/gzip - -> 200"], warm
+    nsbuild("build", str(r), "--replace")  # the cached plan, once the tag is seen not to have moved
+    cached = proxy.requests()[len(cold) + len(warm):]
+    assert cached == ["HEAD /v2/demo/manifests/gzip - -> 200"], cached
+    assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
+    nsbuild("rm", "oci")
+
+
+def test_a_moved_tag_is_pulled_again_not_taken_from_the_cached_plan(nsbuild, registry, images: Path,
+                                                                    tmp_path: Path) -> None:
+    dest = "--dest-tls-verify=false"
+    skopeo(dest, f"oci:{RECIPES / 'oci/layout'}:demo", registry.ref("retag:v1"))
+    r = recipe(tmp_path, registry.ref("retag:v1"))
+    nsbuild("build", str(r))
+    gzip_entries = store_entries(tmp_path)
+    nsbuild("build", str(r), "--replace")  # the plan is cached now (the first build pinned the template)
+    nsbuild("build", str(r), "--replace")  # the cached plan
+    assert store_entries(tmp_path) == gzip_entries
+    plans = Path(nsbuild.env["NSBUILD_STATE_DIR"]) / ".plans"
+    assert len(os.listdir(plans)) == 1
+    skopeo(dest, f"oci:{images / 'zstd'}:demo", registry.ref("retag:v1"))  # same tree, other blobs
+    nsbuild("build", str(r), "--replace")
+    entries = store_entries(tmp_path)
+    assert len(entries) == 4 and set(gzip_entries) < set(entries)  # the zstd blobs were pulled and unpacked
+    meta = json.loads((Path(nsbuild.env["NSBUILD_STATE_DIR"]) / "oci.json").read_text())
+    assert set(meta["store"]) == set(entries) - set(gzip_entries)  # and the sandbox uses them
+    assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
+    nsbuild("rm", "oci")
+
+
+def test_a_digest_reference_needs_no_request_when_warm(nsbuild, fault_proxy, registry, tmp_path: Path) -> None:
+    digest = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", registry.ref("demo:gzip")],
+                                       capture_output=True, text=True, check=True).stdout)["Digest"]
+    proxy = fault_proxy("pass")
+    r = recipe(tmp_path, proxy.ref(f"demo@{digest}"))
+    nsbuild("build", str(r))
+    n = len(proxy.requests())
+    nsbuild("build", str(r), "--replace")  # a digest cannot move: the cached plan runs, nothing is asked
+    assert len(proxy.requests()) == n
+    nsbuild("rm", "oci")
+
+
+def test_lock_pins_the_manifest_and_a_moved_tag_is_drift(nsbuild, registry, images: Path, tmp_path: Path) -> None:
+    dest = "--dest-tls-verify=false"
+    skopeo(dest, f"oci:{RECIPES / 'oci/layout'}:demo", registry.ref("moving:v1"))
+    r = recipe(tmp_path, registry.ref("moving:v1"))
+    nsbuild("lock", str(r))
+    locked = json.loads(Path(f"{r}.lock").read_text())["layers"]["layer[0]"]
+    assert locked["kind"] == "oci" and locked["source"] == registry.ref("moving:v1")
+    nsbuild("build", str(r), "--locked")
+    skopeo(dest, f"oci:{images / 'zstd'}:demo", registry.ref("moving:v1"))  # the tag moves
+    proc = nsbuild("build", str(r), "--locked", "--replace", check=False)
+    assert proc.returncode == 2 and "layer[0]" in proc.stderr and "drifted" in proc.stderr, proc.stderr
+    assert locked["sha256"] in proc.stderr
+    nsbuild("rm", "oci")
+
+
+def test_a_pinned_sha256_that_differs_is_refused_before_any_blob(nsbuild, registry, state_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    proc = nsbuild("build", str(recipe(tmp_path, registry.ref("demo:gzip"), f'\nsha256 = "{"0" * 64}"')),
+                   check=False)
+    assert proc.returncode == 2 and "layer[0].sha256" in proc.stderr, proc.stderr
+    assert store_entries(tmp_path) == [] and not state_dir.exists()
+
+
+def test_an_index_is_resolved_by_platform(nsbuild, registry, images: Path, tmp_path: Path) -> None:
+    digests = json.loads((images / "multi" / "digests.json").read_text())
+    r = recipe(tmp_path, registry.ref("multi:v1"))
+    nsbuild("lock", str(r))
+    assert json.loads(Path(f"{r}.lock").read_text())["layers"]["layer[0]"]["sha256"] == digests["host"][7:]
+    from registries import OTHER_ARCH
+
+    other = recipe(tmp_path, registry.ref("multi:v1"), f'\nplatform = "linux/{OTHER_ARCH}"', "other.toml")
+    nsbuild("lock", str(other))
+    assert json.loads(Path(f"{other}.lock").read_text())["layers"]["layer[0]"]["sha256"] == digests["other"][7:]
+    nsbuild("build", str(r))
+    assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
+    nsbuild("rm", "oci")
+
+
+# --- auth
+
+def test_basic_auth_from_docker_config(nsbuild, auth_registry, tmp_path: Path) -> None:
+    r = recipe(tmp_path, auth_registry.ref("demo:gzip"))
+    home = tmp_path / "home"
+    home.mkdir()
+    nsbuild.env["HOME"] = str(home)
+    nsbuild.env.pop("XDG_RUNTIME_DIR", None)
+    proc = nsbuild("build", str(r), check=False)
+    assert proc.returncode == 1 and "needs a login" in proc.stderr and auth_registry.host in proc.stderr
+    assert store_entries(tmp_path) == []
+    docker_config(home, auth_registry.host, password="wrong")
+    proc = nsbuild("build", str(r), check=False)
+    assert proc.returncode == 1 and "authentication failed (401" in proc.stderr, proc.stderr
+    docker_config(home, auth_registry.host)
+    nsbuild("build", str(r))
+    assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
+    nsbuild("rm", "oci")
+    lock = Path(nsbuild("lock", str(r)).stdout.split()[-1]).read_text()
+    assert PASSWORD not in lock and base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in lock
+
+
+def test_bearer_token_auth_with_credentials_from_containers_auth_json(nsbuild, fault_proxy, tmp_path: Path) -> None:
+    proxy = fault_proxy(f"token:{USER}:{PASSWORD}")
+    r = recipe(tmp_path, proxy.ref("demo:gzip"))
+    runtime = tmp_path / "xdg"
+    (runtime / "containers").mkdir(parents=True)
+    nsbuild.env["XDG_RUNTIME_DIR"] = str(runtime)
+    nsbuild.env["HOME"] = str(tmp_path / "nohome")
+    auth = runtime / "containers" / "auth.json"
+    auth.write_text(json.dumps({"auths": {proxy.host: {"auth": base64.b64encode(b"nsbuild:nope").decode()}}}))
+    proc = nsbuild("build", str(r), check=False)
+    assert proc.returncode == 1 and "token service" in proc.stderr and "refused (401" in proc.stderr, proc.stderr
+    auth.write_text(json.dumps({"auths": {proxy.host: {
+        "auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
+    nsbuild("build", str(r))
+    assert any(line.startswith("GET /token?") and line.endswith("200") for line in proxy.requests())
+    assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
+    nsbuild("rm", "oci")
+
+
+# --- faults
+
+@pytest.mark.parametrize("mode", ["drop-once", "5xx-once"])
+def test_dropped_connections_and_a_5xx_are_retried(nsbuild, fault_proxy, tmp_path: Path, mode: str) -> None:
+    proxy = fault_proxy(mode)
+    nsbuild("build", str(recipe(tmp_path, proxy.ref("demo:gzip"))))
+    assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
+    if mode == "drop-once":  # the blob resumed where it broke off
+        assert any("/blobs/" in line and "bytes=" in line and line.endswith("206") for line in proxy.requests())
+    nsbuild("rm", "oci")
+    tally("registry faults recovered from")
+
+
+FAULTS = {  # mode -> what the error says
+    "drop-always": "is truncated: the connection broke after",
+    "short-always": "is truncated: the connection ended after",
+    "5xx-always": "the registry failed (503",
+    "corrupt": "wrong digest",
+    "status:401": "authentication failed (401",
+    "status:403": "access denied (403",
+    "status:404": "not found (404",
+    "status:429": "too many requests (429",
+    "status:500": "the registry failed (500",
+    "mediatype": "unknown media type 'application/vnd.example.unknown+json'",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(FAULTS))
+def test_registry_faults_are_one_error_and_leave_nothing(nsbuild, fault_proxy, state_dir: Path, tmp_path: Path,
+                                                         mode: str) -> None:
+    proxy = fault_proxy(mode)
+    proc = nsbuild("build", str(recipe(tmp_path, proxy.ref("demo:gzip"))), check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert FAULTS[mode] in proc.stderr and f"layer[0]: registry {proxy.host}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 2
+    assert store_entries(tmp_path) == [] and not state_dir.exists()
+    assert not (tmp_path / "store" / "tmp").exists() or os.listdir(tmp_path / "store" / "tmp") == []
+    tally("registry faults reported, nothing left in the store")
+
+
+def test_unreachable_registry(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    from registries import free_port
+
+    host = f"127.0.0.1:{free_port()}"  # nothing listens there
+    proc = nsbuild("build", str(recipe(tmp_path, f"docker://{host}/demo:gzip")), check=False)
+    assert proc.returncode == 1 and f"layer[0]: registry {host}: cannot reach http://{host}" in proc.stderr
+    assert "Connection refused" in proc.stderr, proc.stderr
+    assert store_entries(tmp_path) == [] and not state_dir.exists()
+
+
+def test_a_platform_the_index_lacks(nsbuild, registry, state_dir: Path, tmp_path: Path) -> None:
+    proc = nsbuild("build", str(recipe(tmp_path, registry.ref("foreign:v1"))), check=False)
+    assert proc.returncode == 1 and "has no image for platform" in proc.stderr, proc.stderr
+    assert registry.host in proc.stderr and "layer[0]" in proc.stderr
+    assert store_entries(tmp_path) == [] and not state_dir.exists()
+
+
+@pytest.mark.parametrize("ref", ["docker://demo:gzip", "docker://Registry.Example/Demo", "docker://host.example/demo@sha256:abc",
+                                 "docker://host.example/demo:bad*tag", "docker://host.example/"])
+def test_bad_references_are_recipe_errors(nsbuild, state_dir: Path, tmp_path: Path, ref: str) -> None:
+    proc = nsbuild("build", str(recipe(tmp_path, ref)), check=False)
+    assert proc.returncode == 2 and "layer[0].oci" in proc.stderr, proc.stderr
+    assert not (tmp_path / "store").exists() and not state_dir.exists()
+
+
+# --- no network needed
+
+def test_references_parse_like_skopeo() -> None:
+    r = reg.parse("docker://127.0.0.1:5000/library/debian")
+    assert (r.host, r.repo, r.tag, r.digest, r.loopback) == ("127.0.0.1:5000", "library/debian", "latest", None, True)
+    d = "sha256:" + "a" * 64
+    r = reg.parse(f"docker://registry.example.org/debian:bookworm@{d}")
+    assert (r.tag, r.digest, r.loopback) == ("bookworm", d, False)
+    assert str(r) == f"docker://registry.example.org/debian:bookworm@{d}"
+    assert reg.parse("docker://localhost/x").loopback and reg.parse("docker://[::1]:5000/x").loopback
+
+
+def test_https_unless_loopback() -> None:
+    assert reg.Client(reg.parse("docker://registry.example.org/x"), "layer[0]").base == "https://registry.example.org"
+    assert reg.Client(reg.parse("docker://127.0.0.1:5000/x"), "layer[0]").base == "http://127.0.0.1:5000"
+    assert reg.Client(reg.parse("docker://127.0.0.9:5000/x"), "layer[0]").base == "http://127.0.0.9:5000"
+
+
+def test_credentials_come_from_auth_files_only(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    assert reg.credentials("r.example:5000") is None
+    docker_config(tmp_path, "https://r.example:5000/v1/", "docker", "pw1")  # docker's URL-style key
+    assert reg.credentials("r.example:5000") == ("docker", "pw1")
+    (tmp_path / "xdg" / "containers").mkdir(parents=True)
+    (tmp_path / "xdg" / "containers" / "auth.json").write_text(json.dumps(
+        {"auths": {"r.example:5000": {"auth": base64.b64encode(b"podman:pw:2").decode()}}}))
+    assert reg.credentials("r.example:5000") == ("podman", "pw:2")  # first file wins; ":" in passwords kept
+    assert reg.credentials("other.example") is None
+
+
+def test_challenges_parse() -> None:
+    assert reg._challenge('Bearer realm="https://auth.example/token",service="registry",scope="repository:a:pull"') \
+        == ("bearer", {"realm": "https://auth.example/token", "service": "registry", "scope": "repository:a:pull"})
+    assert reg._challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+    with pytest.raises(NsbuildError, match="unsupported authentication challenge"):
+        reg.Client(reg.parse("docker://127.0.0.1:1/x"), "layer[0]")._authenticate("Negotiate")
+
+
+def test_a_pulled_image_config_gives_run_defaults(nsbuild, registry, tmp_path: Path) -> None:
+    r = recipe(tmp_path, registry.ref("demo:gzip"))
+    r.write_text(r.read_text().split("[run]")[0])  # no [run]: the demo image's Cmd ["/bin/sh"] is the command
+    run = json.loads(nsbuild("plan", str(r), "--json").stdout)["run"]
+    assert run["command"] == {"value": ["/bin/sh"], "from": "image config of layer[0]"}
+    assert run["cwd"] == {"value": "/", "from": "default"}
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_blobs_show_progress_on_a_terminal_unless_quiet(nsbuild, registry, tmp_path: Path, quiet: bool) -> None:
+    import pty
+
+    from conftest import nsbuild_cmd
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(nsbuild_cmd() + ["build", str(recipe(tmp_path, registry.ref("demo:gzip")))]
+                                + (["--quiet"] if quiet else []), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=slave, env=dict(nsbuild.env, TERM="xterm"), cwd=tmp_path)
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(60) == 0, seen
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert (b"pulling" in seen) is not quiet, seen
+    nsbuild("rm", "oci")
+
+
+def test_gc_empties_the_document_cache_and_a_pull_fetches_it_again(nsbuild, fault_proxy, tmp_path: Path) -> None:
+    proxy = fault_proxy("pass")
+    r = recipe(tmp_path, proxy.ref("demo:gzip"))
+    nsbuild("build", str(r))
+    nsbuild("rm", "oci")
+    removed = json.loads(nsbuild("gc", "--json").stdout)["removed"]
+    blobs = tmp_path / "store" / "blobs"
+    assert sum("/blobs/" in p for p in removed) == 2 and os.listdir(blobs) == []
+    assert store_entries(tmp_path) == []  # no sandbox and no lock file keeps the layers
+    n = len(proxy.requests())
+    nsbuild("build", str(r))
+    assert sum("/blobs/" in line for line in proxy.requests()[n:]) == 3  # config and both layers again
+    nsbuild("rm", "oci")
