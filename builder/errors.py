@@ -17,12 +17,12 @@ class NsbuildError(Exception):
         self.hint = hint
 
     def report(self, as_json: bool = False) -> int:
-        """Print the message (and hint) on stderr, or as_json one JSON object on stdout (where the
-        command's --json output would have gone); return the exit code."""
+        """Print the message (and hint) on stderr, as_json as one JSON object (still on stderr, so
+        that stdout only ever holds a command's result); return the exit code."""
         if as_json:
             import json
 
-            print(json.dumps(self.as_dict(), indent=2))
+            print(json.dumps(self.as_dict(), indent=2), file=sys.stderr)
             return self.exit_code
         print(f"nsbuild: error: {self}", file=sys.stderr)
         if self.hint:

@@ -41,9 +41,10 @@ def test_errors_are_json(nsbuild, tmp_path: Path, args: list[str], status: int, 
     args = [a.format(bad=bad, missing=tmp_path / "missing.toml") for a in args]
     proc = nsbuild(*args, check=False)
     assert proc.returncode == status, proc
-    error = json.loads(proc.stdout)  # one JSON document, nothing else on stdout
+    error = json.loads(proc.stderr)  # one JSON document on stderr, and no result on stdout
+    assert proc.stdout == ""
     assert fragment in error["error"] and error["key"] == key and error["exit_code"] == status, error
-    assert isinstance(error["hint"], str) and "Traceback" not in proc.stderr
+    assert isinstance(error["hint"], str)
     if key:
         assert error["file"] == str(bad) and [p["key"] for p in error["problems"]] == ["sandbox.name", "root.size"]
         plain = nsbuild(*[a for a in args if a not in ("--json", "-f", "json")], check=False)
@@ -88,6 +89,6 @@ def test_a_users_errors_are_json(user, tmp_path: Path, args: list[str], status: 
         proc = user.run(*args, cwd=str(work), env={"NSBUILD_STATE_DIR": str(work / "state"),
                                                    "NSBUILD_STORE": str(work / "state")})
         assert proc.returncode == status and "Traceback" not in proc.stderr, proc
-        assert fragment in json.loads(proc.stdout)["error"]
+        assert fragment in json.loads(proc.stderr)["error"] and proc.stdout == ""
     finally:
         shutil.rmtree(work)
