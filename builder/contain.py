@@ -4,11 +4,13 @@ no_new_privs and a seccomp filter, as the recipe's user.
 
 Three processes, as bwrap and podman have them:
   nsbuild (outside)   setns into the sandbox, unshare the namespaces, set the hostname, bring lo up;
-                      waits for pid 1 and exits with CMD's status, forwarding signals sent to it
+                      waits for pid 1 and exits with CMD's status, forwarding signals sent to it,
+                      handing the terminal to CMD's process group and relaying its stops
   pid 1 (init)        mounts the run's /proc (only a process inside the PID namespace can), masks
-                      what podman masks, reaps orphans, forwards signals to CMD
-  CMD                 drops to the user, the capability bounding set and sets, no_new_privs,
-                      seccomp, and execs
+                      what podman masks; then takes CMD's user, capabilities, no_new_privs and
+                      seccomp, spawns CMD in a process group of its own, reaps orphans, forwards
+                      signals to CMD
+  CMD                 the command (command.py), started by posix_spawn
 
 Nothing here changes the persisted namespace: every mount is made in the run's copy of it, so
 other runs and `nsenter --mount=FILE` see the sandbox as it was built. The hot path of
@@ -24,8 +26,9 @@ import os
 import struct
 import sys
 
-from builder import policy, syscalls as sc
-from builder.errors import NsbuildError, UsageError
+from builder import passwd, policy, syscalls as sc
+from builder.command import exec_command, spawn_command
+from builder.errors import NsbuildError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -102,74 +105,9 @@ def seccomp_programs(cache_dir: str | None) -> dict[bool, bytes]:
     return programs
 
 
-# -- the user, read from the sandbox's own files ---------------------------------------------------
-
-def _read_db(path: str) -> list[list[str]]:
-    """/etc/passwd or /etc/group of the sandbox (this process's root is the sandbox's), parsed here,
-    never through NSS (which would load the sandbox's libnss modules into this root process).
-
-    Resolved in the sandbox's root without magic links (its /proc shows the host's processes, whose
-    /proc/PID/root leads to the host), opened O_PATH first and read only if it is a regular file:
-    a device node is never opened. The reopen goes through the host's /proc, held from before setns."""
-    if _HOST_PROC is None:
-        return []
-    try:
-        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = sc.openat2(root, path.lstrip("/"), os.O_PATH | os.O_CLOEXEC,
-                            sc.flags(("RESOLVE_IN_ROOT", "RESOLVE_NO_MAGICLINKS")))
-        finally:
-            os.close(root)
-        try:
-            if os.fstat(fd).st_mode & 0o170000 != 0o100000:
-                return []
-            data_fd = os.open(f"self/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=_HOST_PROC)
-        finally:
-            os.close(fd)
-        try:
-            data = os.read(data_fd, 1 << 20)
-        finally:
-            os.close(data_fd)
-    except OSError:
-        return []
-    return [line.split(":") for line in data.decode(errors="replace").splitlines()
-            if line and not line.startswith("#")]
-
-
-def _id(text: str) -> int | None:
-    """A uid or gid as written in a passwd or group file; None unless plain ASCII digits in range
-    (str.isdigit() takes "²", which int() refuses)."""
-    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) < 0xFFFFFFFF:
-        return int(text)
-    return None
-
-
 def resolve_user(user: str, where: str) -> tuple[int, int, list[int], str | None, str | None]:
-    """'root', a NAME of the sandbox's /etc/passwd or 'UID[:GID]' -> uid, gid, groups, home, name.
-    Total: the sandbox's files are hostile input, and nothing after setns may raise unplanned."""
-    passwd = [e for e in _read_db("/etc/passwd") if len(e) >= 7 and _id(e[2]) is not None
-              and _id(e[3]) is not None]
-    uid_text, colon, gid_text = user.partition(":")
-    uid_given, gid_given = _id(uid_text), _id(gid_text)
-    if uid_given is not None and (not colon or gid_given is not None):
-        entry = next((e for e in passwd if _id(e[2]) == uid_given), None)
-        gid = gid_given if gid_given is not None else _id(entry[3]) if entry else uid_given
-        uid, name, home = uid_given, entry[0] if entry else None, entry[5] if entry else None
-    else:
-        entry = next((e for e in passwd if e[0] == user), None)
-        if entry is None:
-            if user == "root":
-                return 0, 0, [0], "/root", "root"
-            raise UsageError(f"{where}: no user '{user}' in the sandbox's /etc/passwd",
-                             "name a user the sandbox has, or give UID[:GID]")
-        uid, gid, name, home = _id(entry[2]), _id(entry[3]), entry[0], entry[5]
-    groups = [gid]
-    if name:
-        for e in _read_db("/etc/group"):
-            group = _id(e[2]) if len(e) >= 4 else None
-            if group is not None and name in e[3].split(",") and group not in groups and len(groups) < 65536:
-                groups.append(group)
-    return uid, gid, groups, home, name  # type: ignore[return-value]
+    """passwd.resolve_user() inside the sandbox entered by enter()."""
+    return passwd.resolve_user(user, where, _HOST_PROC)
 
 
 # -- outside: nsbuild itself -----------------------------------------------------------------------
@@ -474,85 +412,3 @@ def _become(spec: Spec, keep: int = -1) -> None:
         os.closerange(3, 2**31 - 1)
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     sc.seccomp_install(spec.seccomp)
-
-
-# -- starting CMD: no module may be imported here, this runs inside the sandbox -------------------
-
-def exec_command(argv: list[str], env: dict[str, str]) -> None:
-    """exec argv[0] (searched in env's PATH); on failure say which file is missing, and exit."""
-    try:
-        os.execvpe(argv[0], argv, env)
-    except OSError as e:
-        _failed(argv, env, e)
-
-
-def spawn_command(argv: list[str], env: dict[str, str], defaulted: tuple[int, ...]) -> int:
-    """posix_spawn argv[0] (searched in env's PATH, as execvpe does) with an empty signal mask and
-    `defaulted` signals at their default action; its pid. On failure say why, and exit."""
-    program = argv[0]
-    paths = [program] if "/" in program else [os.path.join(d or ".", program)
-                                              for d in env.get("PATH", os.defpath).split(os.pathsep)]
-    first: OSError | None = None
-    last: OSError = FileNotFoundError(2, "No such file or directory")
-    for path in paths:
-        try:
-            return os.posix_spawn(path, argv, env, setsigmask=(), setsigdef=defaulted)
-        except (FileNotFoundError, NotADirectoryError) as e:
-            last = e
-        except OSError as e:
-            last = e
-            first = first or e
-    _failed(argv, env, first or last)
-    return -1  # not reached
-
-
-def _failed(argv: list[str], env: dict[str, str], error: OSError) -> None:
-    if isinstance(error, FileNotFoundError):
-        program = _which(argv[0], env.get("PATH", ""))
-        missing = _interpreter(program) if program else None
-        if missing:  # the program is there: the kernel's ENOENT is about its interpreter
-            print(f"nsbuild: error: {argv[0]}: its interpreter {missing} is missing in the sandbox",
-                  file=sys.stderr)
-        else:
-            print(f"nsbuild: error: {argv[0]}: command not found in the sandbox", file=sys.stderr)
-        os._exit(127)
-    print(f"nsbuild: error: {argv[0]}: {error.strerror}", file=sys.stderr)
-    os._exit(126)
-
-
-def _which(program: str, path: str) -> str | None:
-    if "/" in program:
-        return program if os.path.lexists(program) else None
-    for d in path.split(os.pathsep):
-        if d and os.path.exists(os.path.join(d, program)):
-            return os.path.join(d, program)
-    return None
-
-
-def _interpreter(program: str) -> str | None:
-    """The #! interpreter or ELF PT_INTERP of `program`, if that file is missing.
-
-    Read by hand, not with elf.py/pyelftools: this runs inside the sandbox, where importing a
-    module would load the sandbox's files."""
-    try:
-        with open(program, "rb") as f:
-            head = f.read(256)
-            if head.startswith(b"#!"):
-                words = head[2:].split(b"\n", 1)[0].split()
-                interp = os.fsdecode(words[0]) if words else ""
-            elif head[:4] == b"\x7fELF" and head[4] == 2 and head[5] == 1:  # 64-bit little-endian
-                phoff, = struct.unpack_from("<Q", head, 32)
-                phentsize, phnum = struct.unpack_from("<HH", head, 54)
-                f.seek(phoff)
-                table = f.read(phentsize * phnum)
-                interp = ""
-                for i in range(phnum):
-                    kind, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", table, i * phentsize)
-                    if kind == 3:  # PT_INTERP
-                        f.seek(offset)
-                        interp = os.fsdecode(f.read(size).rstrip(b"\0"))
-            else:
-                return None
-    except (OSError, struct.error, IndexError):
-        return None
-    return interp if interp and not os.path.exists(interp) else None

@@ -11,7 +11,7 @@ import os
 import sys
 import warnings  # noqa: F401 - os.execvpe imports it lazily, when the host's stdlib may be out of reach
 
-from builder import contain, policy, syscalls as sc
+from builder import command as start, contain, policy, syscalls as sc
 from builder.errors import NsbuildError, UsageError
 from builder.state import StateDir, state_dir
 
@@ -91,7 +91,7 @@ def _unconfined(command: list[str], env: dict[str, str], cwd: str) -> None:
     except OSError as e:
         raise NsbuildError(f"cannot change to {cwd} inside the sandbox: {e.strerror}",
                            "set [run] cwd (or --cwd) to a directory that exists") from None
-    contain.exec_command(command, env)
+    start.exec_command(command, env)
 
 
 def _contained(command: list[str], env: dict[str, str], s: dict, programs: dict[bool, bytes]) -> None:  # type: ignore[type-arg]
