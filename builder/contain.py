@@ -122,11 +122,16 @@ def enter(nsfd: int) -> None:
     printer: both would read files (modules, source lines, `# coding:` codecs) at the host's paths,
     which now name the sandbox's files. guarded() ends the process instead."""
     global _HOST_PROC
+    host_proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sc.setns(nsfd, sc.FLAGS["CLONE_NEWNS"])
+    except OSError:
+        os.close(host_proc)
+        raise
+    os.close(nsfd)
+    _HOST_PROC = host_proc
     sys.path[:] = []  # an import that slips through finds nothing instead of the sandbox's modules
     sys.excepthook = lambda *_: None
-    _HOST_PROC = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    sc.setns(nsfd, sc.FLAGS["CLONE_NEWNS"])
-    os.close(nsfd)
 
 
 def guarded(fn: Callable[[], None]) -> None:
