@@ -15,6 +15,7 @@ from builder import command as start, contain, policy, syscalls as sc
 from builder.errors import NsbuildError, UsageError
 from builder.state import StateDir, state_dir
 
+
 class Options:
     """Per-run overrides (`nsbuild run --env ... --user ...`); None and () leave the recipe's."""
 
