@@ -293,16 +293,10 @@ def _alive(outer: _socket.socket) -> None:
 
 def _own_proc() -> None:
     """A /proc of this PID namespace in place of the sandbox's (which shows the host's processes)."""
-    fs = sc.fsopen("proc", sc.FLAGS["FSOPEN_CLOEXEC"])
+    if not _is_dir("/proc"):
+        return  # a tree without /proc: nothing shows the host's processes either
+    proc = _new_mount("proc", (), sc.flags(("MOUNT_ATTR_NOSUID", "MOUNT_ATTR_NODEV", "MOUNT_ATTR_NOEXEC")))
     try:
-        sc.fsconfig(fs, sc.FSCONFIG_CMD_CREATE)
-        proc = sc.fsmount(fs, sc.FLAGS["FSMOUNT_CLOEXEC"], sc.flags(("MOUNT_ATTR_NOSUID", "MOUNT_ATTR_NODEV",
-                                                                      "MOUNT_ATTR_NOEXEC")))
-    finally:
-        os.close(fs)
-    try:
-        if not _is_dir("/proc"):
-            return  # a tree without /proc: nothing shows the host's processes either
         try:  # private first, so the unmount is this run's alone whatever the recipe made /proc
             sc.mount_setattr(sc.AT_FDCWD, "/proc", 0, propagation=sc.FLAGS["MS_PRIVATE"])
             sc.umount2("/proc", sc.FLAGS["MNT_DETACH"])
@@ -334,14 +328,7 @@ def _mask() -> None:
     present = [p for p in MASKED if os.path.lexists(p)]
     if not present:
         return
-    fs = sc.fsopen("tmpfs", sc.FLAGS["FSOPEN_CLOEXEC"])
-    try:
-        sc.fsconfig(fs, sc.FSCONFIG_SET_STRING, "size", "4k")
-        sc.fsconfig(fs, sc.FSCONFIG_SET_STRING, "mode", "0555")
-        sc.fsconfig(fs, sc.FSCONFIG_CMD_CREATE)
-        empty = sc.fsmount(fs, sc.FLAGS["FSMOUNT_CLOEXEC"], ro & ~sc.FLAGS["MOUNT_ATTR_RDONLY"])
-    finally:
-        os.close(fs)
+    empty = _new_mount("tmpfs", (("size", "4k"), ("mode", "0555")), ro & ~sc.FLAGS["MOUNT_ATTR_RDONLY"])
     try:
         os.close(os.open("file", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444, dir_fd=empty))
         sc.mount_setattr(empty, "", sc.FLAGS["AT_EMPTY_PATH"], ro)  # its clones are read-only too
@@ -355,6 +342,18 @@ def _mask() -> None:
                 os.close(clone)
     finally:
         os.close(empty)
+
+
+def _new_mount(fstype: str, options: tuple[tuple[str, str], ...], attrs: int) -> int:
+    """A new filesystem as a detached mount fd (fsopen, fsconfig, fsmount), for pid 1's own mounts."""
+    fs = sc.fsopen(fstype, sc.FLAGS["FSOPEN_CLOEXEC"])
+    try:
+        for key, value in options:
+            sc.fsconfig(fs, sc.FSCONFIG_SET_STRING, key, value)
+        sc.fsconfig(fs, sc.FSCONFIG_CMD_CREATE)
+        return sc.fsmount(fs, sc.FLAGS["FSMOUNT_CLOEXEC"], attrs)
+    finally:
+        os.close(fs)
 
 
 def _is_dir(path: str) -> bool:

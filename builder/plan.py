@@ -114,8 +114,7 @@ class _Planner:
     def set_propagation(self, fd: str, propagation: str, origin: str) -> None:
         """A new filesystem has no peers and is private already: only other choices need a call."""
         if propagation != "private":
-            self.emit("mount_setattr", Fd(fd), "", Flags(("AT_EMPTY_PATH",)), Flags(), Flags(),
-                      Flags((PROPAGATION_FLAG[propagation],)), origin=origin)
+            self.setattr(fd, (), False, origin, propagation)
 
     def layer_fds(self) -> list[str]:
         fds = []
