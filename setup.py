@@ -11,5 +11,5 @@ from setuptools import setup
 _scratch = tempfile.mkdtemp(prefix="nsbuild-build-")
 atexit.register(shutil.rmtree, _scratch, True)
 
-setup(cffi_modules=["builder/_ffi_build.py:ffibuilder"],
+setup(cffi_modules=["builder/kernel/_ffi_build.py:ffibuilder"],
       options={"build": {"build_base": _scratch}, "egg_info": {"egg_base": _scratch}})

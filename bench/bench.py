@@ -17,12 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from builder import executor, syscalls as sc
-from builder.build import build_many, ensure_template, plan_for
-from builder.features import probe
-from builder.plan import Fd, FdPath, Flags, Plan
-from builder.recipe import load
-from builder.state import StateDir
+from builder.plan import executor
+from builder.kernel import syscalls as sc
+from builder.sandbox.build import build_many, ensure_template, plan_for
+from builder.kernel.features import probe
+from builder.plan.planner import Fd, FdPath, Flags, Plan
+from builder.recipe.model import load
+from builder.sandbox.state import StateDir
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -303,7 +304,7 @@ def main() -> int:
 
 def _cleanup(top: Path, state: Path) -> None:
     """Unmount everything under `top` (sandboxes, the template, the state dir), deepest first."""
-    from builder.state import mount_points
+    from builder.sandbox.state import mount_points
 
     while under := [p for p in mount_points() if p == str(top) or p.startswith(f"{top}/")]:
         sc.umount2(max(under, key=len), sc.FLAGS["MNT_DETACH"])

@@ -1,3 +1,3 @@
-from builder.entry import main
+from builder.cli.entry import main
 
 main()

@@ -28,7 +28,7 @@ def _enter_scratch_namespace() -> int | None:
     inherit the namespace. Returns an fd of the host's namespace (for tests of this), None when not root."""
     if not IS_ROOT:
         return None  # unprivileged runs mount nothing: the host table is theirs to compare
-    from builder import syscalls as sc
+    from builder.kernel import syscalls as sc
 
     host = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     # Mount-namespace ids come from per-CPU ranges (KERNEL-NOTES.md), and the kernel refuses to pin
@@ -46,7 +46,7 @@ def _enter_scratch_namespace() -> int | None:
 
 def _next_mntns_id(cpu: int) -> int:
     """The id a mount namespace made on `cpu` gets now (a throwaway one, made in a child)."""
-    from builder import syscalls as sc
+    from builder.kernel import syscalls as sc
 
     r, w = os.pipe()
     pid = os.fork()
@@ -133,7 +133,7 @@ def open_fds() -> set[str]:
 
 def _umount_all_under(path: Path) -> None:
     """Unmount everything at or below `path`, deepest first (teardown of a test's state dir)."""
-    from builder import syscalls as sc
+    from builder.kernel import syscalls as sc
 
     target = str(path)
     while True:

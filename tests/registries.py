@@ -115,7 +115,7 @@ def multi_platform(layout: Path, which: list[str]) -> dict[str, str]:
     and/or the same layers labelled OTHER_ARCH; returns {which: manifest digest}."""
     import hashlib
 
-    from builder import oci
+    from builder.layers import oci
 
     shutil.copytree(RECIPES / "oci/layout", layout)
     blobs = layout / "blobs" / "sha256"

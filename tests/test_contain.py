@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import policy
+from builder.runtime import policy
 from conftest import RECIPES, needs_root, nsbuild_cmd, tally
 from test_e2e import findmnt, strategies
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.features import STRATEGIES, probe, supported
+from builder.kernel.features import STRATEGIES, probe, supported
 
 from conftest import RECIPES, mountinfo, needs_root, tally
 

@@ -1,4 +1,4 @@
-"""builder.elf: ELF facts and the host closure, on real host binaries and small ELF files written here."""
+"""builder.check.elf: ELF facts and the host closure, on real host binaries and small ELF files written here."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import elf
-from builder.store import _copy_host_paths
+from builder.check import elf
+from builder.layers.store import _copy_host_paths
 from builder.errors import UsageError
 from conftest import IS_ROOT
 from elfcraft import make_elf

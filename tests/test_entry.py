@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from typer.main import get_command
 
-from builder.cli import app
-from builder.entry import parse_build, parse_run
-from builder.run import command_args
+from builder.cli.app import app
+from builder.cli.entry import parse_build, parse_run
+from builder.runtime.run import command_args
 
 GROUP = get_command(app)
 TOKENS = ["r.toml", "dev", "--strategy", "-s", "unshare", "--strategy=auto", "--replace", "--json", "--name",

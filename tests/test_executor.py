@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from builder import executor, gclock
-from builder.build import ensure_template, plan_for, resolve_layers
+from builder.plan import executor
+from builder.layers import gclock
+from builder.sandbox.build import ensure_template, plan_for, resolve_layers
 from builder.errors import BuildError
-from builder.state import StateDir
-from builder.features import STRATEGIES, probe, supported
-from builder.recipe import Recipe, load
-from builder.steps import Plan
+from builder.sandbox.state import StateDir
+from builder.kernel.features import STRATEGIES, probe, supported
+from builder.recipe.model import Recipe, load
+from builder.plan.steps import Plan
 
 from conftest import IN_VM, RECIPES, mountinfo, needs_root, nsbuild_cmd, open_fds, tally
 

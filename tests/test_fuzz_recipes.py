@@ -11,10 +11,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from builder.errors import NsbuildError, RecipeError
-from builder.features import STRATEGIES, Features
-from builder.plan import make_plan
-from builder.recipe import parse
-from builder.store import Store
+from builder.kernel.features import STRATEGIES, Features
+from builder.plan.planner import make_plan
+from builder.recipe.model import parse
+from builder.layers.store import Store
 
 from conftest import RECIPES, tally
 

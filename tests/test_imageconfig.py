@@ -9,8 +9,8 @@ import pytest
 from conftest import needs_root
 from test_oci import dir_, file_, finish, image, tagged, tar_bytes
 
-from builder.imageconfig import describe, run_defaults
-from builder.recipe import DEFAULT_PATH, Run, parse
+from builder.images.imageconfig import describe, run_defaults
+from builder.recipe.model import DEFAULT_PATH, Run, parse
 
 CONFIG = {"Env": ["PATH=/usr/bin:/bin", "GREETING=hello from the image", "EMPTY="],
           "Entrypoint": ["/bin/sh", "-c"], "Cmd": ['echo "$GREETING in $(pwd) as $(id -u)"'],

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from builder import executor, syscalls as sc
-from builder.build import plan_for
+from builder.plan import executor
+from builder.kernel import syscalls as sc
+from builder.sandbox.build import plan_for
 from builder.errors import BuildError
-from builder.features import STRATEGIES, probe, supported
-from builder.recipe import load
+from builder.kernel.features import STRATEGIES, probe, supported
+from builder.recipe.model import load
 
 from conftest import mountinfo, needs_root, open_fds, own_loops, tally
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 
-from builder.lock import tree_digest
+from builder.layers.lock import tree_digest
 
 from conftest import needs_root
 from test_store import archive, good

@@ -22,9 +22,9 @@ import zstandard
 from conftest import needs_root, tally
 from test_store import add
 
-from builder import oci
+from builder.layers import oci
 from builder.errors import UsageError
-from builder.store import _layer_filter
+from builder.layers.store import _layer_filter
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -473,7 +473,7 @@ def test_skopeo_zstd_layout_builds_like_the_gzip_one(nsbuild, tmp_path: Path) ->
 
 def test_skopeo_transport_syntax_names_the_layout_and_tag(tmp_path: Path) -> None:
     from builder.errors import RecipeError
-    from builder.recipe import parse
+    from builder.recipe.model import parse
 
     two_layer_image(tmp_path / "layout")
     doc = {"sandbox": {"name": "x"}, "layer": [{"oci": "oci:layout:v1"}]}

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import render
+from builder.plan import render
 from builder.errors import UsageError
-from builder.features import STRATEGIES, Features, pick_strategy, supported
-from builder.plan import make_plan
-from builder.recipe import load
+from builder.kernel.features import STRATEGIES, Features, pick_strategy, supported
+from builder.plan.planner import make_plan
+from builder.recipe.model import load
 
 from conftest import RECIPES
 

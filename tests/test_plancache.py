@@ -27,7 +27,7 @@ content = "{motd}"
 
 def warm_build_modules(nsbuild, recipe: Path) -> set[str]:
     """Build through the lean entry point in a fresh interpreter; the modules it imported."""
-    code = ("import sys; from builder.entry import main; "
+    code = ("import sys; from builder.cli.entry import main; "
             f"sys.argv = ['nsbuild', 'build', {str(recipe)!r}, '--replace', '-q']; main(); "
             "print(' '.join(sorted(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=nsbuild.env,
@@ -48,7 +48,7 @@ def test_warm_build_skips_toml_recipe_and_planner(nsbuild, state_dir: Path, tmp_
     nsbuild("build", str(recipe))
     nsbuild("build", str(recipe), "--replace")  # the template is pinned now: this plan is cached
     modules = warm_build_modules(nsbuild, recipe)
-    heavy = {"tomllib", "dataclasses", "builder.recipe", "builder.plan", "json", "socket", "typing"}
+    heavy = {"tomllib", "dataclasses", "builder.recipe.model", "builder.plan.planner", "json", "socket", "typing"}
     assert not modules & heavy, modules & heavy
     assert motd(nsbuild) == "one"
 
@@ -91,7 +91,7 @@ def test_archive_and_oci_plans_are_cached_until_the_input_changes(nsbuild, state
     nsbuild("build", str(recipe))
     nsbuild("build", str(recipe), "--replace")
     modules = warm_build_modules(nsbuild, recipe)
-    assert not modules & {"tarfile", "tomllib", "builder.store", "builder.oci"}, modules
+    assert not modules & {"tarfile", "tomllib", "builder.layers.store", "builder.layers.oci"}, modules
     # the archive is replaced by another one: its new content is unpacked and used
     archive(tmp_path / "base.tar.gz", lambda t: (good(t), t.add(str(recipe), "etc/added")))
     nsbuild("build", str(recipe), "--replace")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder import policy
+from builder.runtime import policy
 
 
 def names(mask: int) -> set[str]:

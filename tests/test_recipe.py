@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import RecipeError
-from builder.recipe import load
+from builder.recipe.model import load
 
 from conftest import RECIPES
 

@@ -13,7 +13,7 @@ from conftest import RECIPES, needs_root, tally
 from registries import (PASSWORD, USER, auth_registry, docker_config, fault_proxy, images,  # noqa: F401
                         registry, skopeo)
 
-from builder import registry as reg
+from builder.images import registry as reg
 from builder.errors import NsbuildError
 
 pytestmark = needs_root

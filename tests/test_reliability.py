@@ -299,9 +299,10 @@ def test_namespace_id_order_inside_a_non_initial_namespace(tmp_path: Path) -> No
 
 def test_failed_metadata_write_leaves_nothing(state_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Persisting fails after the namespace is bound (here: the metadata rename): all of it goes."""
-    from builder import executor, state as state_mod
-    from builder.build import plan_for
-    from builder.recipe import load
+    from builder.plan import executor
+    from builder.sandbox import state as state_mod
+    from builder.sandbox.build import plan_for
+    from builder.recipe.model import load
 
     sd = state_mod.StateDir(str(state_dir))
     sd.prepare()

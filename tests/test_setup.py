@@ -15,7 +15,7 @@ from conftest import IN_VM, REPO, needs_root
 pytestmark = [needs_root, pytest.mark.skipif(IN_VM, reason="runs kernel-vm itself")]
 SHARED = REPO.parent / "shared"
 IGNORE = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache",
-                                "_syscalls_ffi.py")
+                                "_ffi.py")
 
 
 @pytest.fixture(scope="module")

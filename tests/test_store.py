@@ -86,9 +86,9 @@ def test_setuid_files_are_kept_but_inert(nsbuild, tmp_path: Path) -> None:
 def test_an_in_process_build_releases_the_store(state_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """The Python API (build.build) holds the store's gc lock only until the sandbox is persisted:
     the autouse host_unchanged fixture checks no fd stays open."""
-    from builder.build import build, resolve_layers
-    from builder.recipe import load
-    from builder.state import StateDir
+    from builder.sandbox.build import build, resolve_layers
+    from builder.recipe.model import load
+    from builder.sandbox.state import StateDir
 
     monkeypatch.setenv("NSBUILD_STORE", str(tmp_path / "store"))
     state = StateDir(str(state_dir))
@@ -180,9 +180,9 @@ def test_a_failed_first_unpack_removes_the_store_only_if_unused(tmp_path: Path, 
     store by now: unlinking a lock file someone holds would split the lock in two."""
     import fcntl
 
-    from builder import gclock
+    from builder.layers import gclock
     from builder.errors import NsbuildError
-    from builder.store import Store
+    from builder.layers.store import Store
 
     path = tmp_path / "store"
     path.mkdir()  # made by someone else: it stays either way

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder import syscalls as sc
+from builder.kernel import syscalls as sc
 from builder.errors import NsbuildError
 
 

@@ -1,4 +1,4 @@
-"""builder.tree: the merged view of a recipe's tree, and the pre-flight of its command, on real layer dirs."""
+"""builder.check.tree: the merged view of a recipe's tree, and the pre-flight of its command, on real layer dirs."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import elf, recipe
+from builder.check import elf
+from builder.recipe import model as recipe
 from builder.errors import Problem, UsageError
-from builder.tree import OPAQUE_XATTR, SandboxTree, check_command, check_run
+from builder.check.tree import OPAQUE_XATTR, SandboxTree, check_command, check_run
 from conftest import IS_ROOT
 from test_elf import copy_tree
 from elfcraft import foreign_copy, make_elf

@@ -1,0 +1,450 @@
+"""The tree a recipe will produce, read from the host before anything is mounted; the pre-flight of a command.
+
+The view stacks what the builder stacks (plan.py), in its order: the layers merged as overlayfs merges
+them (the top layer wins, a char device 0:0 is a whiteout, a directory with trusted.overlay.opaque="y"
+hides the layers below it), a kept upper directory on top, then the [[path]] entries, then the [[mount]]s.
+Like the builder (openat2 RESOLVE_IN_ROOT), it places entries where their parents resolve in the sandbox,
+and every symlink is resolved inside the sandbox, never on the host.
+
+A view caches what it reads: make a new one after changing a layer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import re
+import stat
+from dataclasses import dataclass
+
+from builder.check.elf import (MAX_SCRIPTS, ElfInfo, HostView, Missing, Node, Obj, Resolved, Script, Search, SymlinkLoop,
+                         View, host_arch, node_from_stat)
+from builder.errors import Problem, UsageError
+from builder.plan.planner import DEV_LINKS, DEV_NODES
+from builder.recipe.model import DEFAULT_PATH, Mount, Recipe, PathEntry, is_under
+
+OPAQUE_XATTR = "trusted.overlay.opaque"
+_DST_ORIGIN = re.compile(r"\$(ORIGIN\b|\{ORIGIN\})")
+
+# what a `dev` mount holds, relative to its target (plan.py's bwrap-like /dev)
+_DEV: dict[str, Node] = {
+    **{f"/{name}": Node("other", 0o666) for name, _, _ in DEV_NODES},
+    **{f"/{name}": Node("symlink", 0o777, link=link) for name, link in DEV_LINKS},
+    "/pts": Node("dir", 0o755), "/shm": Node("dir", 0o1777), "/pts/ptmx": Node("other", 0o666),
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str               # canonical sandbox path
+    kind: str               # "dir", "file", "symlink" (only when not followed) or "other"
+    mode: int
+    origin: str             # who supplies it: "layer[1]", "root.upper", "path[0]", "mount[2]", "root"
+    host: str | None        # host path to read it from; None for a [[path]] file (see data) or a virtual entry
+    data: bytes | None      # the content of a [[path]] file
+    links: tuple[str, ...]  # sandbox symlinks followed on the way
+
+
+def _whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _opaque(host: str) -> bool:
+    try:
+        return os.getxattr(host, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+class SandboxTree(View):
+    """The merged tree of `recipe`; `layer_dirs` stand in for its layers (bottom to top) when they are not
+    directories themselves, e.g. images mounted somewhere."""
+
+    def __init__(self, recipe: Recipe, layer_dirs: list[str] | None = None) -> None:
+        self.recipe = recipe
+        self.layers = _layers(recipe, layer_dirs)     # (origin, host dir), top first
+        self._merged_cache: dict[str, tuple[Node | None, tuple[tuple[str, str], ...]]] = {}
+        self._paths: dict[str, Node] = {}             # canonical path -> [[path]] entry
+        self._made: dict[str, str] = {}               # directories made on the way (mkdir -p) -> origin
+        self._mounts: list[tuple[str, Mount]] = []    # (canonical target, mount), parents first
+        for p in recipe.paths:
+            self._place(p)
+        for m in recipe.mounts:
+            self._mount(m)
+
+    # -- building the view, as plan.py builds the tree --
+
+    def _make_dirs(self, path: str, origin: str) -> str:
+        """plan.dir_fd: each missing directory is made where its parent resolves; returns the canonical path."""
+        here = "/"
+        for name in path.split("/")[1:] if path != "/" else []:
+            try:
+                res = self.resolve(posixpath.join(here, name))
+            except SymlinkLoop:  # the build fails there; keep the literal path
+                res = Resolved(posixpath.join(here, name), None, (), here)
+            if res.node is None:
+                self._made.setdefault(res.path, origin)
+            here = res.path
+        return here
+
+    def _place(self, p: PathEntry) -> None:
+        parent = self._make_dirs(posixpath.dirname(p.path), p.origin)
+        self._paths[posixpath.join(parent, posixpath.basename(p.path))] = Node(
+            p.kind, p.mode, link=p.link, data=p.content if p.kind == "file" else None, origin=p.origin)
+
+    def _mount(self, m: Mount) -> None:
+        parent = self._make_dirs(posixpath.dirname(m.target), m.origin)
+        target = posixpath.join(parent, posixpath.basename(m.target))
+        try:
+            target = self.resolve(target).path  # openat2 without O_NOFOLLOW: a link as target is followed
+        except SymlinkLoop:
+            pass
+        self._mounts.append((target, m))
+
+    # -- the View --
+
+    def node(self, path: str) -> Node | None:
+        held = self.mount_at(path)
+        if held is not None:
+            return _mount_node(*held, path)
+        if path in self._paths:
+            return self._paths[path]
+        node = self._merged(path)[0]
+        if node is None and path in self._made:
+            return Node("dir", 0o755, origin=self._made[path])
+        if node is None and path == "/":
+            return Node("dir", 0o755, origin="root")  # no layers: the root is an empty tmpfs
+        return node
+
+    def names(self, path: str) -> list[str]:
+        held = self.mount_at(path)
+        found: set[str] = set()
+        if held is None:
+            for _, host in self._merged(path)[1]:
+                found.update(_listdir(host))
+        elif held[1].type == "bind":
+            found.update(_listdir((held[1].source or "") + path[len(held[0]):]))
+        elif held[1].type == "dev":
+            rel = path[len(held[0]):]
+            found.update(posixpath.basename(k) for k in _DEV if posixpath.dirname(k) == (rel or "/"))
+        extra = [*self._paths, *self._made, *(t for t, _ in self._mounts)]
+        found.update(posixpath.basename(p) for p in extra if p != "/" and posixpath.dirname(p) == path)
+        return sorted(n for n in found if self.node(posixpath.join(path, n)) is not None)
+
+    def lookup(self, path: str, follow: bool = True) -> Entry | None:
+        """What `path` names in the sandbox, its symlinks followed inside the sandbox; None if nothing.
+        Raises SymlinkLoop past 40 links."""
+        res = self.resolve(path, follow)
+        n = res.node
+        if n is None:
+            return None
+        return Entry(res.path, n.kind, n.mode, n.origin, n.host, n.data, res.links)
+
+    # -- the parts --
+
+    def mount_at(self, path: str) -> tuple[str, Mount] | None:
+        """The deepest mount holding `path`, with its canonical target (the last one wins when two share a
+        target: they stack)."""
+        best: tuple[str, Mount] | None = None
+        for target, m in self._mounts:
+            if is_under(path, target) and (best is None or len(target) >= len(best[0])):
+                best = (target, m)
+        return best
+
+    def _merged(self, path: str) -> tuple[Node | None, tuple[tuple[str, str], ...]]:
+        """overlayfs's lookup: the node the layers give `path`, and the (origin, host dir) pairs merged into it
+        if it is a directory, top first."""
+        if path in self._merged_cache:
+            return self._merged_cache[path]
+        if path == "/":
+            dirs = tuple((o, d) for o, d in self.layers if os.path.isdir(d))
+            top = dirs[0] if dirs else None
+            result = (node_from_stat(top[1], os.stat(top[1]), top[0]) if top else None, dirs)
+        else:
+            result = _merge_child(self._merged(posixpath.dirname(path))[1], posixpath.basename(path))
+        self._merged_cache[path] = result
+        return result
+
+    def hidden(self, path: str) -> str | None:
+        """Why a layer's entry at canonical `path` is not in the tree (a whiteout, an opaque directory, a
+        non-directory or a mount above it), or None."""
+        for i, (origin, root) in enumerate(self.layers):
+            if not _in_layer(root, path):
+                continue
+            held = self.mount_at(path)
+            if held is not None:
+                return f"{origin} has {path}, but {held[1].origin} mounts {held[1].type} on {held[0]}"
+            for upper_origin, upper in self.layers[:i]:
+                why = _hider(upper, path)
+                if why:
+                    return f"{origin} has {path}, but {why} in {upper_origin} hides it"
+            return None
+        return None
+
+    def noexec(self, path: str) -> str | None:
+        """The recipe entry that mounts canonical `path` noexec ("root" or "mount[2]"), if any."""
+        held = self.mount_at(path)
+        attrs, origin = (held[1].attrs, held[1].origin) if held else (self.recipe.root.attrs, "root")
+        return origin if "noexec" in attrs else None
+
+    def describe(self, path: str) -> str:
+        """Where `path` comes from, for messages: "layer[1]", or "not in the sandbox"."""
+        n = self.node(path)
+        return n.origin if n else "not in the sandbox"
+
+
+def _layers(recipe: Recipe, layer_dirs: list[str] | None) -> list[tuple[str, str]]:
+    if layer_dirs is not None and len(layer_dirs) != len(recipe.layers):
+        raise UsageError(f"{len(layer_dirs)} layer directories for {len(recipe.layers)} layers",
+                         "give one directory per [[layer]], bottom to top")
+    if layer_dirs is None:
+        for layer in recipe.layers:
+            if layer.kind != "dir":
+                raise UsageError(f"{layer.origin} is a {layer.kind} layer", "unpack it and pass layer_dirs")
+        layer_dirs = [layer.path for layer in recipe.layers]
+    out = [(layer.origin, d.rstrip("/") or "/") for layer, d in zip(recipe.layers, layer_dirs)]
+    if recipe.root.upper not in ("tmpfs", "none") and recipe.layers:
+        out.append(("root.upper", recipe.root.upper))  # a kept upper holds what earlier runs wrote
+    return out[::-1]
+
+
+def _merge_child(parent: tuple[tuple[str, str], ...], name: str) -> tuple[Node | None, tuple[tuple[str, str], ...]]:
+    node: Node | None = None
+    dirs: list[tuple[str, str]] = []
+    for origin, d in parent:
+        host = posixpath.join(d, name)
+        try:
+            st = os.lstat(host)
+        except OSError:
+            continue  # absent here: look lower
+        if _whiteout(st):
+            break
+        if not stat.S_ISDIR(st.st_mode):
+            node = node or node_from_stat(host, st, origin)
+            break  # a non-directory hides all below it; under a directory it is itself hidden
+        node = node or node_from_stat(host, st, origin)
+        dirs.append((origin, host))
+        if _opaque(host):
+            break
+    return node, tuple(dirs)
+
+
+def _mount_node(target: str, m: Mount, path: str) -> Node | None:
+    rel = path[len(target):] if target != "/" else path
+    if m.type == "bind":
+        assert m.source is not None
+        try:  # open_tree follows the source path itself on the host; below it nothing is followed
+            st = os.stat(m.source) if not rel else os.lstat(m.source + rel)
+        except OSError:
+            return None
+        return node_from_stat(m.source + rel, st, m.origin)
+    if not rel:
+        return Node("dir", 0o755, origin=m.origin)
+    if m.type == "dev" and rel in _DEV:
+        return dataclasses.replace(_DEV[rel], origin=m.origin)
+    return None  # a fresh filesystem: empty as far as a pre-flight can tell
+
+
+def _listdir(host: str) -> list[str]:
+    try:
+        return os.listdir(host)
+    except OSError:
+        return []
+
+
+def _in_layer(root: str, path: str) -> bool:
+    """Whether one layer, on its own, has `path` (not a whiteout) with no symlink on the way."""
+    res = HostView(root).resolve(path, follow=False)
+    return res.node is not None and not res.links and not _whiteout(os.lstat(root + path))
+
+
+def _hider(layer: str, path: str) -> str | None:
+    """What in `layer` hides lower layers' `path`: a whiteout, a non-directory or an opaque directory on the way."""
+    here = layer
+    parts = path.split("/")[1:]
+    for i, name in enumerate(parts):
+        here = posixpath.join(here, name)
+        try:
+            st = os.lstat(here)
+        except OSError:
+            return None
+        at = "/" + "/".join(parts[:i + 1])
+        if _whiteout(st):
+            return f"a whiteout at {at}"
+        last = i == len(parts) - 1
+        if not stat.S_ISDIR(st.st_mode):
+            return None if last else f"a non-directory at {at}"
+        if _opaque(here) and not last:
+            return f"the opaque directory {at}"
+    return None
+
+
+# -- the pre-flight ----------------------------------------------------------------------------
+
+
+def check_command(tree: SandboxTree, argv: tuple[str, ...], env: dict[str, str], *, cwd: str = "/",
+                  key: str = "run.command") -> list[Problem]:
+    """What would stop `argv` from starting in the sandbox: a missing or non-executable program, a #!
+    interpreter, an ELF of another architecture, a missing ELF interpreter or library."""
+    if not argv or not argv[0]:
+        return [Problem(key, "is empty", 'e.g. command = ["/bin/sh"]')]
+    check = _Preflight(tree, env, cwd, key)
+    check.program(argv[0], "", 0, in_path="/" not in argv[0])
+    return check.problems
+
+
+def check_run(tree: SandboxTree) -> list[Problem]:
+    """check_command for the recipe's own [run] table."""
+    run = tree.recipe.run
+    return check_command(tree, run.command, dict(run.env), cwd=run.cwd)
+
+
+class _Preflight:
+    def __init__(self, tree: SandboxTree, env: dict[str, str], cwd: str, key: str) -> None:
+        self.tree, self.env, self.cwd, self.key = tree, env, cwd, key
+        held = tree.mount_at("/proc")
+        self.proc = held is not None and held[0] == "/proc" and held[1].type == "proc"
+        self.search = Search(tree, env.get("LD_LIBRARY_PATH", ""), self.proc)
+        self.problems: list[Problem] = []
+
+    def add(self, message: str, hint: str = "") -> None:
+        problem = Problem(self.key, message, hint)
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+    def program(self, name: str, role: str, depth: int, in_path: bool) -> None:
+        """Check one program; `role` says why it is needed, e.g. ", the #! interpreter of /x (layer[0]),".
+        Without `in_path` a name is a path (a #! interpreter is, even without a slash)."""
+        if not in_path:
+            path = posixpath.join(self.cwd, name)
+        else:
+            found = self.which(name)
+            if found is None:
+                self.add(f"'{name}'{role} is not found in PATH ({self.env.get('PATH', DEFAULT_PATH)})",
+                         "add a layer that provides it, or give its absolute path")
+                return
+            path = found
+        res = self.resolve(path, role)
+        if res is None:
+            return
+        node = res.node
+        assert node is not None
+        if node.kind != "file":
+            self.add(f"{path}{role} is not a regular file but a {node.kind} ({node.origin})")
+            return
+        if not node.mode & 0o111:
+            self.add(f"{path}{role} is not executable (mode {node.mode:04o}, {node.origin})",
+                     "give it an exec bit in its layer, or a mode in its [[path]]")
+            return
+        if self.noexec(path, role, res):
+            return
+        try:
+            kind = self.search.identify(res)
+        except OSError as e:
+            self.add(f"{path}{role} cannot be read: {e.strerror}")
+            return
+        if isinstance(kind, Script):
+            self.script(res, kind, depth)
+        elif isinstance(kind, ElfInfo):
+            self.elf(path, res, kind)
+        else:
+            self.add(f"{path}{role} ({node.origin}) is neither an ELF executable nor a #! script",
+                     "the kernel would refuse it with ENOEXEC; add a #! line")
+
+    def script(self, res: Resolved, script: Script, depth: int) -> None:
+        assert res.node is not None
+        if depth >= MAX_SCRIPTS:
+            self.add(f"{res.path}: #! interpreters nest more than {MAX_SCRIPTS} deep", "the kernel refuses that")
+            return
+        role = f", the #! interpreter of {res.path} ({res.node.origin}),"
+        self.program(script.interpreter, role, depth + 1, in_path=False)
+        arg = script.arg
+        if posixpath.basename(script.interpreter) == "env" and arg and not arg.startswith("-") and " " not in arg:
+            self.program(arg, f", run by the #! line of {res.path} ({res.node.origin}) through env,", depth + 1,
+                         in_path="/" not in arg)
+
+    def elf(self, path: str, res: Resolved, info: ElfInfo) -> None:
+        if not info.runs_on_host():
+            elfclass, machine = host_arch()
+            self.add(f"{res.path} ({res.node.origin if res.node else '?'}) is an {info.describe()} program, "
+                     f"but this host runs ELF{elfclass} {machine}",
+                     f"use a layer built for {os.uname().machine}")
+            return
+        deps = self.search.load(path, res, info)
+        for obj in deps.objects[1:]:  # ld.so maps them executable: EPERM on a noexec mount
+            self.noexec(obj.real.path, f", loaded for {res.path},", obj.real)
+        for missing in deps.missing:
+            self.missing(missing)
+
+    def noexec(self, path: str, role: str, res: Resolved) -> bool:
+        origin = self.tree.noexec(res.path)
+        if origin:
+            self.add(f"{path}{role} is on a noexec mount ({origin})", f'drop "noexec" from {origin}.attrs')
+        return origin is not None
+
+    def missing(self, m: Missing) -> None:
+        by = f"{m.needed_by.real.path} ({m.needed_by.source})"
+        skipped = f"; skipped {', '.join(m.skipped)}" if m.skipped else ""
+        if m.interpreter or "/" in m.name:
+            role = ", the ELF interpreter of " if m.interpreter else ", needed by "
+            res = self.resolve(m.searched[0] if m.searched else m.name, role + by + ",")
+            if res is not None:
+                self.add(f"{m.name}{role}{by}, is not a loadable ELF object{skipped}")
+            return
+        self.add(f"{m.name}, needed by {by}, is not found in the sandbox (searched {', '.join(m.searched)}"
+                 f"{skipped})", self.no_proc(m.needed_by) or self.library_hint(m))
+
+    def library_hint(self, m: Missing) -> str:
+        """A layer hides the library, or where it could go: the first searched directory that exists."""
+        dirs = [self.canonical(d) for d in m.searched]
+        hidden = next((h for h in (self.tree.hidden(posixpath.join(d, m.name)) for d in dirs) if h), None)
+        if hidden:
+            return hidden
+        there = next(((d, c) for d, c in zip(m.searched, dirs) if self.tree.node(c)), None)
+        return f"add it to a layer, e.g. in {there[0]} ({self.tree.describe(there[1])})" if there else \
+            "add it to a layer"
+
+    def no_proc(self, obj: Obj) -> str | None:
+        """A hint when the program's $ORIGIN paths are lost for want of /proc."""
+        while obj.loader is not None:
+            obj = obj.loader
+        if self.proc or not any(_DST_ORIGIN.search(e) for e in obj.info.rpath + obj.info.runpath):
+            return None
+        return (f"{obj.real.path} finds libraries through $ORIGIN, which ld.so reads from /proc/self/exe: "
+                'add a [[mount]] with type = "proc" on /proc')
+
+    def which(self, name: str) -> str | None:
+        """execvp's search: the first PATH entry holding an executable regular file."""
+        for d in self.env.get("PATH", DEFAULT_PATH).split(":"):
+            candidate = posixpath.join(self.cwd, d or ".", name)
+            try:
+                node = self.tree.resolve(candidate).node
+            except SymlinkLoop:
+                continue
+            if node is not None and node.kind == "file" and node.mode & 0o111:
+                return candidate
+        return None
+
+    def resolve(self, path: str, role: str) -> Resolved | None:
+        """`path` resolved, or None after adding the problem: missing (and why), or a symlink loop."""
+        try:
+            res = self.tree.resolve(path)
+        except SymlinkLoop as e:
+            first = e.links[0]
+            self.add(f"{path}{role} cannot be resolved: too many levels of symbolic links",
+                     f"the link {first} ({self.tree.describe(first)}) leads into a loop")
+            return None
+        if res.node is not None:
+            return res
+        origin = self.tree.describe(res.parent)
+        hint = self.tree.hidden(res.path) or f"its nearest existing parent, {res.parent}, comes from {origin}" + (
+            ": add it to that layer or one above" if origin.startswith(("layer[", "root.upper")) else "")
+        via = f" (it leads to {res.path})" if res.links else ""
+        self.add(f"{path}{role} does not exist in the sandbox{via}", hint)
+        return None
+
+    def canonical(self, path: str) -> str:
+        try:
+            return self.tree.resolve(path).path
+        except SymlinkLoop:
+            return path

@@ -1,0 +1,442 @@
+"""The typer CLI: what users see (help, completion, rich output, --json)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import wraps
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+
+from builder.kernel import features as feat
+from builder.sandbox.build import need_root
+from builder.cli.completion import complete_format, complete_name, complete_strategy, complete_target
+from builder.errors import NsbuildError, UsageError, os_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.recipe.model import Recipe
+
+app = typer.Typer(
+    help="Build root filesystems from TOML recipes into persisted Linux mount namespaces.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name [run] and [sandbox]: as text, not rich markup
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False, markup=False, soft_wrap=True)  # paths print whole and as they are
+if not out.is_terminal and "COLUMNS" not in os.environ:
+    out.width = 1 << 16  # piped or redirected: tables as wide as their content, never a value cut to "…"
+
+StateOpt = typer.Option(None, "--state-dir", envvar="NSBUILD_STATE_DIR",
+                        help="Where persisted sandboxes live [default: /run/nsbuild].")
+StrategyOpt = typer.Option("auto", "--strategy", "-s", autocompletion=complete_strategy,
+                           help="auto, fsmount-namespace (7.1+), open-tree-namespace (7.0+) or unshare.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _fail(e: NsbuildError, as_json: bool = False) -> None:
+    raise typer.Exit(e.report(as_json))
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn NsbuildError into one message and its exit code: never a traceback. With --json (or
+    plan's --format json) the message is JSON too."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json")) or kwargs.get("fmt") == "json"
+        try:
+            return fn(*args, **kwargs)
+        except NsbuildError as e:
+            _fail(e, as_json)
+        except OSError as e:  # nothing said what went wrong: still one message, never a traceback
+            _fail(os_error(e), as_json)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def _load(path: Optional[str]):  # -> Recipe
+    from builder.recipe import model as recipe
+    from builder.sandbox.build import default_recipe
+
+    return recipe.load(path or default_recipe())
+
+
+def main(args: list[str]) -> None:
+    """Run the typer app. With --json, a command line typer refuses is reported as JSON too."""
+    if "--json" not in args:
+        app(args=args, prog_name="nsbuild")
+        return
+    # click's UsageError, whether typer vendors click or not (BadParameter is public and derives from it)
+    click_usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    try:
+        code = app(args=args, prog_name="nsbuild", standalone_mode=False)
+    except click_usage_error as e:
+        ctx = getattr(e, "ctx", None)
+        sys.exit(UsageError(e.format_message(), f"see `{ctx.command_path if ctx else 'nsbuild'} --help`")
+                 .report(as_json=True))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+@app.command()
+@handled
+def build(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
+    strategy: str = StrategyOpt,
+    replace: bool = typer.Option(False, "--replace", help="Replace a sandbox of the same name atomically."),
+    name: Optional[str] = typer.Option(None, "--name", help="Persist under this name instead of [sandbox] name."),
+    state_dir: Optional[str] = StateOpt,
+    as_json: bool = JsonOpt,
+    locked: bool = typer.Option(False, "--locked", help="Refuse to build if an input drifted from RECIPE.lock."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary."),
+    check: bool = typer.Option(True, "--check/--no-check",
+                               help="Check first that [run]'s command starts in the tree (as `nsbuild check`)."),
+    count: Optional[int] = typer.Option(None, "--count", "-n",
+                                        help="Build COUNT sandboxes NAME-0 ... NAME-<COUNT-1> in one batch."),
+) -> None:
+    """Build RECIPE and persist its mount namespace (also: `nsbuild RECIPE`)."""
+    from builder.sandbox.build import build_command
+
+    build_command(recipe, strategy, replace, name, state_dir, as_json, locked, quiet, check, count)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+@handled
+def run(
+    target: str = typer.Argument(..., help="Name of a persisted sandbox, or a recipe file (ephemeral).",
+                                 autocompletion=complete_target),
+    command: Optional[List[str]] = typer.Argument(None, help="Command to run [default: [run] command]."),
+    state_dir: Optional[str] = StateOpt,
+    strategy: str = StrategyOpt,
+    env: Optional[List[str]] = typer.Option(None, "--env", "-e", help="Set KEY=VALUE in CMD's environment "
+                                            "(repeatable)."),
+    cwd: Optional[str] = typer.Option(None, "--cwd", help="Working directory inside the sandbox."),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="root, a user NAME of the sandbox, or "
+                                       "UID[:GID]."),
+    network: Optional[str] = typer.Option(None, "--network", help="host (share the host's network) or none "
+                                          "(only lo)."),
+    hostname: Optional[str] = typer.Option(None, "--hostname", help="Host name inside the run "
+                                           "(default: the sandbox's name)."),
+    share: Optional[List[str]] = typer.Option(None, "--share", help="Keep the host's pid, ipc, uts or cgroup "
+                                              "namespace (repeatable)."),
+    unconfined: bool = typer.Option(False, "--unconfined", help="Enter the mount namespace only, as full "
+                                    "root (what nsenter --mount does)."),
+) -> None:
+    """Run CMD in a sandbox (`nsbuild run NAME -- CMD ...`), contained; exits with CMD's status."""
+    from builder.runtime.run import command_args, run as do_run
+
+    do_run(target, command_args(command), state_dir, strategy, env or [], cwd, user, network, hostname,
+           share or [], unconfined)
+
+
+@app.command()
+@handled
+def plan(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
+    strategy: str = StrategyOpt,
+    fmt: str = typer.Option("table", "--format", "-f", help="table, strace or json.", autocompletion=complete_format),
+    as_json: bool = JsonOpt,
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Print the exact syscalls a build makes, without root and without side effects."""
+    from builder.plan import render
+    from builder.plan.planner import make_plan
+    from builder.sandbox.state import StateDir, state_dir as resolve
+
+    if as_json:
+        fmt = "json"
+    if fmt not in ("table", "strace", "json"):
+        raise UsageError(f"unknown format '{fmt}'", "use table, strace or json")
+    from builder.sandbox.build import features_for, resolve_layers
+
+    r = resolve_layers(_load(recipe), unpack=False)  # store paths, nothing written
+    features = features_for(r)
+    if strategy != "auto" and strategy in feat.STRATEGIES and not feat.supported(features, strategy):
+        print(f"nsbuild: note: kernel {features.release} cannot run strategy '{strategy}'; "
+              "showing its plan anyway", file=sys.stderr)
+        chosen = strategy
+    else:
+        chosen = feat.pick_strategy(features, strategy)
+    p = make_plan(r, features, chosen, StateDir(resolve(state_dir)).template())
+    run_rows = _run_origins(r)
+    if fmt == "json":
+        doc = render.as_dict(p)
+        if run_rows:
+            doc["run"] = {key: {"value": json.loads(value), "from": where} for key, value, where in run_rows}
+        print(json.dumps(doc, indent=2))
+    elif fmt == "strace":
+        sys.stdout.write(render.strace(p))
+        for key, value, where in run_rows:
+            print(f"# run.{key} = {value}  ({where})")
+    else:
+        out.print(render.table(p))
+        for note in p.notes:
+            out.print(f"note: {note}")
+        for key, value, where in run_rows:
+            out.print(f"run.{key} = {value}  ({where})")
+
+
+def _run_origins(r: Recipe) -> list[tuple[str, str, str]]:
+    """[run]'s values and where each came from, when an image's config can set them: the top layer of the
+    resolved recipe `r` is an OCI image's (its blobs are layers named "layer[N].blob[K]")."""
+    if not r.layers or ".blob[" not in r.layers[-1].origin:
+        return []
+    from builder.images.imageconfig import describe
+
+    return describe(r.run)
+
+
+@app.command()
+@handled
+def check(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check that [run]'s command starts in RECIPE's tree: program, #! and ELF interpreters, libraries,
+    architecture. Image layers are mounted detached (needs root); nothing is attached anywhere."""
+    from builder.check import preflight
+    from builder import progress
+    from builder.sandbox.build import features_for, resolve_layers
+    from builder.errors import RecipeError
+
+    progress.QUIET = quiet or as_json
+    r = _load(recipe)
+    if any(layer.kind == "image" for layer in r.layers):
+        need_root("checking a recipe with image layers (they are mounted to be read)")
+    r = resolve_layers(r)
+    found = preflight.problems(r, features_for(r))
+    if found:
+        raise RecipeError(r.file, found)
+    if as_json:
+        print(json.dumps({"file": r.file, "ok": True, "command": list(r.run.command)}, indent=2))
+        return
+    print(f"{r.file}: ok: {r.run.command[0]} starts in the tree (program, interpreters, libraries)")
+    for key, value, where in _run_origins(r):
+        print(f"  run.{key} = {value}  ({where})")
+
+
+@app.command()
+@handled
+def lock(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write RECIPE.lock: the digest of every input, for `nsbuild build --locked`."""
+    from builder.layers import lock as lk
+    from builder import progress
+
+    progress.QUIET = quiet or as_json
+    path = lk.write(_load(recipe))
+    if as_json:
+        print(json.dumps({"lock": path}, indent=2))
+        return
+    out.print(f"wrote {path}")
+
+
+@app.command()
+@handled
+def export(
+    target: str = typer.Argument(..., help="A persisted sandbox's name, or a recipe file."),
+    dest: str = typer.Argument(..., help="oci:DIR[:TAG] (a layout) or docker://HOST[:PORT]/REPO:TAG (a push)."),
+    state_dir: Optional[str] = StateOpt,
+    as_json: bool = JsonOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary."),
+) -> None:
+    """Write a sandbox's tree as an OCI image: to a layout, or pushed to a registry."""
+    from builder.images import export as ex
+    from builder import progress
+
+    progress.QUIET = quiet
+    ex.parse_dest(dest)  # a bad destination is a usage error before anything is unpacked
+    need_root()
+    digest, report = ex.export(target, dest, state_dir)
+    if as_json:
+        print(json.dumps({"digest": digest, "dest": dest, "blobs": report}, indent=2))
+    elif not quiet:
+        for line in report:
+            out.print(line)
+        out.print(f"exported {target} to {dest} (manifest {digest})")
+
+
+@app.command()
+@handled
+def gc(
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only list what would be removed."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove store entries that no lock file and no persisted sandbox references."""
+    from builder.layers.store import Store, store_dir
+
+    store = Store(store_dir())
+    if not dry_run:
+        need_root("removing store entries")
+    try:
+        removed = store.gc(dry_run)
+    except PermissionError as e:
+        from builder.sandbox.build import store_error
+
+        raise store_error(e) from None
+    if as_json:
+        print(json.dumps({"store": store.path, "dry_run": dry_run, "removed": removed}, indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for path in removed:
+        out.print(f"{verb} {path}")
+    out.print(f"{verb} {len(removed)} {'entry' if len(removed) == 1 else 'entries'} from {store.path}")
+
+
+@app.command("ls")
+@handled
+def list_(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
+    """List persisted sandboxes."""
+    from builder.sandbox.state import StateDir, mount_points, state_dir as resolve
+
+    sd = StateDir(resolve(state_dir))
+    mounted = mount_points()
+    rows = []
+    for name in sd.names():
+        try:
+            meta = sd.read(name) or {}
+            status = "ok" if meta.get("nsfs", sd.ns_path(name)) in mounted else "stale"
+        except NsbuildError:
+            meta, status = {"name": name}, "corrupt"
+        rows.append(dict(meta, status=status))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        out.print(f"no sandboxes in {sd.path}")
+        return
+    from rich.table import Table
+
+    t = Table(title=f"sandboxes in {sd.path}")
+    for col in ("name", "status", "strategy", "created", "nsfs"):
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*(str(row.get(c, "")) for c in ("name", "status", "strategy", "created", "nsfs")))
+    out.print(t)
+
+
+@app.command()
+@handled
+def rm(
+    names: Optional[List[str]] = typer.Argument(None, help="Sandboxes to remove.", autocompletion=complete_name),
+    state_dir: Optional[str] = StateOpt,
+    all_: bool = typer.Option(False, "--all", help="Remove every sandbox, then release the state directory "
+                              "(its own mount and the template namespace): the host as before the first build."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove sandboxes: unmount the namespace file, delete the metadata (idempotent)."""
+    from builder.recipe.model import NAME_RE
+    from builder.sandbox.state import StateDir, state_dir as resolve
+
+    sd = StateDir(resolve(state_dir))
+    if all_ == bool(names):
+        raise UsageError("give sandbox names or --all" if not all_ else "--all takes no sandbox names",
+                         "e.g. `nsbuild rm dev`, or `nsbuild rm --all`")
+    if all_:
+        return _rm_all(sd, as_json)
+    for name in names:
+        if not NAME_RE.match(name):
+            raise UsageError(f"'{name}' is not a sandbox name",
+                             "names are lower-case letters, digits, '.', '_', '-'; see `nsbuild ls`")
+    if os.path.isdir(sd.path):
+        need_root("removing a sandbox")
+    results = {name: os.path.isdir(sd.path) and sd.remove(name) for name in names}
+    if as_json:
+        print(json.dumps({"removed": [n for n, r in results.items() if r],
+                          "not_found": [n for n, r in results.items() if not r]}, indent=2))
+        return
+    for name, removed in results.items():
+        out.print(f"{name}: {'removed' if removed else 'not found'}")
+
+
+def _rm_all(sd, as_json: bool) -> None:  # sd: StateDir
+    if not os.path.isdir(sd.path):
+        if as_json:
+            print(json.dumps({"removed": [], "released": None, "kept_directory": False}, indent=2))
+        else:
+            out.print(f"nothing to remove: {sd.path} does not exist")
+        return
+    need_root("removing sandboxes")
+    removed, gone = sd.release()
+    if as_json:
+        print(json.dumps({"removed": removed, "released": sd.path, "kept_directory": not gone}, indent=2))
+        return
+    for name in removed:
+        out.print(f"{name}: removed")
+    out.print(f"released {sd.path}" if gone else
+              f"released {sd.path} (kept the directory: it holds files that are not nsbuild's)")
+
+
+def _libseccomp() -> str:
+    from builder.kernel import syscalls
+
+    try:
+        syscalls.seccomp_open()
+        return "yes"
+    except OSError:
+        return "no: libseccomp.so.2 is missing (apt-get install libseccomp2); `nsbuild run` fails"
+
+
+@app.command()
+@handled
+def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
+    """Show the kernel's features, the strategy `auto` picks and the state directory's health."""
+    from builder.kernel import syscalls
+    from builder.sandbox.state import StateDir, _mountinfo_entry, state_dir as resolve
+
+    f = feat.probe(erofs=os.geteuid() == 0)  # the erofs probe needs root (fsopen)
+    try:
+        auto = feat.pick_strategy(f, "auto")
+    except NsbuildError as e:
+        auto = f"none ({e})"
+    path = resolve(state_dir)
+    entry = _mountinfo_entry(path) if os.path.isdir(path) else None
+    tags = entry[6:entry.index("-")] if entry else []
+    report = {
+        "kernel": f.release,
+        "probes": dict(f.probes),
+        "features": {k: v for k, v in f.as_dict().items() if k not in ("release", "probes")},
+        "strategies": {s: feat.supported(f, s) for s in feat.STRATEGIES},
+        "auto": auto,
+        "root": os.geteuid() == 0,
+        "ffi": "out-of-line (generated)" if syscalls.GENERATED else "in-line (parsed at import: slower start)",
+        "seccomp": _libseccomp(),
+        "state_dir": {"path": path, "exists": os.path.isdir(path), "mount_point": entry is not None,
+                      "unbindable": "unbindable" in tags, "template": StateDir(path).template() is not None},
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title="nsbuild doctor", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    t.add_row("kernel", f.release)
+    for probe, result in f.probes:
+        t.add_row(f"probe {probe}", result)
+    for s, ok in report["strategies"].items():  # type: ignore[union-attr,attr-defined]
+        t.add_row(f"strategy {s}", "yes" if ok else "no")
+    t.add_row("auto picks", auto)
+    t.add_row("overlay layers as fds (6.13+)", "yes" if f.overlay_fd_layers else "no")
+    t.add_row("erofs images straight from files", "yes" if f.erofs_file else
+              "no: loop devices" if os.geteuid() == 0 else "unknown (needs root)")
+    t.add_row("running as root", "yes" if report["root"] else "no (builds need root)")
+    t.add_row("syscall layer", str(report["ffi"]))
+    t.add_row("contained runs (libseccomp)", str(report["seccomp"]))
+    sd = report["state_dir"]
+    t.add_row("state dir", f"{path}: " + ("missing (created on first build)" if not sd["exists"] else  # type: ignore[index]
+                                         "unbindable mount" if sd["unbindable"] else  # type: ignore[index]
+                                         "not yet an unbindable mount (fixed on next build)"))
+    t.add_row("template namespace", "pinned" if sd["template"] else  # type: ignore[index]
+              "none yet (pinned by the first unshare build)")
+    out.print(t)

@@ -1,0 +1,379 @@
+"""`nsbuild export NAME|RECIPE DEST`: a sandbox's tree as an OCI image, in a layout or pushed to a registry.
+
+Layers map one to one:
+- a lower layer from a layout or a registry keeps its blob, digest and diff_id (copied, or not sent at all
+  where the registry has it);
+- directory, archive and binaries layers, a directory upper and the recipe's [[path]] entries become new
+  layers: reproducible tarballs (entries sorted, times SOURCE_DATE_EPOCH or 0, numeric owners, no user or
+  group names, gzip without a time or name) with overlayfs whiteouts in OCI form (a char device 0:0 is
+  `.wh.NAME`, trusted.overlay.opaque=y is `.wh..wh..opq`);
+- the config carries [run]: Env, Cmd (the command), WorkingDir and User.
+The same inputs give the same manifest digest. Mounts ([[mount]]) are not part of the image, as volumes
+are not part of a container image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+from typing import Any, BinaryIO
+
+from builder.layers import oci
+from builder.errors import NsbuildError, UsageError
+from builder.recipe.model import Layer, PathEntry, Recipe
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.layers.store import Store
+
+LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+XATTRS = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+@dataclasses.dataclass(frozen=True)
+class Blob:
+    """A blob of the image being written: its descriptor and where its bytes are now."""
+    media_type: str
+    digest: str
+    size: int
+    path: str                  # a file, or "" for a blob to copy from `source`
+    diff_id: str = ""          # layers: sha256 of the uncompressed tar
+    source: Any = None         # a registry.Client that has the blob (a lower pulled from a registry)
+
+
+# --- destinations
+
+@dataclasses.dataclass(frozen=True)
+class Dest:
+    kind: str   # "oci" or "docker"
+    path: str   # the layout directory, or the docker:// reference
+    tag: str
+
+
+def parse_dest(text: str) -> Dest:
+    if text.startswith("oci:"):
+        path, _, tag = text[len("oci:"):].partition(":")
+        if not path:
+            raise UsageError(f"'{text}' names no directory", "write oci:DIR[:TAG]")
+        if tag and not oci_tag_ok(tag):
+            raise UsageError(f"'{tag}' is not a valid tag", "use letters, digits, '.', '_', '-' (up to 128)")
+        return Dest("oci", os.path.abspath(path), tag or "latest")
+    if text.startswith("docker://"):
+        from builder.images import registry
+
+        try:
+            ref = registry.parse(text)
+        except registry.BadReference as e:
+            raise UsageError(str(e), e.hint) from None
+        if ref.digest:
+            raise UsageError(f"'{text}': a push needs a tag, not a digest", "write docker://HOST/REPO:TAG")
+        return Dest("docker", str(ref), ref.tag or "latest")
+    raise UsageError(f"'{text}' is not an export destination", "write oci:DIR[:TAG] or docker://HOST[:PORT]/REPO:TAG")
+
+
+def oci_tag_ok(tag: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", tag) is not None
+
+
+# --- the source tree
+
+def source_of(target: str, state_dir: str | None) -> tuple[Recipe, str | None]:
+    """The recipe of TARGET (a recipe file, or a persisted sandbox's) and its directory upper, if any."""
+    from builder.recipe import model as rcp
+
+    if target.endswith(".toml") or "/" in target:
+        r = rcp.load(target)
+        return r, r.root.upper if r.root.upper not in ("tmpfs", "none") else None
+    from builder.sandbox.state import StateDir, state_dir as resolve
+
+    sd = StateDir(resolve(state_dir))
+    if not rcp.NAME_RE.match(target):
+        raise UsageError(f"'{target}' is neither a sandbox name nor a recipe file")
+    meta = sd.read(target)
+    if meta is None:
+        raise UsageError(f"no sandbox named '{target}' in {sd.path}", "give its recipe file, or list them with `nsbuild ls`")
+    r = rcp.load(str(meta["recipe"]))
+    if r.sha256 != meta.get("recipe_sha256"):  # the image must be the tree that was built, not a newer recipe's
+        raise UsageError(f"the recipe of '{target}' ({r.file}) changed since the sandbox was built",
+                         f"rebuild it (`nsbuild build --replace {r.file}`), or export the recipe file itself")
+    upper = str(meta.get("upper", "tmpfs"))
+    if upper == "tmpfs":
+        print(f"nsbuild: note: '{target}' has a tmpfs upper, which only its namespace holds: the export has the "
+              "tree as built (layers and [[path]] entries), not changes made in it since; use a directory "
+              "upper ([root] upper = \"DIR\") to export those", file=sys.stderr)
+    return r, upper if upper not in ("tmpfs", "none") else None
+
+
+def layers_of(recipe: Recipe, upper: str | None, work: str, epoch: int) -> tuple[list[Blob], Any]:
+    """The image's layers, bottom to top: original blobs for OCI lowers, new tarballs for the rest."""
+    from builder.layers.store import Store, store_dir
+
+    store = Store(store_dir())
+    resolved = store.resolve(recipe)
+    out: list[Blob] = []
+    for layer in recipe.layers:
+        if layer.kind == "oci":
+            out += _oci_blobs(store, layer)
+        elif layer.kind == "image":
+            raise UsageError(f"{recipe.file}: {layer.origin}: image layers ({layer.fstype}) cannot be exported yet",
+                             "use a directory, archive or OCI layer for what the image holds")
+        else:
+            path = next(x.path for x in resolved.layers if x.origin == layer.origin)
+            out.append(tar_layer(path, work, epoch))
+    if upper and os.path.isdir(upper):  # a build wrote the [[path]] entries into it, then the sandbox changed it
+        out.append(tar_layer(upper, work, epoch))
+    elif recipe.paths:  # what a build writes into a fresh upper
+        out.append(paths_layer(recipe.paths, work, epoch))
+    return out, resolved.run  # the run defaults as the build has them (image config included)
+
+
+def _oci_blobs(store: Store, layer: Layer) -> list[Blob]:
+    image = store.image(layer)
+    diff_ids = (image.config.get("rootfs") or {}).get("diff_ids") or []
+    if len(diff_ids) != len(image.layers):
+        raise NsbuildError(f"{layer.origin}: the image config lists {len(diff_ids)} diff_ids for "
+                           f"{len(image.layers)} layers", "the image is malformed: it cannot keep its layers")
+    source = store.registry_source(layer)
+    return [Blob(b.media_type, b.digest, b.size, b.path, str(d), source)
+            for b, d in zip(image.layers, diff_ids)]
+
+
+class _Hashing:
+    """A write-only file that hashes and counts what passes through to `f`."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _new_layer(work: str, fill: Any) -> Blob:
+    """A gzip layer written by fill(tarfile): its digest, size and diff_id computed on the way."""
+    fd, path = tempfile.mkstemp(dir=work, suffix=".layer")
+    with os.fdopen(fd, "wb") as raw:
+        compressed = _Hashing(raw)
+        gz = gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0, compresslevel=6)  # type: ignore
+        plain = _Hashing(gz)  # type: ignore[arg-type]
+        with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore
+            fill(tar)
+        gz.close()
+    return Blob(LAYER_GZIP, "sha256:" + compressed.sha.hexdigest(), compressed.size, path,
+                "sha256:" + plain.sha.hexdigest())
+
+
+def _info(name: str, st: os.stat_result, epoch: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mode, info.uid, info.gid, info.mtime = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, epoch
+    info.uname = info.gname = ""
+    return info
+
+
+def tar_layer(root: str, work: str, epoch: int) -> Blob:
+    """The directory `root` (overlayfs form) as an OCI layer."""
+    def fill(tar: tarfile.TarFile) -> None:
+        links: dict[tuple[int, int], str] = {}
+
+        def walk(rel: str) -> None:
+            here = os.path.join(root, rel) if rel else root
+            with os.scandir(here) as it:
+                names = sorted((e.name for e in it), key=os.fsencode)
+            for name in names:
+                arc, path = (f"{rel}/{name}" if rel else name), os.path.join(here, name)
+                st = os.lstat(path)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # an overlayfs whiteout
+                    tar.addfile(_info(f"{rel}/.wh.{name}" if rel else f".wh.{name}", st, epoch))
+                    continue
+                info = _info(arc, st, epoch)
+                xattrs = _xattrs(path)
+                if xattrs:
+                    info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                                        for k, v in sorted(xattrs.items())}
+                if stat.S_ISDIR(st.st_mode):
+                    info.type = tarfile.DIRTYPE
+                    tar.addfile(info)
+                    if _opaque(path):
+                        tar.addfile(_info(f"{arc}/.wh..wh..opq", st, epoch))
+                    walk(arc)
+                elif stat.S_ISREG(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    if st.st_nlink > 1 and key in links:
+                        info.type, info.linkname = tarfile.LNKTYPE, links[key]
+                        tar.addfile(info)
+                        continue
+                    links[key] = arc
+                    info.size = st.st_size
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                elif stat.S_ISLNK(st.st_mode):
+                    info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+                    tar.addfile(info)
+                elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                    info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+                    info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                    tar.addfile(info)
+                elif stat.S_ISFIFO(st.st_mode):
+                    info.type = tarfile.FIFOTYPE
+                    tar.addfile(info)
+                # sockets are not files an image can carry
+
+        walk("")
+
+    return _new_layer(work, fill)
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    return {n: os.getxattr(path, n, follow_symlinks=False) for n in names if n.startswith(XATTRS)}
+
+
+def _opaque(path: str) -> bool:
+    for name in OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def paths_layer(paths: tuple[PathEntry, ...], work: str, epoch: int) -> Blob:
+    """The recipe's [[path]] entries, as a build writes them into the upper (parents first, sorted)."""
+    def fill(tar: tarfile.TarFile) -> None:
+        for p in sorted(paths, key=lambda p: os.fsencode(p.path)):
+            info = tarfile.TarInfo(p.path.lstrip("/"))
+            info.mode, info.uid, info.gid, info.mtime, info.uname, info.gname = p.mode, p.uid, p.gid, epoch, "", ""
+            if p.kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif p.kind == "symlink":
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, p.link, 0o777
+                tar.addfile(info)
+            else:
+                info.size = len(p.content)
+                tar.addfile(info, io.BytesIO(p.content))
+
+    return _new_layer(work, fill)
+
+
+# --- the image
+
+def config_of(run: Any, layers: list[Blob], epoch: int | None) -> dict[str, Any]:
+    os_, arch, variant = oci.host_platform()
+    cfg: dict[str, Any] = {"Env": [f"{k}={v}" for k, v in run.env], "Cmd": list(run.command), "WorkingDir": run.cwd}
+    if getattr(run, "user", "root") not in ("root", ""):
+        cfg["User"] = run.user
+    doc: dict[str, Any] = {"architecture": arch, "os": os_, **({"variant": variant} if variant else {}),
+                           "config": cfg, "rootfs": {"type": "layers", "diff_ids": [b.diff_id for b in layers]}}
+    if epoch is not None:
+        import datetime
+
+        doc["created"] = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return doc
+
+
+def _json_blob(work: str, doc: dict[str, Any], media_type: str) -> Blob:
+    data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    fd, path = tempfile.mkstemp(dir=work, suffix=".json")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return Blob(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data), path)
+
+
+def _descriptor(b: Blob) -> dict[str, Any]:
+    return {"mediaType": b.media_type, "digest": b.digest, "size": b.size}
+
+
+def export(target: str, dest_text: str, state_dir: str | None = None) -> tuple[str, list[str]]:
+    """Write the image; returns the manifest digest and a line per blob saying what happened to it."""
+    dest = parse_dest(dest_text)
+    recipe, upper = source_of(target, state_dir)
+    env_epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if env_epoch is not None and not env_epoch.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={env_epoch!r} is not a number of seconds")
+    epoch = int(env_epoch) if env_epoch else 0
+    from builder.layers import gclock
+    from builder.layers.store import store_dir
+
+    parent = os.path.join(store_dir(), "tmp")
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    gclock.hold(store_dir())  # gc empties tmp/: not while the new layers are written there
+    work = tempfile.mkdtemp(dir=parent, prefix=f"export.{os.getpid()}.")
+    try:
+        layers, run = layers_of(recipe, upper, work, epoch)
+        config = _json_blob(work, config_of(run, layers, int(env_epoch) if env_epoch else None),
+                            "application/vnd.oci.image.config.v1+json")
+        manifest_doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "config": _descriptor(config), "layers": [_descriptor(b) for b in layers]}
+        manifest = _json_blob(work, manifest_doc, manifest_doc["mediaType"])
+        if dest.kind == "oci":
+            report = write_layout(dest, layers + [config], manifest)
+        else:
+            from builder.images.push import push
+
+            report = push(dest, layers + [config], manifest)
+        return manifest.digest, report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        gclock.release()
+
+
+def write_layout(dest: Dest, blobs: list[Blob], manifest: Blob) -> list[str]:
+    """Blobs into DIR/blobs/sha256/ (each renamed into place complete), then index.json with TAG replaced."""
+    top = os.path.join(dest.path, "blobs", "sha256")
+    os.makedirs(top, exist_ok=True)
+    report = []
+    for b in blobs + [manifest]:
+        target = os.path.join(top, b.digest.removeprefix("sha256:"))
+        if os.path.exists(target) and os.path.getsize(target) == b.size:
+            report.append(f"{b.digest} exists")
+            continue
+        tmp = f"{target}.{os.getpid()}.tmp"
+        try:
+            if b.path:
+                shutil.copyfile(b.path, tmp)
+            else:
+                b.source.blob(b.digest, b.size, tmp, f"fetching {b.digest[7:19]}")  # a lower pulled from a registry
+            os.rename(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        report.append(f"{b.digest} written")
+    layout_file = os.path.join(dest.path, "oci-layout")
+    if not os.path.exists(layout_file):
+        _write_atomic(layout_file, b'{"imageLayoutVersion":"1.0.0"}')
+    index_path = os.path.join(dest.path, "index.json")
+    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                             "manifests": []}
+    if os.path.exists(index_path):
+        with open(index_path, "rb") as f:
+            index = json.load(f)
+    keep = [d for d in index.get("manifests", []) if (d.get("annotations") or {}).get(oci.REF_NAME) != dest.tag]
+    index["manifests"] = keep + [dict(_descriptor(manifest), annotations={oci.REF_NAME: dest.tag})]
+    _write_atomic(index_path, json.dumps(index, sort_keys=True).encode())
+    return report
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)

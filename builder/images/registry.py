@@ -1,0 +1,477 @@
+"""Pulling images from registries, as the OCI distribution spec describes: `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]`.
+
+- Manifests and indexes are fetched with an Accept list of the OCI and Docker types; an index is resolved
+  by platform, as in a layout (oci.py).
+- Auth: a 401 names a scheme in WWW-Authenticate. Bearer: a token is fetched from the realm, with the
+  user's credentials if there are any. Basic: the credentials themselves. Credentials are read only
+  from the files users already have: $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json.
+- HTTPS, except for loopback registries (127.0.0.0/8, ::1, localhost), which are spoken to in plain
+  HTTP as Docker and podman do.
+- Blobs stream to a file with their sha256 and size checked on the way; a dropped connection resumes
+  with a Range request. The caller renames or unpacks a blob only once it is verified.
+
+The HTTP client is urllib3: one well-kept package without dependencies of its own (httpx brings
+httpcore, h11, anyio, sniffio, idna and certifi), with streamed bodies, Range-friendly responses and
+certificate checks against the system store. Retries are done here, not by urllib3, so that each one
+can resume a blob where it stopped and every failure can name the layer and the registry.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import io
+import ipaddress
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from builder.layers import oci
+from builder import progress
+from builder.errors import NsbuildError
+
+ACCEPT = ", ".join(sorted(oci.INDEX_TYPES | oci.MANIFEST_TYPES))
+MAX_JSON = 4 << 20      # manifests and configs: the distribution spec's limit for manifests
+ATTEMPTS = 4            # per request: the first try and three retries
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REF = re.compile(rf"(?P<host>[^/@]+)/(?P<repo>{_COMPONENT}(?:/{_COMPONENT})*)"
+                  r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(?P<digest>[^@]+))?")
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+                   r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+PREFIX = "docker://"
+
+
+class _Broken(Exception):
+    """A body that broke off while read (retried by the caller)."""
+
+
+class BadReference(ValueError):
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    host: str               # HOST[:PORT], as in auth.json keys
+    repo: str
+    tag: str | None
+    digest: str | None      # sha256:<hex>
+
+    def __str__(self) -> str:
+        return (f"{PREFIX}{self.host}/{self.repo}" + (f":{self.tag}" if self.tag else "") +
+                (f"@{self.digest}" if self.digest else ""))
+
+    @property
+    def loopback(self) -> bool:
+        name = self.host.rsplit(":", 1)[0] if not self.host.startswith("[") else self.host[1:self.host.index("]")]
+        if name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+
+def parse(text: str) -> Reference:
+    """`docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]` (skopeo's transport syntax); raises BadReference."""
+    hint = "write docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST], e.g. docker://registry.example.org/debian:bookworm"
+    if not text.startswith(PREFIX):
+        raise BadReference(f"'{text}' is not a docker:// reference", hint)
+    m = _REF.fullmatch(text[len(PREFIX):])
+    if not m:
+        raise BadReference(f"'{text}' is not a valid image reference (repository names are lower-case)", hint)
+    host, digest = m["host"], m["digest"]
+    if not _HOST.fullmatch(host) or not ("." in host or ":" in host or host == "localhost"):
+        raise BadReference(f"'{text}' names no registry host ('{host}' is not HOST[:PORT])",
+                           "name the registry, e.g. docker://docker.io/library/debian:bookworm")
+    if digest is not None and not oci._DIGEST.fullmatch(digest):
+        raise BadReference(f"'{text}': '{digest}' is not sha256:<64 lower-case hex digits>", hint)
+    return Reference(host, m["repo"], m["tag"] if m["tag"] or digest else "latest", digest)
+
+
+def credentials(host: str) -> tuple[str, str] | None:
+    """(user, password) for `host` from the first auth file that has an entry for it."""
+    paths = []
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        paths.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers", "auth.json"))
+    paths.append(os.path.expanduser("~/.docker/config.json"))
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                auths = json.load(f).get("auths", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        for key, entry in auths.items() if isinstance(auths, dict) else ():
+            # docker writes "https://index.docker.io/v1/" style keys too: compare the host part only
+            if re.sub(r"^[a-z]+://", "", key).split("/")[0] == host and isinstance(entry, dict) and entry.get("auth"):
+                try:
+                    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                return user, password
+    return None
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    """The scheme and parameters of a WWW-Authenticate header: `Bearer realm="...",service="..."`."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
+    return scheme.lower(), params
+
+
+class Client:
+    """One registry and repository, for one layer of a recipe (named in every error)."""
+
+    def __init__(self, ref: Reference, origin: str) -> None:
+        import urllib3
+
+        self.ref, self.origin = ref, origin
+        self.base = ("http" if ref.loopback else "https") + "://" + ref.host
+        # redirects are followed (blob storage); urllib3 drops Authorization when one leaves the host
+        self.http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=10.0, read=60.0),
+                                        retries=urllib3.Retry(total=5, connect=0, read=0, status=0, other=0,
+                                                              redirect=5))
+        self.authorization: str | None = None
+        self.actions = "pull"  # a push asks for "pull,push" tokens
+
+    def error(self, message: str, hint: str = "") -> NsbuildError:
+        return NsbuildError(f"{self.origin}: registry {self.ref.host}: {message}", hint)
+
+    # --- requests
+
+    def request(self, path: str, headers: dict[str, str] | None = None, what: str = "", method: str = "GET",
+                body: bytes | BinaryIO | None = None, ok: tuple[int, ...] = (200, 206)) -> Any:
+        """`method` base+path (or an absolute URL, as upload Locations are), the response body not read yet:
+        auth challenges answered, connection errors, 429 and 5xx retried with backoff (a file body is
+        rewound). A status not in `ok` is an error naming `what`."""
+        import urllib3
+
+        url = path if "://" in path else self.base + path
+        authed = False
+        for attempt in range(ATTEMPTS):
+            h = dict(headers or {})
+            if self.authorization:
+                h["Authorization"] = self.authorization
+            if hasattr(body, "seek"):
+                body.seek(0)  # type: ignore[union-attr]
+            try:
+                r = self.http.request(method, url, headers=h, body=body, preload_content=False)
+            except urllib3.exceptions.HTTPError as e:
+                if attempt + 1 == ATTEMPTS:
+                    raise self.error(f"cannot reach {self.base} ({_reason(e)})",
+                                     "check that the registry runs and the address is right") from None
+                _pause(attempt)
+                continue
+            if r.status in ok:
+                return r
+            answer = _drain(r)
+            if r.status == 401 and not authed and r.headers.get("WWW-Authenticate"):
+                authed = True
+                self._authenticate(r.headers.get("WWW-Authenticate", ""))
+                continue
+            if r.status in RETRY_STATUS and attempt + 1 < ATTEMPTS:
+                _pause(attempt, r.headers.get("Retry-After"))
+                continue
+            raise self._status_error(r.status, what, answer)
+        raise AssertionError("not reached")
+
+    def _status_error(self, status: int, what: str, body: bytes) -> NsbuildError:
+        detail = _error_detail(body)
+        where = f"{what} of {self.ref}"
+        if status == 401:
+            return self.error(f"{where}: authentication failed (401{detail})",
+                              "log in with `skopeo login` or `podman login` (they write "
+                              "$XDG_RUNTIME_DIR/containers/auth.json), or `docker login` (~/.docker/config.json)")
+        if status == 403:
+            return self.error(f"{where}: access denied (403{detail})", "check the account's rights on the repository")
+        if status == 404:
+            return self.error(f"{where}: not found (404{detail})", "check the repository, tag and digest")
+        if status == 429:
+            return self.error(f"{where}: too many requests (429{detail}), still after {ATTEMPTS} tries",
+                              "wait and build again")
+        if status >= 500:
+            return self.error(f"{where}: the registry failed ({status}{detail}), still after {ATTEMPTS} tries",
+                              "try again later")
+        return self.error(f"{where}: unexpected HTTP status {status}{detail}")
+
+    def _authenticate(self, header: str) -> None:
+        scheme, params = _challenge(header)
+        creds = credentials(self.ref.host)
+        if scheme == "basic":
+            if creds is None:
+                raise self.error(f"{self.ref} needs a login (HTTP Basic) and no credentials for "
+                                 f"{self.ref.host} were found",
+                                 "log in with `skopeo login` or `podman login`, or `docker login`")
+            self.authorization = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            return
+        if scheme != "bearer" or not params.get("realm"):
+            raise self.error(f"unsupported authentication challenge {header!r}")
+        self.authorization = "Bearer " + self._token(params, creds)
+
+    def _token(self, params: dict[str, str], creds: tuple[str, str] | None) -> str:
+        import urllib.parse
+
+        import urllib3
+
+        query = {"scope": params.get("scope") or f"repository:{self.ref.repo}:{self.actions}"}
+        if params.get("service"):
+            query["service"] = params["service"]
+        url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(query)
+        headers = {}
+        if creds:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        try:
+            r = self.http.request("GET", url, headers=headers, preload_content=False)
+        except urllib3.exceptions.HTTPError as e:
+            raise self.error(f"cannot reach the token service {params['realm']} ({_reason(e)})") from None
+        body = _drain(r)
+        if r.status != 200:
+            raise self.error(f"the token service {params['realm']} refused ({r.status}{_error_detail(body)})",
+                             "check the credentials in auth.json / ~/.docker/config.json" if r.status in (401, 403)
+                             else "")
+        try:
+            doc = json.loads(body)
+            token = doc.get("token") or doc.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise self.error(f"the token service {params['realm']} sent no token")
+        return token
+
+    # --- manifests and blobs
+
+    def manifest(self, reference: str) -> tuple[bytes, str, str]:
+        """A manifest or index by tag or digest: (body, media type, digest). A digest asked for is checked."""
+        for attempt in range(ATTEMPTS):
+            r = self.request(f"/v2/{self.ref.repo}/manifests/{reference}", {"Accept": ACCEPT},
+                             f"manifest {reference}")
+            try:
+                body = self._read_small(r, f"manifest {reference}")
+                break
+            except _Broken as e:
+                if attempt + 1 == ATTEMPTS:
+                    raise self.error(f"manifest {reference}: the connection broke ({e}), {ATTEMPTS} tries",
+                                     "try again") from None
+                _pause(attempt)
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise self.error(f"manifest {reference} arrived with sha256 {digest}: wrong digest",
+                             "the registry or something between is corrupting data")
+        media_type = r.headers.get("Content-Type", "").split(";")[0].strip()
+        try:
+            inner = json.loads(body).get("mediaType")
+        except (ValueError, AttributeError):
+            raise self.error(f"manifest {reference} is not a JSON object") from None
+        return body, inner if isinstance(inner, str) and inner else media_type, digest
+
+    def small_blob(self, digest: str, size: int, what: str) -> bytes:
+        """A config blob, read whole and verified (resumed like a layer)."""
+        if size > MAX_JSON:
+            raise self.error(f"{what} {digest} is {size} bytes, more than the {MAX_JSON} allowed")
+        buf = io.BytesIO()
+        self._stream(digest, size, buf, lambda n: None)
+        return buf.getvalue()
+
+    def _read_small(self, r: Any, what: str) -> bytes:
+        import urllib3
+
+        try:
+            body = r.read(MAX_JSON + 1)
+        except urllib3.exceptions.HTTPError as e:
+            raise _Broken(_reason(e)) from None
+        finally:
+            r.release_conn()
+        if len(body) > MAX_JSON:
+            raise self.error(f"{what} is larger than {MAX_JSON} bytes")
+        return body
+
+    def blob(self, digest: str, size: int, dest: str, label: str) -> None:
+        """Stream blob `digest` into the new file `dest`, resuming after dropped connections; raise
+        (leaving `dest` to the caller to delete) unless it has exactly `size` bytes with that sha256."""
+        with open(dest, "wb") as f, progress.bar(label, size) as advance:
+            self._stream(digest, size, f, advance)
+
+    def _stream(self, digest: str, size: int, f: BinaryIO, advance: Callable[[int], None]) -> None:
+        import urllib3
+
+        path = f"/v2/{self.ref.repo}/blobs/{digest}"
+        h, got, failure = hashlib.sha256(), 0, ""
+        for attempt in range(ATTEMPTS):
+            r = self.request(path, {"Range": f"bytes={got}-"} if got else None, f"blob {digest}")
+            if got and r.status != 206:  # the server ignored Range: start again from 0
+                f.seek(0)
+                f.truncate()
+                h, got = hashlib.sha256(), 0
+            try:
+                # read1: what has arrived, so a body that breaks off keeps every byte before the break
+                while chunk := r.read1(1 << 16):
+                    if got + len(chunk) > size:
+                        raise self.error(f"blob {digest} is larger than the {size} bytes the manifest says")
+                    f.write(chunk)
+                    h.update(chunk)
+                    got += len(chunk)
+                    advance(len(chunk))
+                failure = f"the connection ended after {got} of {size} bytes"
+            except urllib3.exceptions.HTTPError as e:  # dropped, reset, or shorter than Content-Length
+                failure = f"the connection broke after {got} of {size} bytes ({_reason(e)})"
+            finally:
+                r.release_conn()
+            if got == size:
+                break
+            if attempt + 1 < ATTEMPTS:
+                _pause(attempt)
+        if got != size:
+            raise self.error(f"blob {digest} is truncated: {failure}, {ATTEMPTS} tries",
+                             "the network or the registry keeps breaking off: try again")
+        if "sha256:" + h.hexdigest() != digest:
+            raise self.error(f"blob {digest} arrived with sha256:{h.hexdigest()}: wrong digest",
+                             "the registry or something between is corrupting data")
+
+
+def _drain(r: Any) -> bytes:
+    try:
+        return r.read(64 << 10)
+    except Exception:  # an error body is only for the message
+        return b""
+    finally:
+        r.release_conn()
+
+
+def _error_detail(body: bytes) -> str:
+    """The registry's own words: {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "..."}]}."""
+    try:
+        errors = json.loads(body).get("errors") or []
+        words = [f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)]
+    except (ValueError, AttributeError):
+        return ""
+    return ", " + "; ".join(words) if words else ""
+
+
+def _reason(e: Exception) -> str:
+    reason = getattr(e, "reason", None)  # MaxRetryError wraps the real one
+    text = str(reason or e)
+    m = re.search(r"\[Errno -?\d+\] ([^')]+)", text)
+    return m.group(1) if m else text
+
+
+def _pause(attempt: int, retry_after: str | None = None) -> None:
+    delay = 0.2 * 2 ** attempt
+    if retry_after and retry_after.isdigit():
+        delay = max(delay, min(float(retry_after), 5.0))  # honoured, but a build does not hang on it
+    time.sleep(delay)
+
+
+# --- images
+
+# docker:// reference with a tag -> (manifest URL, the digest it resolved to), per process: what
+# plancache.save records so that a warm build can check that the tag has not moved
+RESOLVED: dict[str, tuple[str, str]] = {}
+
+@dataclasses.dataclass(frozen=True)
+class Pulled:
+    """A picked image, its layers not fetched yet; `documents` are the manifest (and index) and config
+    bodies by digest, for the store's cache."""
+    image: oci.Image
+    documents: dict[str, bytes]
+    client: Client
+
+
+def pull_image(text: str, origin: str, platform: str | None, cache: str | None) -> Pulled:
+    """The image a docker:// layer names, for `platform` (default: the host's). `cache`: a directory of
+    blobs by hex digest whose documents need not be fetched again (a digest names its content)."""
+    ref = parse(text)
+    client = Client(ref, origin)
+    want = oci._parse_platform(platform) if platform else oci.host_platform()
+    documents: dict[str, bytes] = {}
+
+    def fetch(reference: str) -> tuple[bytes, str, str]:
+        cached = _cached(cache, reference)
+        if cached is not None:
+            doc = json.loads(cached)
+            return cached, str(doc.get("mediaType", "")), reference
+        body, media_type, digest = client.manifest(reference)
+        documents[digest] = body
+        return body, media_type, digest
+
+    body, media_type, digest = fetch(ref.digest or ref.tag or "latest")
+    if not ref.digest:  # what the tag points at now, for a cached plan to check (tagcheck.py)
+        RESOLVED[str(ref)] = (f"{client.base}/v2/{ref.repo}/manifests/{ref.tag}", digest)
+    where = f"{ref}"
+    while media_type in oci.INDEX_TYPES:
+        index = _json(client, body, f"index {digest}")
+        entries = [d for d in index.get("manifests") or [] if isinstance(d, dict)]
+        desc = _by_platform(client, entries, want, f"index {digest}")
+        body, media_type, digest = fetch(desc["digest"])
+        where = f"manifest {digest}"
+    if media_type not in oci.MANIFEST_TYPES:
+        raise client.error(f"{ref}: {where} has the unknown media type {media_type!r}",
+                           "supported: " + ", ".join(sorted(oci.INDEX_TYPES | oci.MANIFEST_TYPES)))
+    manifest = _json(client, body, f"manifest {digest}")
+    config = _descriptor(client, manifest.get("config"), f"manifest {digest}: config")
+    if config["mediaType"] not in oci.CONFIG_TYPES:
+        raise client.error(f"manifest {digest} is not a container image (config media type {config['mediaType']!r})")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise client.error(f"manifest {digest} has no layers list")
+    blobs = []
+    for i, d in enumerate(layers):
+        d = _descriptor(client, d, f"manifest {digest}: layers[{i}]")
+        if d["mediaType"] not in oci.LAYER_TYPES:
+            raise client.error(f"layer {d['digest']} has the unsupported media type {d['mediaType']!r}",
+                               "supported: " + ", ".join(oci.LAYER_TYPES))
+        blobs.append(oci.Blob(d["digest"], d["mediaType"], d["size"], ""))
+    cfg_body = _cached(cache, config["digest"])
+    if cfg_body is None:
+        cfg_body = client.small_blob(config["digest"], config["size"], "config")
+        documents[config["digest"]] = cfg_body
+    cfg = _json(client, cfg_body, f"config {config['digest']}", manifest=False)
+    if platform:
+        got = oci._normalize(cfg.get("os"), cfg.get("architecture"), cfg.get("variant"))
+        if got != want:
+            raise client.error(f"{ref} is for platform {oci._show(got)}, not {oci._show(want)}")
+    return Pulled(oci.Image(digest, config["digest"], blobs, cfg), documents, client)
+
+
+def _cached(cache: str | None, digest: str) -> bytes | None:
+    """A document from the cache, re-verified (the cache is only a directory: trust the digest, not it)."""
+    if not cache or not digest.startswith("sha256:"):
+        return None
+    try:
+        with open(os.path.join(cache, digest[len("sha256:"):]), "rb") as f:
+            data = f.read(MAX_JSON + 1)
+    except OSError:
+        return None
+    return data if "sha256:" + hashlib.sha256(data).hexdigest() == digest else None
+
+
+def _json(client: Client, body: bytes, where: str, manifest: bool = True) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except ValueError as e:
+        raise client.error(f"{where} is not JSON: {e}") from None
+    if not isinstance(doc, dict) or (manifest and doc.get("schemaVersion") != 2):
+        raise client.error(f"{where} is not a " + ("schemaVersion 2 " if manifest else "") + "JSON object")
+    return doc
+
+
+def _descriptor(client: Client, desc: object, where: str) -> dict[str, Any]:
+    if not isinstance(desc, dict) or not isinstance(desc.get("mediaType"), str) \
+            or not isinstance(desc.get("digest"), str) or not oci._DIGEST.fullmatch(desc["digest"]) \
+            or not isinstance(desc.get("size"), int) or isinstance(desc.get("size"), bool) or desc["size"] < 0:
+        raise client.error(f"{where} is not a valid descriptor (mediaType, sha256 digest, size)")
+    return desc
+
+
+def _by_platform(client: Client, entries: list[dict[str, Any]], want: oci.Platform, where: str) -> dict[str, Any]:
+    for desc in entries:  # image-index.md: the first match wins
+        p = desc.get("platform")
+        if isinstance(p, dict) and oci._normalize(p.get("os"), p.get("architecture"), p.get("variant")) == want:
+            return _descriptor(client, desc, where)
+    offered = ", ".join(oci._show(d.get("platform")) for d in entries) or "none"
+    raise client.error(f"{client.ref}: {where} has no image for platform {oci._show(want)}; it has {offered}",
+                       "choose one with platform = \"os/arch[/variant]\"")
