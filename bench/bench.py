@@ -22,7 +22,7 @@ from builder.kernel import syscalls as sc
 from builder.sandbox.build import build_many, ensure_template, plan_for
 from builder.kernel.features import probe
 from builder.plan.planner import Fd, FdPath, Flags, Plan
-from builder.recipe.model import load
+from builder.recipe.load import load
 from builder.sandbox.state import StateDir
 
 HERE = Path(__file__).resolve().parent

@@ -13,7 +13,8 @@ from builder.sandbox.build import ensure_template, plan_for, resolve_layers
 from builder.errors import BuildError
 from builder.sandbox.state import StateDir
 from builder.kernel.features import STRATEGIES, probe, supported
-from builder.recipe.model import Recipe, load
+from builder.recipe.model import Recipe
+from builder.recipe.load import load
 from builder.plan.steps import Plan
 
 from conftest import IN_VM, RECIPES, mountinfo, needs_root, nsbuild_cmd, open_fds, tally

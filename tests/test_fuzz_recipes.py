@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from builder.errors import NsbuildError, RecipeError
 from builder.kernel.features import STRATEGIES, Features
 from builder.plan.planner import make_plan
-from builder.recipe.model import parse
+from builder.recipe.load import parse
 from builder.layers.store import Store
 
 from conftest import RECIPES, tally

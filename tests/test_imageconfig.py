@@ -10,7 +10,8 @@ from conftest import needs_root
 from test_oci import dir_, file_, finish, image, tagged, tar_bytes
 
 from builder.images.imageconfig import describe, run_defaults
-from builder.recipe.model import DEFAULT_PATH, Run, parse
+from builder.recipe.model import DEFAULT_PATH, Run
+from builder.recipe.load import parse
 
 CONFIG = {"Env": ["PATH=/usr/bin:/bin", "GREETING=hello from the image", "EMPTY="],
           "Entrypoint": ["/bin/sh", "-c"], "Cmd": ['echo "$GREETING in $(pwd) as $(id -u)"'],

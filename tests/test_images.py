@@ -16,7 +16,7 @@ from builder.kernel import syscalls as sc
 from builder.sandbox.build import plan_for
 from builder.errors import BuildError
 from builder.kernel.features import STRATEGIES, probe, supported
-from builder.recipe.model import load
+from builder.recipe.load import load
 
 from conftest import mountinfo, needs_root, open_fds, own_loops, tally
 

@@ -473,7 +473,7 @@ def test_skopeo_zstd_layout_builds_like_the_gzip_one(nsbuild, tmp_path: Path) ->
 
 def test_skopeo_transport_syntax_names_the_layout_and_tag(tmp_path: Path) -> None:
     from builder.errors import RecipeError
-    from builder.recipe.model import parse
+    from builder.recipe.load import parse
 
     two_layer_image(tmp_path / "layout")
     doc = {"sandbox": {"name": "x"}, "layer": [{"oci": "oci:layout:v1"}]}

@@ -12,7 +12,7 @@ from builder.plan import render
 from builder.errors import UsageError
 from builder.kernel.features import STRATEGIES, Features, pick_strategy, supported
 from builder.plan.planner import make_plan
-from builder.recipe.model import load
+from builder.recipe.load import load
 
 from conftest import RECIPES
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import RecipeError
-from builder.recipe.model import load
+from builder.recipe.load import load
 
 from conftest import RECIPES
 

@@ -302,7 +302,7 @@ def test_failed_metadata_write_leaves_nothing(state_dir: Path, tmp_path: Path, m
     from builder.plan import executor
     from builder.sandbox import state as state_mod
     from builder.sandbox.build import plan_for
-    from builder.recipe.model import load
+    from builder.recipe.load import load
 
     sd = state_mod.StateDir(str(state_dir))
     sd.prepare()

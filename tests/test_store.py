@@ -87,7 +87,7 @@ def test_an_in_process_build_releases_the_store(state_dir: Path, tmp_path: Path,
     """The Python API (build.build) holds the store's gc lock only until the sandbox is persisted:
     the autouse host_unchanged fixture checks no fd stays open."""
     from builder.sandbox.build import build, resolve_layers
-    from builder.recipe.model import load
+    from builder.recipe.load import load
     from builder.sandbox.state import StateDir
 
     monkeypatch.setenv("NSBUILD_STORE", str(tmp_path / "store"))

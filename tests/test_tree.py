@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from builder.check import elf
-from builder.recipe import model as recipe
+from builder.recipe import load as loader, model as recipe
 from builder.errors import Problem, UsageError
 from builder.check.tree import OPAQUE_XATTR, SandboxTree, check_command, check_run
 from conftest import IS_ROOT
@@ -43,7 +43,7 @@ def whiteout(path: Path) -> None:
 
 def load(tmp_path: Path, body: str) -> recipe.Recipe:
     (tmp_path / "r.toml").write_text('[sandbox]\nname = "t"\n' + body)
-    return recipe.load(str(tmp_path / "r.toml"))
+    return loader.load(str(tmp_path / "r.toml"))
 
 
 def layers_toml(*names: str) -> str:

@@ -59,7 +59,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(path: Optional[str]):  # -> Recipe
-    from builder.recipe import model as recipe
+    from builder.recipe import load as recipe
     from builder.sandbox.build import default_recipe
 
     return recipe.load(path or default_recipe())

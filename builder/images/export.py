@@ -89,20 +89,21 @@ def oci_tag_ok(tag: str) -> bool:
 
 def source_of(target: str, state_dir: str | None) -> tuple[Recipe, str | None]:
     """The recipe of TARGET (a recipe file, or a persisted sandbox's) and its directory upper, if any."""
-    from builder.recipe import model as rcp
+    from builder.recipe.load import load
+    from builder.recipe.model import NAME_RE
 
     if target.endswith(".toml") or "/" in target:
-        r = rcp.load(target)
+        r = load(target)
         return r, r.root.upper if r.root.upper not in ("tmpfs", "none") else None
     from builder.sandbox.state import StateDir, state_dir as resolve
 
     sd = StateDir(resolve(state_dir))
-    if not rcp.NAME_RE.match(target):
+    if not NAME_RE.match(target):
         raise UsageError(f"'{target}' is neither a sandbox name nor a recipe file")
     meta = sd.read(target)
     if meta is None:
         raise UsageError(f"no sandbox named '{target}' in {sd.path}", "give its recipe file, or list them with `nsbuild ls`")
-    r = rcp.load(str(meta["recipe"]))
+    r = load(str(meta["recipe"]))
     if r.sha256 != meta.get("recipe_sha256"):  # the image must be the tree that was built, not a newer recipe's
         raise UsageError(f"the recipe of '{target}' ({r.file}) changed since the sandbox was built",
                          f"rebuild it (`nsbuild build --replace {r.file}`), or export the recipe file itself")

@@ -134,7 +134,7 @@ def run_recipe(path: str, command: list[str], strategy: str = "auto", state: str
                opts: Options | None = None) -> None:
     """Build an ephemeral sandbox, enter it: it is gone when the command exits."""
     from builder.plan import executor
-    from builder.recipe import model as rcp
+    from builder.recipe import load as rcp
     from builder.sandbox.build import plan_for, resolve_layers, run_metadata
     r = resolve_layers(rcp.load(path))
     s = _settings(run_metadata(r), r.name, opts or Options())

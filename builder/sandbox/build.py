@@ -340,15 +340,16 @@ def _batch_command(path: str, state: StateDir, strategy: str, replace: bool, nam
 def _load_checked(path: str, name: str | None, locked: bool, quiet: bool) -> tuple[Recipe, Store | None]:
     """The recipe, with --name, root and --locked checked; and the Store the lock check used, whose
     digests and closures the build then reuses (a binaries layer's closure costs ~0.3 s)."""
-    from builder.recipe import model as rcp
+    from builder.recipe.load import load
+    from builder.recipe.model import NAME_RE
     from builder.errors import UsageError
 
     if quiet:
         from builder import progress
 
         progress.QUIET = True
-    r = rcp.load(path)
-    if name is not None and not rcp.NAME_RE.match(name):
+    r = load(path)
+    if name is not None and not NAME_RE.match(name):
         raise UsageError(f"--name '{name}' is not a valid name",
                          "use lower-case letters, digits, '.', '_', '-', starting with a letter or digit")
     need_root()
