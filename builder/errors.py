@@ -8,13 +8,23 @@ EXIT_USAGE = 2   # bad recipe or bad command line
 
 
 class NsbuildError(Exception):
-    """An error for the user: one sentence, an optional hint, an exit code."""
+    """An error for the user: one sentence, an optional hint, an exit code. On its way up each level may
+    add what it was doing (wrap), as crun's error chain does: "building 'dev-3': <the cause>"."""
 
     exit_code = EXIT_FAILED
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.hint = hint
+        self.context: list[str] = []  # outermost first
+
+    def wrap(self, context: str) -> NsbuildError:
+        """Add the caller's context and return the same error, to re-raise: `raise e.wrap("...")`."""
+        self.context.insert(0, context)
+        return self
+
+    def __str__(self) -> str:
+        return ": ".join([*self.context, super().__str__()])
 
     def report(self, as_json: bool = False) -> int:
         """Print the message (and hint) on stderr, as_json as one JSON object (still on stderr, so
@@ -96,4 +106,21 @@ class RecipeError(NsbuildError):
 
 
 class BuildError(NsbuildError):
-    """A step of the plan failed; names the step, the recipe entry and the errno."""
+    """A step of the plan failed; names the step, the recipe entry and the errno. step is the step's
+    index in the plan (None when no step is to blame, e.g. a batch worker died), errno the call's."""
+
+    def __init__(self, message: str, hint: str = "", step: int | None = None, errno: int | None = None) -> None:
+        super().__init__(message, hint)
+        self.step, self.errno = step, errno
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(super().as_dict(), step=self.step, errno=self.errno)
+
+
+class PersistError(NsbuildError):
+    """The namespace was built but could not be persisted. retry: whether building it again (on another
+    CPU) can succeed, as it can when the kernel refused the namespace's id."""
+
+    def __init__(self, message: str, hint: str = "", retry: bool = False) -> None:
+        super().__init__(message, hint)
+        self.retry = retry

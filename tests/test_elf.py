@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.check import elf
+from builder.check import elf, ldso, view as views
 from builder.layers.store import _copy_host_paths
 from builder.errors import UsageError
 from conftest import IS_ROOT
@@ -101,7 +101,7 @@ def test_crafted_elf_reads_back(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_closure_agrees_with_ld_so(program: str) -> None:
-    result = elf.closure([program])
+    result = ldso.closure([program])
     interp = info(os.path.realpath(program)).interp
     assert interp is not None
     assert os.path.realpath(program) in result
@@ -117,7 +117,7 @@ def test_closure_agrees_with_ld_so(program: str) -> None:
 
 
 def test_closure_of_sh_lists_libc_interpreter_and_links() -> None:
-    result = elf.closure(["/bin/sh"])
+    result = ldso.closure(["/bin/sh"])
     libc = next(lib for lib in ldd("/bin/sh") if lib.endswith("/libc.so.6"))
     assert os.path.realpath(libc) in result
     links = [p for p in result if os.path.islink(p)]
@@ -128,8 +128,8 @@ def test_closure_of_sh_lists_libc_interpreter_and_links() -> None:
 
 
 def test_closure_is_deterministic() -> None:
-    one = elf.closure(["/bin/sh", "/usr/bin/env"])
-    assert one == elf.closure(["/usr/bin/env", "/bin/sh", "/bin/sh"])
+    one = ldso.closure(["/bin/sh", "/usr/bin/env"])
+    assert one == ldso.closure(["/usr/bin/env", "/bin/sh", "/bin/sh"])
     assert one == sorted(one, key=lambda p: p.split("/"))
     assert len(one) == len(set(one))
 
@@ -137,7 +137,7 @@ def test_closure_is_deterministic() -> None:
 @pytest.mark.skipif(not IS_ROOT or not shutil.which("chroot"), reason="needs root and chroot(1)")
 def test_closure_runs_in_an_empty_root(tmp_path: Path) -> None:
     ls = shutil.which("ls") or "/bin/ls"
-    copy_tree(elf.closure(["/bin/sh", ls, "/usr/bin/env"]), tmp_path)
+    copy_tree(ldso.closure(["/bin/sh", ls, "/usr/bin/env"]), tmp_path)
     script = f"{ls} /; /usr/bin/env -i A=1 /usr/bin/env"
     out = subprocess.run([shutil.which("chroot") or "chroot", str(tmp_path), "/bin/sh", "-c", script],
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
@@ -148,7 +148,7 @@ def test_closure_runs_in_an_empty_root(tmp_path: Path) -> None:
 def test_closure_of_script_follows_its_interpreter(tmp_path: Path) -> None:
     script = tmp_path / "hello"
     script.write_text("#!/bin/sh\necho hi\n")
-    assert elf.closure([str(script)]) == sorted({str(script)} | set(elf.closure(["/bin/sh"])),
+    assert ldso.closure([str(script)]) == sorted({str(script)} | set(ldso.closure(["/bin/sh"])),
                                                 key=lambda p: p.split("/"))
 
 
@@ -157,13 +157,13 @@ def test_closure_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     os.symlink("b", tmp_path / "a")
     os.symlink("a", tmp_path / "b")
     with pytest.raises(UsageError, match="neither an ELF file nor a #! script"):
-        elf.closure([str(tmp_path / "data")])
+        ldso.closure([str(tmp_path / "data")])
     with pytest.raises(UsageError, match="does not exist"):
-        elf.closure([str(tmp_path / "nothing")])
+        ldso.closure([str(tmp_path / "nothing")])
     with pytest.raises(UsageError, match="not an absolute host path"):
-        elf.closure(["bin/sh"])
-    with pytest.raises(elf.SymlinkLoop, match="too many levels of symbolic links"):
-        elf.closure([str(tmp_path / "a")])
+        ldso.closure(["bin/sh"])
+    with pytest.raises(views.SymlinkLoop, match="too many levels of symbolic links"):
+        ldso.closure([str(tmp_path / "a")])
 
 
 # -- ld.so's search rules, on ELF files written for the case ----------------------------------------
@@ -181,20 +181,20 @@ def app(tmp_path: Path, **prog: object) -> Path:
 def libc_closure(tmp_path: Path) -> set[str]:
     """What any program with sh's interpreter and libc needs: the part of a closure that is not the app."""
     base = make_elf(tmp_path / "base", needed=("libc.so.6",), interp=SH_INTERP, machine=HOST_EM)
-    return set(elf.closure([str(base)])) - {str(base)}
+    return set(ldso.closure([str(base)])) - {str(base)}
 
 
 def test_rpath_origin_is_inherited_by_libraries(tmp_path: Path) -> None:
     prog = app(tmp_path, rpath="$ORIGIN/../lib")
     lib = str(tmp_path / "lib")
-    assert set(elf.closure([str(prog)])) == {str(prog), f"{lib}/libfoo.so.1", f"{lib}/libbar.so.1"} | libc_closure(
+    assert set(ldso.closure([str(prog)])) == {str(prog), f"{lib}/libfoo.so.1", f"{lib}/libbar.so.1"} | libc_closure(
         tmp_path)
 
 
 def test_runpath_serves_only_direct_dependencies(tmp_path: Path) -> None:
     prog = app(tmp_path, runpath="${ORIGIN}/../lib")
-    with pytest.raises(elf.MissingLibrary) as e:
-        elf.closure([str(prog)])
+    with pytest.raises(ldso.MissingLibrary) as e:
+        ldso.closure([str(prog)])
     assert (e.value.soname, e.value.needed_by) == ("libbar.so.1", f"{tmp_path}/lib/libfoo.so.1")
     assert isinstance(e.value, UsageError)
     assert f"{tmp_path}/lib" not in e.value.searched  # libfoo has no path of its own; prog's RUNPATH is not its
@@ -202,8 +202,8 @@ def test_runpath_serves_only_direct_dependencies(tmp_path: Path) -> None:
 
 def test_runpath_turns_rpath_off(tmp_path: Path) -> None:
     prog = app(tmp_path, rpath="$ORIGIN/../lib", runpath="$ORIGIN/../nowhere")
-    with pytest.raises(elf.MissingLibrary) as e:
-        elf.closure([str(prog)])
+    with pytest.raises(ldso.MissingLibrary) as e:
+        ldso.closure([str(prog)])
     assert e.value.soname == "libfoo.so.1"
     assert e.value.searched[0] == f"{tmp_path}/bin/../nowhere"
 
@@ -213,10 +213,10 @@ def test_candidates_of_another_class_are_skipped(tmp_path: Path) -> None:
     make_elf(tmp_path / "lib64/libfoo.so.1", machine=HOST_EM)
     prog = make_elf(tmp_path / "bin/prog", needed=("libfoo.so.1",), runpath="$ORIGIN/../lib32:$ORIGIN/../lib64",
                     machine=HOST_EM)
-    assert elf.closure([str(prog)]) == [str(prog), f"{tmp_path}/lib64/libfoo.so.1"]
+    assert ldso.closure([str(prog)]) == [str(prog), f"{tmp_path}/lib64/libfoo.so.1"]
     os.unlink(tmp_path / "lib64/libfoo.so.1")
-    with pytest.raises(elf.MissingLibrary, match="libfoo.so.1") as e:
-        elf.closure([str(prog)])
+    with pytest.raises(ldso.MissingLibrary, match="libfoo.so.1") as e:
+        ldso.closure([str(prog)])
     assert "ELF32 EM_386" in e.value.hint
 
 
@@ -228,14 +228,14 @@ def test_symlinked_library_dirs_are_listed_hop_by_hop(tmp_path: Path) -> None:
     make_elf(tmp_path / "bin/prog", needed=("libfoo.so.1",), runpath="$ORIGIN/../lib", machine=HOST_EM)
     os.symlink("bin/prog", tmp_path / "run")
     t = str(tmp_path)
-    assert elf.closure([f"{t}/run"]) == [f"{t}/bin/prog", f"{t}/lib", f"{t}/lib.real/libfoo.so.1",
+    assert ldso.closure([f"{t}/run"]) == [f"{t}/bin/prog", f"{t}/lib", f"{t}/lib.real/libfoo.so.1",
                                          f"{t}/lib.real/libfoo.so.1.2.3", f"{t}/run"]
 
 
 def test_missing_interpreter(tmp_path: Path) -> None:
     prog = make_elf(tmp_path / "prog", interp=f"{tmp_path}/no/ld.so", machine=HOST_EM)
-    with pytest.raises(elf.MissingLibrary, match="the ELF interpreter .*/no/ld.so, needed by .*/prog"):
-        elf.closure([str(prog)])
+    with pytest.raises(ldso.MissingLibrary, match="the ELF interpreter .*/no/ld.so, needed by .*/prog"):
+        ldso.closure([str(prog)])
 
 
 def test_ld_so_conf_includes_relative_globs(tmp_path: Path) -> None:
@@ -246,14 +246,14 @@ def test_ld_so_conf_includes_relative_globs(tmp_path: Path) -> None:
     (etc / "ld.so.conf.d/a.conf").write_text("/a/lib\ninclude /etc/ld.so.conf\n")  # a loop is read once
     (etc / "ld.so.conf.d/.hidden.conf").write_text("/hidden\n")
     (etc / "ld.so.conf.d/c.txt").write_text("/c\n")
-    assert elf.Search(elf.HostView(str(tmp_path))).conf_dirs() == ("/first/lib", "/a/lib", "/b/lib")
+    assert ldso.Search(views.HostView(str(tmp_path))).conf_dirs() == ("/first/lib", "/a/lib", "/b/lib")
 
 
 def test_a_view_keeps_symlinks_inside_its_root(tmp_path: Path) -> None:
     (tmp_path / "usr/lib").mkdir(parents=True)
     os.symlink("/usr/lib", tmp_path / "abs")          # absolute: restarts at the view's root
     os.symlink("../../../../usr", tmp_path / "up")    # ".." stops at the view's root
-    view = elf.HostView(str(tmp_path))
+    view = views.HostView(str(tmp_path))
     assert view.resolve("/abs").path == "/usr/lib"
     assert view.resolve("/up/lib/../lib").path == "/usr/lib"
     assert view.resolve("/up/lib").links == ("/up",)
@@ -287,8 +287,8 @@ def test_compiled_program_rpath_and_runpath_as_ld_so_does(tmp_path: Path) -> Non
     old, new = f"{tmp_path}/app/bin/old", f"{tmp_path}/app/bin/new"
 
     assert subprocess.run([old]).returncode == 0
-    assert {f"{lib}/libfoo.so.1", f"{lib}/libbar.so.1"} <= set(elf.closure([old]))
+    assert {f"{lib}/libfoo.so.1", f"{lib}/libbar.so.1"} <= set(ldso.closure([old]))
     run = subprocess.run([new], capture_output=True, text=True)
     assert run.returncode != 0 and "libbar.so.1" in run.stderr
-    with pytest.raises(elf.MissingLibrary, match="libbar.so.1"):
-        elf.closure([new])
+    with pytest.raises(ldso.MissingLibrary, match="libbar.so.1"):
+        ldso.closure([new])

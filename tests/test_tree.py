@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.check import elf
+from builder.check import elf, ldso, view
 from builder.recipe import load as loader, model as recipe
 from builder.errors import Problem, UsageError
-from builder.check.tree import OPAQUE_XATTR, SandboxTree, check_command, check_run
+from builder.check.command import check_command, check_run
+from builder.check.tree import OPAQUE_XATTR, SandboxTree
 from conftest import IS_ROOT
 from test_elf import copy_tree
 from elfcraft import foreign_copy, make_elf
@@ -29,7 +30,7 @@ def info(path: str) -> elf.ElfInfo:
 SH = os.path.realpath("/bin/sh")   # e.g. /usr/bin/dash
 INTERP = info(SH).interp or ""      # e.g. /lib64/ld-linux-x86-64.so.2
 INTERP_REAL = os.path.realpath(INTERP)
-CLOSURE = elf.closure(["/bin/sh", "/usr/bin/env"])
+CLOSURE = ldso.closure(["/bin/sh", "/usr/bin/env"])
 LIBC_REAL = next(p for p in CLOSURE if p.endswith("/libc.so.6") and not os.path.islink(p))
 ENV = {"PATH": recipe.DEFAULT_PATH}
 
@@ -120,7 +121,7 @@ type = "dev"
     assert up is not None and up.path == "/data/a"
     link = tree.lookup("/abs", follow=False)
     assert link is not None and link.kind == "symlink"
-    with pytest.raises(elf.SymlinkLoop):
+    with pytest.raises(view.SymlinkLoop):
         tree.lookup("/self")
     # a [[path]] lands where its parent resolves, as openat2(RESOLVE_IN_ROOT) puts it
     extra = tree.lookup("/usr/lib/extra.conf")

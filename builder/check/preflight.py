@@ -17,7 +17,8 @@ def problems(recipe: Recipe, features: Features) -> list[Problem]:
     """What would stop recipe.run.command from starting; `recipe` has its layers resolved (store.py)."""
     from builder.plan import executor
     from builder.plan.planner import make_image_plan
-    from builder.check.tree import SandboxTree, check_run
+    from builder.check.command import check_run
+    from builder.check.tree import SandboxTree
 
     fds: list[int] = []
     try:

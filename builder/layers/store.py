@@ -348,11 +348,11 @@ class Store:
         types, modes, owners, link targets and contents. Computed once per Store (lock asks twice)."""
         if layer in self._closures:
             return self._closures[layer]
-        from builder.check import elf
+        from builder.check import elf, ldso, view
 
-        search = elf.Search(elf.HostView())  # one for both closures: libc & co. are parsed once
+        search = ldso.Search(view.HostView())  # one for both closures: libc & co. are parsed once
         view = search.view
-        paths: set[str] = set(elf.closure(list(layer.binaries), search))
+        paths: set[str] = set(ldso.closure(list(layer.binaries), search))
         elves: list[str] = []
         for item in layer.files:
             res = view.resolve(item)
@@ -364,7 +364,7 @@ class Store:
                 if is_lib and isinstance(search.identify(view.resolve(path)), elf.ElfInfo):
                     elves.append(path)
         if elves:
-            paths.update(elf.closure(elves, search))
+            paths.update(ldso.closure(elves, search))
         ordered = sorted(paths, key=lambda p: p.split("/"))  # parents first
         h = hashlib.sha256()
         for path in ordered:
