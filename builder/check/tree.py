@@ -21,7 +21,6 @@ from builder.check.view import HostView, Node, Resolved, SymlinkLoop, View, node
 from builder.errors import UsageError
 from builder.plan.planner import DEV_LINKS, DEV_NODES
 from builder.recipe.model import Mount, PathEntry, Recipe, is_under
-from builder.check.view import HostView, Node, Resolved, SymlinkLoop, View
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 

@@ -250,11 +250,11 @@ def export(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary."),
 ) -> None:
     """Write a sandbox's tree as an OCI image: to a layout, or pushed to a registry."""
-    from builder.images import export as ex
+    from builder.images import dest as destination, export as ex
     from builder import progress
 
     progress.QUIET = quiet
-    ex.parse_dest(dest)  # a bad destination is a usage error before anything is unpacked
+    destination.parse_dest(dest)  # a bad destination is a usage error before anything is unpacked
     need_root()
     digest, report = ex.export(target, dest, state_dir)
     if as_json:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from builder.images import registry
-from builder.images.export import Blob, Dest
+from builder.images.dest import Blob, Dest
 
 
 def push(dest: Dest, blobs: list[Blob], manifest: Blob) -> list[str]:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from builder.layers import oci
-    from builder.images import registry
+    from builder.images import pull, registry
 
 DEFAULT_STORE = "/var/lib/nsbuild/store"
 
@@ -195,7 +195,7 @@ class Store:
         self._known: dict[str, list] | None = None  # digests.json
         self._closures: dict[Layer, tuple[str, list[str]]] = {}  # binaries layers: digest, host paths
         self._images: dict[Layer, oci.Image] = {}  # OCI layers
-        self._pulled: dict[Layer, registry.Pulled] = {}  # OCI layers from a registry
+        self._pulled: dict[Layer, pull.Pulled] = {}  # OCI layers from a registry
         self._dirty = False
 
     def entries(self, recipe: Recipe) -> list[str]:
@@ -326,10 +326,10 @@ class Store:
         Store: `nsbuild lock` asks twice)."""
         if layer not in self._images:
             if layer.path.startswith("docker://"):
-                from builder.images import registry
+                from builder.images import pull
 
                 cache = os.path.join(self.path, "blobs")
-                self._pulled[layer] = registry.pull_image(layer.path, layer.origin, layer.platform, cache)
+                self._pulled[layer] = pull.pull_image(layer.path, layer.origin, layer.platform, cache)
                 self._images[layer] = self._pulled[layer].image
             else:
                 from builder.layers import oci

@@ -92,7 +92,7 @@ def _tags(recipe: Recipe) -> list[tuple[str, str]] | None:
         return []
     import sys
 
-    resolved = getattr(sys.modules.get("builder.images.registry"), "RESOLVED", {})
+    resolved = getattr(sys.modules.get("builder.images.pull"), "RESOLVED", {})
     found = [resolved.get(ref) for ref in tagged]
     return None if None in found else found  # type: ignore[return-value]
 
