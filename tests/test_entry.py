@@ -40,7 +40,7 @@ def check_run(args: list[str]) -> None:
     params = typer_params("run", args)
     assert params is not None, args
     assert {"target": params["target"], "command": command_args(params["command"]),
-            "state": params["state_dir"], "strategy": params["strategy"], "env": list(params["env"] or []),
+            "state_dir": params["state_dir"], "strategy": params["strategy"], "env": list(params["env"] or []),
             "cwd": params["cwd"], "user": params["user"], "network": params["network"],
             "hostname": params["hostname"], "share": list(params["share"] or []),
             "unconfined": params["unconfined"]} == lean, args

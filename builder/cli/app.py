@@ -1,6 +1,7 @@
 """The typer CLI: what users see (help, completion, rich output, --json)."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from rich.console import Console
 
 from builder.kernel import features as feat
 from builder.sandbox.build import need_root
+from builder.cli import options as opt
 from builder.cli.completion import complete_format, complete_name, complete_strategy, complete_target
 from builder.errors import NsbuildError, UsageError, os_error
 
@@ -30,10 +32,10 @@ out = Console(highlight=False, markup=False, soft_wrap=True)  # paths print whol
 if not out.is_terminal and "COLUMNS" not in os.environ:
     out.width = 1 << 16  # piped or redirected: tables as wide as their content, never a value cut to "…"
 
-StateOpt = typer.Option(None, "--state-dir", envvar="NSBUILD_STATE_DIR",
-                        help="Where persisted sandboxes live [default: /run/nsbuild].")
-StrategyOpt = typer.Option("auto", "--strategy", "-s", autocompletion=complete_strategy,
-                           help="auto, fsmount-namespace (7.1+), open-tree-namespace (7.0+) or unshare.")
+COMPLETE = {"complete_strategy": complete_strategy}
+StateOpt = typer.Option(None, *opt.STATE_DIR.names, envvar=opt.STATE_DIR.env, help=opt.STATE_DIR.help)
+StrategyOpt = typer.Option(opt.STRATEGY.default, *opt.STRATEGY.names, autocompletion=complete_strategy,
+                           help=opt.STRATEGY.help)
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
@@ -83,55 +85,43 @@ def main(args: list[str]) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _with_options(table: tuple[opt.Option, ...], *arguments: inspect.Parameter) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command typer parameters: its arguments, then the options of its table (options.py)."""
+    def give(fn: Callable[..., None]) -> Callable[..., None]:
+        fn.__signature__ = inspect.Signature([*arguments, *opt.typer_parameters(table, COMPLETE)])  # type: ignore[attr-defined]
+        fn.__annotations__ = {}  # typer reads the types from the signature
+        return fn
+    return give
+
+
+def _argument(name: str, annotation: object, info: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=info, annotation=annotation)
+
+
 @app.command()
 @handled
-def build(
-    recipe: Optional[str] = typer.Argument(None, help="Recipe file [default: the embedded dev recipe]."),
-    strategy: str = StrategyOpt,
-    replace: bool = typer.Option(False, "--replace", help="Replace a sandbox of the same name atomically."),
-    name: Optional[str] = typer.Option(None, "--name", help="Persist under this name instead of [sandbox] name."),
-    state_dir: Optional[str] = StateOpt,
-    as_json: bool = JsonOpt,
-    locked: bool = typer.Option(False, "--locked", help="Refuse to build if an input drifted from RECIPE.lock."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary."),
-    check: bool = typer.Option(True, "--check/--no-check",
-                               help="Check first that [run]'s command starts in the tree (as `nsbuild check`)."),
-    count: Optional[int] = typer.Option(None, "--count", "-n",
-                                        help="Build COUNT sandboxes NAME-0 ... NAME-<COUNT-1> in one batch."),
-) -> None:
+@_with_options(opt.BUILD, _argument("recipe", Optional[str],
+                                    typer.Argument(None, help="Recipe file [default: the embedded dev recipe].")))
+def build(**params: Any) -> None:
     """Build RECIPE and persist its mount namespace (also: `nsbuild RECIPE`)."""
     from builder.sandbox.build import build_command
 
-    build_command(recipe, strategy, replace, name, state_dir, as_json, locked, quiet, check, count)
+    build_command(**params)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
 @handled
-def run(
-    target: str = typer.Argument(..., help="Name of a persisted sandbox, or a recipe file (ephemeral).",
-                                 autocompletion=complete_target),
-    command: Optional[List[str]] = typer.Argument(None, help="Command to run [default: [run] command]."),
-    state_dir: Optional[str] = StateOpt,
-    strategy: str = StrategyOpt,
-    env: Optional[List[str]] = typer.Option(None, "--env", "-e", help="Set KEY=VALUE in CMD's environment "
-                                            "(repeatable)."),
-    cwd: Optional[str] = typer.Option(None, "--cwd", help="Working directory inside the sandbox."),
-    user: Optional[str] = typer.Option(None, "--user", "-u", help="root, a user NAME of the sandbox, or "
-                                       "UID[:GID]."),
-    network: Optional[str] = typer.Option(None, "--network", help="host (share the host's network) or none "
-                                          "(only lo)."),
-    hostname: Optional[str] = typer.Option(None, "--hostname", help="Host name inside the run "
-                                           "(default: the sandbox's name)."),
-    share: Optional[List[str]] = typer.Option(None, "--share", help="Keep the host's pid, ipc, uts or cgroup "
-                                              "namespace (repeatable)."),
-    unconfined: bool = typer.Option(False, "--unconfined", help="Enter the mount namespace only, as full "
-                                    "root (what nsenter --mount does)."),
-) -> None:
+@_with_options(opt.RUN,
+               _argument("target", str, typer.Argument(..., help="Name of a persisted sandbox, or a recipe file "
+                                                      "(ephemeral).", autocompletion=complete_target)),
+               _argument("command", Optional[List[str]],
+                         typer.Argument(None, help="Command to run [default: [run] command].")))
+def run(**params: Any) -> None:
     """Run CMD in a sandbox (`nsbuild run NAME -- CMD ...`), contained; exits with CMD's status."""
     from builder.runtime.run import command_args, run as do_run
 
-    do_run(target, command_args(command), state_dir, strategy, env or [], cwd, user, network, hostname,
-           share or [], unconfined)
+    do_run(**dict(params, command=command_args(params["command"]), env=params["env"] or [],
+                  share=params["share"] or []))
 
 
 @app.command()

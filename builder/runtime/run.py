@@ -149,12 +149,12 @@ def command_args(command: list[str] | tuple[str, ...] | None) -> list[str]:
     return args[1:] if args[:1] == ["--"] else args
 
 
-def run(target: str, command: list[str], state: str | None = None, strategy: str = "auto",
+def run(target: str, command: list[str], state_dir: str | None = None, strategy: str = "auto",
         env: list[str] | tuple[str, ...] = (), cwd: str | None = None, user: str | None = None,
         network: str | None = None, hostname: str | None = None, share: list[str] | tuple[str, ...] = (),
         unconfined: bool = False) -> None:
     """NAME of a persisted sandbox, or a recipe file (it ends in .toml or contains a '/')."""
     opts = Options(env, cwd, user, network, hostname, share, unconfined)
     if target.endswith(".toml") or "/" in target:
-        run_recipe(target, command, strategy, state, opts)
-    run_persisted(target, command, state, opts)
+        run_recipe(target, command, strategy, state_dir, opts)
+    run_persisted(target, command, state_dir, opts)
