@@ -59,7 +59,7 @@ class _Starts:
                          "add a layer that provides it, or give its absolute path")
                 return
             path = found
-        res = self.resolve(path, role)
+        res = self.locate(path, role)
         if res is None:
             return
         node = res.node
@@ -122,7 +122,7 @@ class _Starts:
         skipped = f"; skipped {', '.join(m.skipped)}" if m.skipped else ""
         if m.interpreter or "/" in m.name:
             role = ", the ELF interpreter of " if m.interpreter else ", needed by "
-            res = self.resolve(m.searched[0] if m.searched else m.name, role + by + ",")
+            res = self.locate(m.searched[0] if m.searched else m.name, role + by + ",")
             if res is not None:
                 self.add(f"{m.name}{role}{by}, is not a loadable ELF object{skipped}")
             return
@@ -160,7 +160,7 @@ class _Starts:
                 return candidate
         return None
 
-    def resolve(self, path: str, role: str) -> Resolved | None:
+    def locate(self, path: str, role: str) -> Resolved | None:
         """`path` resolved, or None after adding the problem: missing (and why), or a symlink loop."""
         try:
             res = self.tree.resolve(path)

@@ -144,7 +144,7 @@ class SyscallError(OSError):
         return text
 
 
-def _resolve(name: str) -> Callable[..., int]:
+def _call(name: str) -> Callable[..., int]:
     """The glibc wrapper if present, else a syscall(2) shim."""
     try:
         return getattr(lib, name)
@@ -166,12 +166,12 @@ def _p(path: str | None) -> object:
     return ffi.NULL if path is None else path.encode()
 
 
-_fsopen = _resolve("fsopen")
-_fsconfig = _resolve("fsconfig")
-_fsmount = _resolve("fsmount")
-_open_tree = _resolve("open_tree")
-_move_mount = _resolve("move_mount")
-_mount_setattr = _resolve("mount_setattr")
+_fsopen = _call("fsopen")
+_fsconfig = _call("fsconfig")
+_fsmount = _call("fsmount")
+_open_tree = _call("open_tree")
+_move_mount = _call("move_mount")
+_mount_setattr = _call("mount_setattr")
 
 
 def fsopen(fstype: str, flag: int) -> int:

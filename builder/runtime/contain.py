@@ -149,7 +149,7 @@ def guarded(fn: Callable[[], None]) -> None:
     os._exit(code)
 
 
-def run(spec: Spec) -> None:
+def launch(spec: Spec) -> None:
     """Enter the sandbox contained and run spec.argv; exits with its status, does not return.
 
     Call it with the sandbox's namespace already entered (enter()): every module and library

@@ -97,7 +97,7 @@ def _unconfined(command: list[str], env: dict[str, str], cwd: str) -> None:
 
 
 def _contained(command: list[str], env: dict[str, str], s: dict, programs: dict[bool, bytes]) -> None:  # type: ignore[type-arg]
-    """Inside the sandbox's namespace (contain.enter): settle who CMD runs as, then contain.run."""
+    """Inside the sandbox's namespace (contain.enter): settle who CMD runs as, then contain.launch."""
     uid, gid, groups, home, name = contain.resolve_user(s.get("user", "root"), "[run] user (or --user)")
     if uid != 0 and env.get("HOME") == "/root":
         env["HOME"] = home or "/"  # the recipe left HOME at its default: the user's own (podman: "/")
@@ -105,7 +105,7 @@ def _contained(command: list[str], env: dict[str, str], s: dict, programs: dict[
         env.setdefault("USER", name)
         env.setdefault("LOGNAME", name)
     caps = policy.capabilities(uid, s.get("capabilities", ()))
-    contain.run(contain.Spec(command, s["cwd"], env, uid, gid, groups, caps, s["hostname"],
+    contain.launch(contain.Spec(command, s["cwd"], env, uid, gid, groups, caps, s["hostname"],
                              s.get("network", "host"), s["share"], programs[policy.has(caps, "SYS_ADMIN")]))
 
 
