@@ -19,21 +19,6 @@ if TYPE_CHECKING:
     from builder.recipe.model import Recipe
 
 
-def default_recipe() -> str:
-    """The embedded default recipe (recipes/dev.toml, packaged as builder.recipes)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # builder/ (this is builder/cli/)
-    packaged = os.path.join(package, "recipes", "dev.toml")
-    if os.path.isfile(packaged):
-        return packaged
-    return os.path.join(os.path.dirname(package), "recipes", "dev.toml")  # a source tree
-
-
-def need_root(action: str = "building a sandbox") -> None:
-    if os.geteuid() != 0:
-        raise NsbuildError(f"{action} needs root (CAP_SYS_ADMIN)",
-                           "run it with sudo; `nsbuild plan` works without root")
-
-
 def build_command(recipe: str | None, strategy: str, replace: bool, name: str | None,
                   state_dir: str | None, as_json: bool, locked: bool = False, quiet: bool = False,
                   check: bool = True, count: int | None = None) -> None:
@@ -79,23 +64,17 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
     print(f"  enter:     nsbuild run {b.name} [-- CMD]   or   nsenter --mount={b.nsfs} CMD")
 
 
-def _batch_command(path: str, session: Session, strategy: str, replace: bool, name: str | None, locked: bool,
-                   quiet: bool, check: bool, count: int, as_json: bool) -> None:
-    from builder.errors import UsageError
+def _build_from_recipe(path: str, session: Session, strategy: str, replace: bool, name: str | None,
+                       locked: bool, quiet: bool, check: bool, options: tuple, k: tuple | None) -> Built:
+    """The slow path: recipe, layers, plan; the plan is cached under `k`, the key from before the build."""
+    from builder.sandbox import plancache
 
-    if not 1 <= count <= 100000:
-        raise UsageError(f"--count {count} is out of range", "give 1 to 100000")
-    r = _load_checked(path, session, name, locked, quiet)
-    built = build_many(session.resolve(r), session.state, count, strategy, replace, name, check, session)
-    seconds = built[0].seconds
-    if as_json:
-        import json
-
-        print(json.dumps({"names": [b.name for b in built], "nsfs": [b.nsfs for b in built],
-                          "strategy": built[0].strategy, "seconds": round(seconds, 6)}))
-    elif not quiet:
-        print(f"built {count} sandboxes {built[0].name} ... {built[-1].name} in {seconds * 1000:.1f} ms "
-              f"({count / seconds:.0f}/s, strategy {built[0].strategy})")
+    r = _load_checked(path, session, name, locked, quiet)  # the recipe file exists now, so `k` was made
+    built = build(session.resolve(r), session.state, strategy, replace, name, check, session)
+    if k and plancache.cacheable(r):
+        store = session.store.path if built.meta["store"] else ""
+        plancache.save(session.state, r, path, options, k, built.plan, built.meta, store)
+    return built
 
 
 def _load_checked(path: str, session: Session, name: str | None, locked: bool, quiet: bool) -> Recipe:
@@ -121,14 +100,35 @@ def _load_checked(path: str, session: Session, name: str | None, locked: bool, q
     return r
 
 
-def _build_from_recipe(path: str, session: Session, strategy: str, replace: bool, name: str | None,
-                       locked: bool, quiet: bool, check: bool, options: tuple, k: tuple | None) -> Built:
-    """The slow path: recipe, layers, plan; the plan is cached under `k`, the key from before the build."""
-    from builder.sandbox import plancache
+def _batch_command(path: str, session: Session, strategy: str, replace: bool, name: str | None, locked: bool,
+                   quiet: bool, check: bool, count: int, as_json: bool) -> None:
+    from builder.errors import UsageError
 
-    r = _load_checked(path, session, name, locked, quiet)  # the recipe file exists now, so `k` was made
-    built = build(session.resolve(r), session.state, strategy, replace, name, check, session)
-    if k and plancache.cacheable(r):
-        store = session.store.path if built.meta["store"] else ""
-        plancache.save(session.state, r, path, options, k, built.plan, built.meta, store)
-    return built
+    if not 1 <= count <= 100000:
+        raise UsageError(f"--count {count} is out of range", "give 1 to 100000")
+    r = _load_checked(path, session, name, locked, quiet)
+    built = build_many(session.resolve(r), session.state, count, strategy, replace, name, check, session)
+    seconds = built[0].seconds
+    if as_json:
+        import json
+
+        print(json.dumps({"names": [b.name for b in built], "nsfs": [b.nsfs for b in built],
+                          "strategy": built[0].strategy, "seconds": round(seconds, 6)}))
+    elif not quiet:
+        print(f"built {count} sandboxes {built[0].name} ... {built[-1].name} in {seconds * 1000:.1f} ms "
+              f"({count / seconds:.0f}/s, strategy {built[0].strategy})")
+
+
+def need_root(action: str = "building a sandbox") -> None:
+    if os.geteuid() != 0:
+        raise NsbuildError(f"{action} needs root (CAP_SYS_ADMIN)",
+                           "run it with sudo; `nsbuild plan` works without root")
+
+
+def default_recipe() -> str:
+    """The embedded default recipe (recipes/dev.toml, packaged as builder.recipes)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # builder/ (this is builder/cli/)
+    packaged = os.path.join(package, "recipes", "dev.toml")
+    if os.path.isfile(packaged):
+        return packaged
+    return os.path.join(os.path.dirname(package), "recipes", "dev.toml")  # a source tree

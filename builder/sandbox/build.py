@@ -32,9 +32,51 @@ class Built:
         self.plan, self.meta = plan, meta  # what plancache keeps
 
 
-def resolve_layers(recipe: Recipe, unpack: bool = True, session: Session | None = None) -> Resolved:
-    """Session.resolve, for a caller of the Python API without a session of its own."""
-    return (session or Session()).resolve(recipe, unpack)
+def build(recipe: Resolved, state: StateDir, strategy: str = "auto", replace: bool = False,
+          name: str | None = None, check: bool = True, session: Session | None = None) -> Built:
+    """One sandbox: plan and pre-flight (_planned), execute and persist; then the session's gc hold
+    is dropped (the sandbox's metadata keeps its store entries) and an unshare template pinned."""
+    start = time.perf_counter()
+    session = session or Session(state)
+    try:
+        features, plan, meta = _planned(recipe, session, strategy, check, name or recipe.name)
+        path = execute_and_persist(plan, meta, session, name or recipe.name, replace, register=True)
+    finally:
+        session.release()
+    _pin_template(plan, state, features)
+    return Built(name or recipe.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
+
+
+def build_many(recipe: Resolved, state: StateDir, count: int, strategy: str = "auto", replace: bool = False,
+               name: str | None = None, check: bool = True, session: Session | None = None) -> list[Built]:
+    """`count` sandboxes NAME-0 ... NAME-<count-1> from one plan, made by one worker
+    (executor.execute_many) and persisted under one lock. All or nothing: if one fails, the
+    sandboxes this batch made are removed again."""
+    session = session or Session(state)
+    try:
+        return _build_many(recipe, session, count, strategy, replace, name or recipe.name, check)
+    finally:
+        session.release()
+
+
+def build_cached(plan: Plan, meta: dict[str, Any], session: Session, name: str | None, replace: bool) -> Built:
+    """A warm build: the plan and metadata of the last build of the same inputs (plancache.py), with
+    the gc lock of the store its plan names held (Session.hold)."""
+    start = time.perf_counter()
+    try:
+        path = execute_and_persist(plan, meta, session, name or plan.name, replace, register=False)
+    finally:
+        session.release()
+    return Built(name or plan.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
+
+
+def _planned(recipe: Resolved, session: Session, strategy: str, check: bool,
+             name: str) -> tuple[feat.Features, Plan, dict[str, Any]]:
+    """Features, plan and metadata for a build; the pre-flight check done (as sandbox `name`)."""
+    features = session.features(recipe)
+    plan = plan_for(recipe, strategy, features, session.state, session)
+    checked = preflight(recipe, features, session.state, name) if check else None
+    return features, plan, dict(metadata(recipe, plan), checked=checked)
 
 
 def plan_for(recipe: Recipe | Resolved, strategy: str = "auto", features: feat.Features | None = None,
@@ -49,36 +91,6 @@ def plan_for(recipe: Recipe | Resolved, strategy: str = "auto", features: feat.F
     resolved = recipe if isinstance(recipe, Resolved) else session.resolve(recipe)
     features = features or session.features(resolved)
     return make_plan(resolved, features, feat.pick_strategy(features, strategy), state.template() if state else None)
-
-
-def retrying_on_each_cpu(make: Callable[[], int], persist: Callable[[int], T]) -> T:
-    """Make a namespace and persist it. Namespace ids come from per-CPU ranges (KERNEL-NOTES.md):
-    if the kernel refuses to pin one with a lower id than ours, make it again on each CPU."""
-    cpus = sorted(os.sched_getaffinity(0))
-    attempts: list[int | None] = [None] + (cpus if len(cpus) > 1 else [])
-    try:
-        for cpu in attempts:
-            if cpu is not None:
-                os.sched_setaffinity(0, {cpu})
-            nsfd = make()
-            try:
-                return persist(nsfd)
-            except NsbuildError as e:
-                if not getattr(e, "retry", False) or cpu == attempts[-1]:
-                    raise
-            finally:
-                os.close(nsfd)
-    finally:
-        os.sched_setaffinity(0, cpus)
-    raise AssertionError("not reached")
-
-
-def ensure_template(state: StateDir, features: feat.Features) -> str:
-    """Pin the unshare strategy's template namespace in `state` (see plan.unshare_into_root)."""
-    from builder.plan.planner import make_template_plan
-
-    return state.template() or retrying_on_each_cpu(lambda: executor.execute(make_template_plan(features)),
-                                                     state.pin_template)
 
 
 def metadata(recipe: Resolved, plan: Plan) -> dict[str, Any]:
@@ -123,28 +135,6 @@ def preflight(recipe: Resolved, features: feat.Features, state: StateDir, name: 
     return key
 
 
-def _planned(recipe: Resolved, session: Session, strategy: str, check: bool,
-             name: str) -> tuple[feat.Features, Plan, dict[str, Any]]:
-    """Features, plan and metadata for a build; the pre-flight check done (as sandbox `name`)."""
-    features = session.features(recipe)
-    plan = plan_for(recipe, strategy, features, session.state, session)
-    checked = preflight(recipe, features, session.state, name) if check else None
-    return features, plan, dict(metadata(recipe, plan), checked=checked)
-
-
-def build(recipe: Resolved, state: StateDir, strategy: str = "auto", replace: bool = False,
-          name: str | None = None, check: bool = True, session: Session | None = None) -> Built:
-    start = time.perf_counter()
-    session = session or Session(state)
-    try:
-        features, plan, meta = _planned(recipe, session, strategy, check, name or recipe.name)
-        path = execute_and_persist(plan, meta, session, name or recipe.name, replace, register=True)
-    finally:
-        session.release()
-    _pin_template(plan, state, features)
-    return Built(name or recipe.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
-
-
 def execute_and_persist(plan: Plan, meta: dict[str, Any], session: Session, name: str, replace: bool,
                         register: bool) -> str:
     def persist(nsfd: int) -> str:
@@ -154,29 +144,6 @@ def execute_and_persist(plan: Plan, meta: dict[str, Any], session: Session, name
         return session.state.persist(name, nsfd, meta, replace)
 
     return retrying_on_each_cpu(lambda: executor.execute(plan), persist)
-
-
-def build_cached(plan: Plan, meta: dict[str, Any], session: Session, name: str | None, replace: bool) -> Built:
-    """A warm build: the plan and metadata of the last build of the same inputs (plancache.py), with
-    the gc lock of the store its plan names held (Session.hold)."""
-    start = time.perf_counter()
-    try:
-        path = execute_and_persist(plan, meta, session, name or plan.name, replace, register=False)
-    finally:
-        session.release()
-    return Built(name or plan.name, path, plan.strategy, time.perf_counter() - start, plan, meta)
-
-
-def build_many(recipe: Resolved, state: StateDir, count: int, strategy: str = "auto", replace: bool = False,
-               name: str | None = None, check: bool = True, session: Session | None = None) -> list[Built]:
-    """`count` sandboxes NAME-0 ... NAME-<count-1> from one plan, made by one worker
-    (executor.execute_many) and persisted under one lock. All or nothing: if one fails, the
-    sandboxes this batch made are removed again."""
-    session = session or Session(state)
-    try:
-        return _build_many(recipe, session, count, strategy, replace, name or recipe.name, check)
-    finally:
-        session.release()
 
 
 def _build_many(recipe: Resolved, session: Session, count: int, strategy: str, replace: bool, base: str,
@@ -213,6 +180,28 @@ def _build_many(recipe: Resolved, session: Session, count: int, strategy: str, r
     return [Built(n, p, plan.strategy, seconds, plan, meta) for n, p in zip(names, paths)]
 
 
+def retrying_on_each_cpu(make: Callable[[], int], persist: Callable[[int], T]) -> T:
+    """Make a namespace and persist it. Namespace ids come from per-CPU ranges (KERNEL-NOTES.md):
+    if the kernel refuses to pin one with a lower id than ours, make it again on each CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    attempts: list[int | None] = [None] + (cpus if len(cpus) > 1 else [])
+    try:
+        for cpu in attempts:
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+            nsfd = make()
+            try:
+                return persist(nsfd)
+            except NsbuildError as e:
+                if not getattr(e, "retry", False) or cpu == attempts[-1]:
+                    raise
+            finally:
+                os.close(nsfd)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    raise AssertionError("not reached")
+
+
 def _pin_template(plan: Plan, state: StateDir, features: feat.Features) -> None:
     """After the first unshare build in a state dir: pin the template that later builds unshare
     from (best effort: builds work without it, they only copy more)."""
@@ -221,3 +210,16 @@ def _pin_template(plan: Plan, state: StateDir, features: feat.Features) -> None:
             ensure_template(state, features)
         except (NsbuildError, OSError):
             pass
+
+
+def ensure_template(state: StateDir, features: feat.Features) -> str:
+    """Pin the unshare strategy's template namespace in `state` (see plan.unshare_into_root)."""
+    from builder.plan.planner import make_template_plan
+
+    return state.template() or retrying_on_each_cpu(lambda: executor.execute(make_template_plan(features)),
+                                                     state.pin_template)
+
+
+def resolve_layers(recipe: Recipe, unpack: bool = True, session: Session | None = None) -> Resolved:
+    """Session.resolve, for a caller of the Python API without a session of its own."""
+    return (session or Session()).resolve(recipe, unpack)
