@@ -75,3 +75,49 @@ def test_no_import_circles_in_the_layers_room() -> None:
     circles = sorted(m for m in graph if m in reachable(m))
     assert not circles, f"import circles through {circles}"
     assert "builder.layers.store" not in graph["builder.layers.lock"]  # lock files use the store a session made
+
+
+def test_a_new_kind_is_one_module_and_one_registration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kind the table does not know yet (a directory under another key) is parsed, resolved, locked,
+    cached and planned once its module exists and MODULES names it: nothing else changes."""
+    import sys
+    import types
+
+    from builder.kernel.features import Features
+    from builder.layers import lock
+    from builder.layers.resolved import ResolvedLayer
+    from builder.plan.planner import make_plan
+    from builder.recipe.load import parse
+    from builder.recipe.model import Layer
+    from builder.sandbox import plancache
+    from builder.sandbox.session import Session
+
+    toy = types.ModuleType("builder.layers.kinds.toy")
+    toy.KIND, toy.KEY, toy.LOCKED, toy.OPTIONS = "toy", "toy", "toy", ()  # type: ignore[attr-defined]
+    toy.parse = lambda c, t, where, base, cwd, digest, devices: Layer(  # type: ignore[attr-defined]
+        where, "toy", c.host_path(t["toy"], base, cwd))
+    toy.needs_store = lambda layer: False  # type: ignore[attr-defined]
+    toy.resolve = lambda res, file, layer, unpack: [  # type: ignore[attr-defined]
+        ResolvedLayer(layer.origin, "dir", layer.path)]
+    toy.digest = lambda res, layer: "7" * 64  # type: ignore[attr-defined]
+    toy.source = lambda layer: layer.path  # type: ignore[attr-defined]
+    toy.image = lambda res, layer: None  # type: ignore[attr-defined]
+    toy.inputs = lambda layer: []  # type: ignore[attr-defined]
+    toy.cacheable = lambda layer: True  # type: ignore[attr-defined]
+    toy.moving = lambda layer: []  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "builder.layers.kinds.toy", toy)
+    monkeypatch.setattr(kinds, "MODULES", kinds.MODULES + ("toy",))
+    monkeypatch.setattr(kinds, "_by_kind", {})
+
+    (tmp_path / "tree").mkdir()
+    recipe = parse({"sandbox": {"name": "toy"}, "layer": [{"toy": "tree"}]}, str(tmp_path / "r.toml"), "0" * 64,
+                   str(tmp_path))
+    assert recipe.layers[0].kind == "toy"
+    session = Session(store=str(tmp_path / "no-store"))  # a kind that needs none never makes it
+    resolved = session.resolve(recipe, unpack=False)
+    assert resolved.layers == (ResolvedLayer("layer[0]", "dir", str(tmp_path / "tree")),)
+    plan = make_plan(resolved, Features("6.18.0-test", True, False, False), "unshare")
+    assert any(s.call == "openat" and s.args[1] == str(tmp_path / "tree") for s in plan.steps)
+    assert lock.layer_digests(recipe, session.layers) == {
+        "layer[0]": {"kind": "toy", "source": str(tmp_path / "tree"), "sha256": "7" * 64}}
+    assert plancache.cacheable(recipe) and not (tmp_path / "no-store").exists()
