@@ -184,8 +184,8 @@ def plan(
 
 def _run_origins(r: Resolved) -> list[tuple[str, str, str]]:
     """[run]'s values and where each came from, when an image's config can set them: the top layer of the
-    resolved recipe `r` is an OCI image's (its blobs are layers named "layer[N].blob[K]")."""
-    if not r.layers or ".blob[" not in r.layers[-1].origin:
+    resolved recipe `r` is an OCI image."""
+    if r.image_config is None:
         return []
     from builder.images.imageconfig import describe
 

@@ -53,14 +53,15 @@ class Resolver:
             layers += kinds.of(layer).resolve(self, recipe.file, layer, unpack)
         if unpack:
             self.save_digests()
-        run = recipe.run
         top = recipe.layers[-1] if recipe.layers else None
         image = kinds.of(top).image(self, top) if top is not None else None
-        if image is not None:  # the image is what the sandbox is: its config sets defaults
-            from builder.images.imageconfig import run_defaults
+        if top is None or image is None:
+            return Resolved(recipe, tuple(layers), recipe.run)
+        from builder.images.imageconfig import run_defaults
 
-            run = run_defaults(run, image.config, f"image config of {top.origin}")  # type: ignore[union-attr]
-        return Resolved(recipe, tuple(layers), run)
+        # the image is what the sandbox is: its config sets [run]'s defaults
+        run = run_defaults(recipe.run, image.config, f"image config of {top.origin}")
+        return Resolved(recipe, tuple(layers), run, top.origin)
 
     def input_digest(self, layer: Layer) -> str:
         """The digest a lock file records for a layer (lock.py)."""

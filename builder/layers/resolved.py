@@ -27,6 +27,7 @@ class Resolved:
     recipe: Recipe
     layers: tuple[ResolvedLayer, ...]
     run: Run
+    image_config: str | None = None  # the layer whose image config set [run]'s defaults: the top one, an image
 
     @property
     def file(self) -> str:
