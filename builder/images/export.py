@@ -28,6 +28,7 @@ import tempfile
 from typing import Any, BinaryIO
 
 from builder.layers import oci
+from builder.layers.unpack import XATTRS  # what a layer may carry in, it carries out
 from builder.errors import NsbuildError, UsageError
 from builder.recipe.model import Layer, PathEntry, Recipe
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from builder.sandbox.session import Session
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-XATTRS = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 
