@@ -17,7 +17,7 @@ import pytest
 from conftest import needs_root
 from registries import images, registry, skopeo  # noqa: F401
 
-from builder.layers.lock import tree_digest
+from builder.layers.kinds.path import tree_digest
 
 pytestmark = needs_root
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder.check import elf, ldso, view as views
-from builder.layers.store import _copy_host_paths
+from builder.layers.kinds.binaries import copy_host_paths as _copy_host_paths
 from builder.errors import UsageError
 from conftest import IS_ROOT
 from elfcraft import make_elf

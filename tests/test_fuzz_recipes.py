@@ -14,7 +14,7 @@ from builder.errors import NsbuildError, RecipeError
 from builder.kernel.features import STRATEGIES, Features
 from builder.plan.planner import make_plan
 from builder.recipe.load import parse
-from builder.layers.store import Store
+from builder.sandbox.session import Session
 
 from conftest import RECIPES, tally
 
@@ -50,7 +50,7 @@ documents = st.fixed_dictionaries({}, optional={
 })
 
 
-STORE = Store("/nonexistent-store")  # one for all examples: it remembers binaries closures
+SESSION = Session(store="/nonexistent-store")  # one for all examples: it remembers binaries closures
 
 
 def check(doc: dict, file: str) -> None:
@@ -64,7 +64,7 @@ def check(doc: dict, file: str) -> None:
             assert p.render(os.path.basename(file)).startswith(os.path.basename(file) + ": ")
         return
     try:
-        recipe = STORE.resolve(recipe, unpack=False)  # archive, OCI, binaries layers: store paths
+        recipe = SESSION.resolve(recipe, unpack=False)  # archive, OCI, binaries layers: store paths
     except NsbuildError as e:  # a layer's content does not fit (a pin, an OCI ref): what `build` says
         tally("fuzzed recipes rejected with one clear error (exit 2)")
         assert e.exit_code == 2 and "\n" not in str(e), e

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 
-from builder.layers.lock import tree_digest
+from builder.layers.kinds.path import tree_digest
 
 from conftest import needs_root
 from test_store import archive, good

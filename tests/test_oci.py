@@ -24,7 +24,7 @@ from test_store import add
 
 from builder.layers import oci
 from builder.errors import UsageError
-from builder.layers.store import _layer_filter
+from builder.layers.unpack import layer_filter as _layer_filter, unpack_layer
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -283,7 +283,7 @@ def test_bad_layouts(tmp_path: Path, case: str) -> None:
 
 def unpack(blob: oci.Blob, dest: Path) -> Path:
     dest.mkdir()
-    oci.unpack_layer(blob, str(dest), _layer_filter(False))
+    unpack_layer(blob, str(dest), _layer_filter(False))
     return dest
 
 

@@ -12,7 +12,9 @@ from builder.plan import render
 from builder.errors import UsageError
 from builder.kernel.features import STRATEGIES, Features, pick_strategy, supported
 from builder.plan.planner import make_plan
+from builder.layers.resolved import Resolved
 from builder.recipe.load import load
+from builder.sandbox.session import Session
 
 from conftest import RECIPES
 
@@ -21,6 +23,13 @@ K72 = Features("7.2.13-test", new_mount_api=True, fsmount_namespace=True, open_t
 K618 = Features("6.18.0-test", new_mount_api=True, fsmount_namespace=False, open_tree_namespace=False)
 K68 = Features("6.8.0-test", new_mount_api=True, fsmount_namespace=False, open_tree_namespace=False)
 CWD = "/tmp"  # exists everywhere; golden plans show it as the bind source of $CWD
+
+
+def resolved(path: str, cwd: str | None = None) -> Resolved:
+    """A recipe as the planner takes it: loaded, its layers resolved (nothing written; these recipes
+    have directory and image layers, which need no content store)."""
+    return Session().resolve(load(path, cwd), unpack=False)
+
 
 K72_FILES = dataclasses.replace(K72, release="7.2.13-erofs-file", erofs_file=True)
 # recipes with directory layers only (the others need their layers resolved or their image made)
@@ -57,7 +66,7 @@ def image_recipe(name: str, tmp: Path) -> Path:
 
 def plan_text(name: str, strategy: str, features: Features, tmp: Path | None = None) -> str:
     path = image_recipe(name, tmp) if name.startswith("image") and tmp else RECIPES / f"{name}.toml"
-    recipe = load(str(path), cwd=CWD)
+    recipe = resolved(str(path), cwd=CWD)
     text = render.strace(make_plan(recipe, features, strategy))
     return text.replace(str(RECIPES), "$RECIPES").replace(str(tmp), "$IMAGES") if tmp else \
         text.replace(str(RECIPES), "$RECIPES")
@@ -76,20 +85,20 @@ def test_golden_plan(name: str, strategy: str, features: Features, tmp_path: Pat
 
 
 def test_plan_is_a_pure_function() -> None:
-    recipe = load(str(RECIPES / "dev.toml"), cwd=CWD)
+    recipe = resolved(str(RECIPES / "dev.toml"), cwd=CWD)
     assert make_plan(recipe, K72, "unshare") == make_plan(recipe, K72, "unshare")
 
 
 def test_every_step_names_its_recipe_entry() -> None:
     for strategy in STRATEGIES:
-        plan = make_plan(load(str(RECIPES / "dev.toml"), cwd=CWD), K72, strategy)
+        plan = make_plan(resolved(str(RECIPES / "dev.toml"), cwd=CWD), K72, strategy)
         assert all(step.origin for step in plan.steps)
         origins = {step.origin for step in plan.steps}
         assert {"root", "root.upper", "mount[0]", "path[0]"} <= origins or {"root", "mount[0]", "path[0]"} <= origins
 
 
 def test_strategy_shapes() -> None:
-    recipe = load(str(RECIPES / "layers.toml"), cwd=CWD)
+    recipe = resolved(str(RECIPES / "layers.toml"), cwd=CWD)
     fsm = make_plan(recipe, K72, "fsmount-namespace")
     root = [s for s in fsm.steps if s.call == "fsmount" and s.out == "%ns"]
     assert len(root) == 1 and "FSMOUNT_NAMESPACE" in root[0].args[1]
@@ -107,7 +116,7 @@ def test_strategy_shapes() -> None:
 
 
 def test_layers_are_fds_not_paths() -> None:
-    plan = make_plan(load(str(RECIPES / "layers.toml"), cwd=CWD), K618, "unshare")
+    plan = make_plan(resolved(str(RECIPES / "layers.toml"), cwd=CWD), K618, "unshare")
     lowers = [s for s in plan.steps if s.call == "fsconfig" and s.args[2] == "lowerdir+"]
     assert len(lowers) == 3 and all(s.args[1] == ("FSCONFIG_SET_FD",) for s in lowers)
     # top layer first: layer[2] is "config"
@@ -115,7 +124,7 @@ def test_layers_are_fds_not_paths() -> None:
 
 
 def test_sandbox_paths_resolve_in_root() -> None:
-    plan = make_plan(load(str(RECIPES / "dev.toml"), cwd=CWD), K618, "unshare")
+    plan = make_plan(resolved(str(RECIPES / "dev.toml"), cwd=CWD), K618, "unshare")
     opens = [s for s in plan.steps if s.call == "openat2"]
     assert opens and all("RESOLVE_IN_ROOT" in s.args[3] and s.args[0] == "%root" for s in opens)
     # every move_mount onto a sandbox path goes through an fd from openat2
@@ -125,7 +134,7 @@ def test_sandbox_paths_resolve_in_root() -> None:
 
 
 def test_json_and_table_render_the_same_steps() -> None:
-    plan = make_plan(load(str(RECIPES / "dev.toml"), cwd=CWD), K72, "open-tree-namespace")
+    plan = make_plan(resolved(str(RECIPES / "dev.toml"), cwd=CWD), K72, "open-tree-namespace")
     data = json.loads(json.dumps(render.as_dict(plan)))
     assert len(data["steps"]) == len(plan.steps)
     assert [s["text"] for s in data["steps"]] == [render.strace_line(s) for s in plan.steps]
@@ -163,5 +172,5 @@ def test_no_new_mount_api() -> None:
 def test_fsmount_namespace_with_a_bind_root_uses_open_tree(tmp_path: Path) -> None:
     (tmp_path / "rootfs").mkdir()
     (tmp_path / "r.toml").write_text('[sandbox]\nname = "r"\n[[layer]]\npath = "rootfs"\n[root]\nupper = "none"\n')
-    plan = make_plan(load(str(tmp_path / "r.toml")), K72, "fsmount-namespace")
+    plan = make_plan(resolved(str(tmp_path / "r.toml")), K72, "fsmount-namespace")
     assert plan.strategy == "open-tree-namespace" and plan.notes

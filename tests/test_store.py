@@ -196,7 +196,7 @@ def test_a_failed_first_unpack_removes_the_store_only_if_unused(tmp_path: Path, 
 
     try:
         with pytest.raises(NsbuildError, match="cannot unpack"):
-            Store(str(path))._fill("layer[0]", "x.tar", str(path / "sha256" / ("0" * 64)), fail)
+            Store(str(path)).fill("layer[0]", "x.tar", str(path / "sha256" / ("0" * 64)), fail)
         left = sorted(p.name for p in path.iterdir())
         assert left == ([".gc.lock", ".lock", "sha256", "tmp"] if other_build else []), left
     finally:

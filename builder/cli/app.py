@@ -12,14 +12,14 @@ import typer
 from rich.console import Console
 
 from builder.kernel import features as feat
-from builder.sandbox.build import need_root
 from builder.cli import options as opt
+from builder.cli.commands import need_root
 from builder.cli.completion import complete_format, complete_name, complete_strategy, complete_target
 from builder.errors import NsbuildError, UsageError, os_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from builder.recipe.model import Recipe
+    from builder.layers.resolved import Resolved
 
 app = typer.Typer(
     help="Build root filesystems from TOML recipes into persisted Linux mount namespaces.",
@@ -62,7 +62,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(path: Optional[str]):  # -> Recipe
     from builder.recipe import load as recipe
-    from builder.sandbox.build import default_recipe
+    from builder.cli.commands import default_recipe
 
     return recipe.load(path or default_recipe())
 
@@ -104,7 +104,7 @@ def _argument(name: str, annotation: object, info: Any) -> inspect.Parameter:
                                     typer.Argument(None, help="Recipe file [default: the embedded dev recipe].")))
 def build(**params: Any) -> None:
     """Build RECIPE and persist its mount namespace (also: `nsbuild RECIPE`)."""
-    from builder.sandbox.build import build_command
+    from builder.cli.commands import build_command
 
     build_command(**params)
 
@@ -142,17 +142,18 @@ def plan(
         fmt = "json"
     if fmt not in ("table", "strace", "json"):
         raise UsageError(f"unknown format '{fmt}'", "use table, strace or json")
-    from builder.sandbox.build import features_for, resolve_layers
+    from builder.sandbox.session import Session
 
-    r = resolve_layers(_load(recipe), unpack=False)  # store paths, nothing written
-    features = features_for(r)
+    session = Session(StateDir(resolve(state_dir)))
+    r = session.resolve(_load(recipe), unpack=False)  # store paths, nothing written
+    features = session.features(r)
     if strategy != "auto" and strategy in feat.STRATEGIES and not feat.supported(features, strategy):
         print(f"nsbuild: note: kernel {features.release} cannot run strategy '{strategy}'; "
               "showing its plan anyway", file=sys.stderr)
         chosen = strategy
     else:
         chosen = feat.pick_strategy(features, strategy)
-    p = make_plan(r, features, chosen, StateDir(resolve(state_dir)).template())
+    p = make_plan(r, features, chosen, session.state.template())
     run_rows = _run_origins(r)
     if fmt == "json":
         doc = render.as_dict(p)
@@ -171,10 +172,10 @@ def plan(
             out.print(f"run.{key} = {value}  ({where})")
 
 
-def _run_origins(r: Recipe) -> list[tuple[str, str, str]]:
+def _run_origins(r: Resolved) -> list[tuple[str, str, str]]:
     """[run]'s values and where each came from, when an image's config can set them: the top layer of the
-    resolved recipe `r` is an OCI image's (its blobs are layers named "layer[N].blob[K]")."""
-    if not r.layers or ".blob[" not in r.layers[-1].origin:
+    resolved recipe `r` is an OCI image."""
+    if r.image_config is None:
         return []
     from builder.images.imageconfig import describe
 
@@ -192,15 +193,16 @@ def check(
     architecture. Image layers are mounted detached (needs root); nothing is attached anywhere."""
     from builder.check import preflight
     from builder import progress
-    from builder.sandbox.build import features_for, resolve_layers
+    from builder.sandbox.session import Session
     from builder.errors import RecipeError
 
     progress.QUIET = quiet or as_json
     r = _load(recipe)
     if any(layer.kind == "image" for layer in r.layers):
         need_root("checking a recipe with image layers (they are mounted to be read)")
-    r = resolve_layers(r)
-    found = preflight.problems(r, features_for(r))
+    session = Session()
+    r = session.resolve(r)
+    found = preflight.problems(r, session.features(r))
     if found:
         raise RecipeError(r.file, found)
     if as_json:
@@ -223,7 +225,9 @@ def lock(
     from builder import progress
 
     progress.QUIET = quiet or as_json
-    path = lk.write(_load(recipe))
+    from builder.sandbox.session import Session
+
+    path = lk.write(_load(recipe), Session().layers)
     if as_json:
         print(json.dumps({"lock": path}, indent=2))
         return
@@ -262,17 +266,15 @@ def gc(
     as_json: bool = JsonOpt,
 ) -> None:
     """Remove store entries that no lock file and no persisted sandbox references."""
-    from builder.layers.store import Store, store_dir
+    from builder.sandbox.session import Session
 
-    store = Store(store_dir())
+    store = Session().store
     if not dry_run:
         need_root("removing store entries")
     try:
         removed = store.gc(dry_run)
     except PermissionError as e:
-        from builder.sandbox.build import store_error
-
-        raise store_error(e) from None
+        raise store.refused(e) from None
     if as_json:
         print(json.dumps({"store": store.path, "dry_run": dry_run, "removed": removed}, indent=2))
         return

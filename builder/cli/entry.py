@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
         return _lean(run, params)
     if args and args[0] == "build" and (params := parse_build(args[1:])) is not None:
-        from builder.sandbox.build import build_command
+        from builder.cli.commands import build_command
 
         return _lean(build_command, params)
     from builder.cli.app import main as typer_main

@@ -26,16 +26,17 @@ import tempfile
 from typing import Any, BinaryIO
 
 from builder.layers import oci
+from builder.layers.unpack import XATTRS  # what a layer may carry in, it carries out
 from builder.errors import NsbuildError, UsageError
 from builder.images.dest import Blob, descriptor, parse_dest, write_layout
 from builder.recipe.model import Layer, PathEntry, Recipe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from builder.layers.store import Store
+    from builder.layers.resolve import Resolver
+    from builder.sandbox.session import Session
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-XATTRS = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 
@@ -69,16 +70,19 @@ def source_of(target: str, state_dir: str | None) -> tuple[Recipe, str | None]:
     return r, upper if upper not in ("tmpfs", "none") else None
 
 
-def layers_of(recipe: Recipe, upper: str | None, work: str, epoch: int) -> tuple[list[Blob], Any]:
+def layers_of(recipe: Recipe, upper: str | None, work: str, epoch: int,
+              session: Session | None = None) -> tuple[list[Blob], Any]:
     """The image's layers, bottom to top: original blobs for OCI lowers, new tarballs for the rest."""
-    from builder.layers.store import Store, store_dir
+    from builder.layers import kinds
+    from builder.sandbox.session import Session
 
-    store = Store(store_dir())
-    resolved = store.resolve(recipe)
+    session = session or Session()
+    resolved = session.resolve(recipe)
     out: list[Blob] = []
     for layer in recipe.layers:
-        if layer.kind == "oci":
-            out += _oci_blobs(store, layer)
+        image = kinds.of(layer).image(session.layers, layer)
+        if image is not None:
+            out += _oci_blobs(session.layers, layer, image)
         elif layer.kind == "image":
             raise UsageError(f"{recipe.file}: {layer.origin}: image layers ({layer.fstype}) cannot be exported yet",
                              "use a directory, archive or OCI layer for what the image holds")
@@ -92,13 +96,13 @@ def layers_of(recipe: Recipe, upper: str | None, work: str, epoch: int) -> tuple
     return out, resolved.run  # the run defaults as the build has them (image config included)
 
 
-def _oci_blobs(store: Store, layer: Layer) -> list[Blob]:
-    image = store.image(layer)
+def _oci_blobs(res: Resolver, layer: Layer, image: oci.Image) -> list[Blob]:
+    from builder.layers.kinds import registry
     diff_ids = (image.config.get("rootfs") or {}).get("diff_ids") or []
     if len(diff_ids) != len(image.layers):
         raise NsbuildError(f"{layer.origin}: the image config lists {len(diff_ids)} diff_ids for "
                            f"{len(image.layers)} layers", "the image is malformed: it cannot keep its layers")
-    source = store.registry_source(layer)
+    source = registry.client(res, layer)
     return [Blob(b.media_type, b.digest, b.size, b.path, str(d), source)
             for b, d in zip(image.layers, diff_ids)]
 
@@ -261,15 +265,15 @@ def export(target: str, dest_text: str, state_dir: str | None = None) -> tuple[s
     if env_epoch is not None and not env_epoch.isdigit():
         raise UsageError(f"SOURCE_DATE_EPOCH={env_epoch!r} is not a number of seconds")
     epoch = int(env_epoch) if env_epoch else 0
-    from builder.layers import gclock
-    from builder.layers.store import store_dir
+    from builder.sandbox.session import Session
 
-    parent = os.path.join(store_dir(), "tmp")
+    session = Session()
+    parent = os.path.join(session.store.path, "tmp")
     os.makedirs(parent, mode=0o700, exist_ok=True)
-    gclock.hold(store_dir())  # gc empties tmp/: not while the new layers are written there
+    session.hold()  # gc empties tmp/: not while the new layers are written there
     work = tempfile.mkdtemp(dir=parent, prefix=f"export.{os.getpid()}.")
     try:
-        layers, run = layers_of(recipe, upper, work, epoch)
+        layers, run = layers_of(recipe, upper, work, epoch, session)
         config = _json_blob(work, config_of(run, layers, int(env_epoch) if env_epoch else None),
                             "application/vnd.oci.image.config.v1+json")
         manifest_doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -284,4 +288,4 @@ def export(target: str, dest_text: str, state_dir: str | None = None) -> tuple[s
         return manifest.digest, report
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        gclock.release()
+        session.release()

@@ -1,6 +1,7 @@
 """The content store's gc lock: builds hold it shared while they use store entries, and
-`nsbuild gc` takes it exclusively. Apart from store.py so that a warm build, which runs a cached
-plan, can hold it without importing tarfile & co."""
+`nsbuild gc` takes it exclusively. The lock only; when a command holds and releases it is the
+session's (sandbox/session.py), and the store's own while it fills an entry. Apart from store.py so
+that a warm build, which runs a cached plan, can hold it without importing store.py."""
 from __future__ import annotations
 
 import fcntl

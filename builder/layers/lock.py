@@ -3,22 +3,22 @@
 RECIPE.lock (JSON, next to the recipe, e.g. dev.toml.lock) records for each layer:
 - image and archive files: the file's sha256;
 - OCI layouts: the chosen manifest's digest;
-- directory layers: a deterministic tree digest (see tree_digest);
+- directory layers: a deterministic tree digest (see kinds/path.py tree_digest);
 - binaries layers: the digest of the copied closure (paths, modes, link targets, contents).
+Each kind's digest() makes its own (kinds/).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import stat
 
 from builder.errors import UsageError
-from builder.recipe.model import Layer, Recipe
+from builder.layers import kinds
+from builder.recipe.model import Recipe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from builder.layers.store import Store
+    from builder.layers.resolve import Resolver
 
 VERSION = 1
 
@@ -27,65 +27,23 @@ def lock_path(recipe_file: str) -> str:
     return recipe_file + ".lock"
 
 
-def tree_digest(root: str) -> str:
-    """sha256 over a directory tree: every path (sorted, bytewise), its type, mode, owner, xattrs,
-    and file contents, link targets or device numbers. Times are left out: a copy that keeps
-    content is the same input."""
-    h = hashlib.sha256()
-
-    def walk(rel: bytes) -> None:
-        path = os.path.join(os.fsencode(root), rel) if rel else os.fsencode(root)
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            child = os.path.join(rel, entry.name) if rel else entry.name
-            st = entry.stat(follow_symlinks=False)
-            h.update(child + b"\0" + f"{st.st_mode:o} {st.st_uid} {st.st_gid}\0".encode())
-            for name in sorted(os.listxattr(entry.path, follow_symlinks=False)):
-                h.update(f"xattr {name}=".encode() + os.getxattr(entry.path, name, follow_symlinks=False) + b"\0")
-            if stat.S_ISREG(st.st_mode):
-                with open(entry.path, "rb") as f:
-                    h.update(hashlib.file_digest(f, "sha256").digest())
-            elif stat.S_ISLNK(st.st_mode):
-                h.update(os.readlink(entry.path))
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                h.update(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}".encode())
-            h.update(b"\n")
-            if stat.S_ISDIR(st.st_mode):
-                walk(child)
-
-    walk(b"")
-    return h.hexdigest()
-
-
-def layer_digests(recipe: Recipe, store: Store | None = None) -> dict[str, dict[str, str]]:
+def layer_digests(recipe: Recipe, layers: Resolver) -> dict[str, dict[str, str]]:
     """What each layer is made of now: {origin: {"kind", "source", "sha256"}}."""
-    from builder.layers.store import Store, store_dir
-
-    store = store or Store(store_dir())
-    out = {layer.origin: {"kind": layer.kind, "source": _source(layer), "sha256": store.input_digest(layer)}
-           for layer in recipe.layers}
-    store.save_digests()
+    out = {layer.origin: {"kind": kinds.of(layer).LOCKED, "source": kinds.of(layer).source(layer),
+                          "sha256": layers.input_digest(layer)} for layer in recipe.layers}
+    layers.save_digests()
     return out
 
 
-def _source(layer: Layer) -> str:
-    return " ".join(layer.binaries + layer.files) if layer.kind == "binaries" else layer.path
-
-
-def write(recipe: Recipe) -> str:
+def write(recipe: Recipe, layers: Resolver) -> str:
     """Write RECIPE.lock; the store keeps what it names until the lock file goes (`nsbuild gc`)."""
-    from builder.layers.store import Store, store_dir
-
-    from builder.sandbox.build import store_error
-
     path = lock_path(recipe.file)
-    store = Store(store_dir())
     try:
         doc = {"version": VERSION, "recipe": os.path.basename(recipe.file), "recipe_sha256": recipe.sha256,
-               "layers": layer_digests(recipe, store), "store": store.entries(store.resolve(recipe, unpack=False))}
+               "layers": layer_digests(recipe, layers),
+               "store": layers.resolve(recipe, unpack=False).store_entries()}
     except PermissionError as e:
-        raise store_error(e) from None
+        raise layers.store.refused(e) from None
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:
@@ -101,7 +59,7 @@ def write(recipe: Recipe) -> str:
             os.unlink(tmp)
         raise
     if doc["store"]:
-        store.add_root(os.path.abspath(path))
+        layers.store.add_root(os.path.abspath(path))
     return path
 
 
@@ -130,14 +88,14 @@ def read(recipe: Recipe) -> dict:
     return doc
 
 
-def check(recipe: Recipe, store: Store | None = None) -> None:
+def check(recipe: Recipe, layers: Resolver) -> None:
     """--locked: every input is what the lock file recorded, else one error naming each drift."""
     doc = read(recipe)
     locked: dict[str, dict] = doc["layers"]
     drifts = []
     if doc.get("recipe_sha256") != recipe.sha256:
         drifts.append("the recipe itself changed since it was locked")
-    now = layer_digests(recipe, store)
+    now = layer_digests(recipe, layers)
     for origin in sorted(set(locked) | set(now)):
         was, new = locked.get(origin), now.get(origin)
         if was is None or new is None:

@@ -1,25 +1,21 @@
-"""OCI image layouts (as skopeo, umoci and buildah write them): pick an image, unpack its layers
-as overlayfs lower directories.
+"""OCI image layouts (as skopeo, umoci and buildah write them): pick an image (its layers are
+unpacked by unpack.py, as the oci kind asks: kinds/oci.py).
 
     <layout>/oci-layout        {"imageLayoutVersion": "1.0.0"}
     <layout>/index.json        an image index: manifests (or nested indexes), tagged by annotation
     <layout>/blobs/sha256/<hex>
 
 Every blob is checked against its descriptor's sha256 and size: index blobs, manifest and config
-when an image is picked, each layer while it is unpacked.
+when an image is picked, each layer while it is unpacked (unpack.unpack_layer).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import stat
-import tarfile
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 from builder.errors import UsageError
 
@@ -46,11 +42,6 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # os.uname().machine -> (GOARCH, variant)
 _MACHINES = {"x86_64": ("amd64", ""), "aarch64": ("arm64", ""), "arm64": ("arm64", ""), "armv7l": ("arm", "v7"),
              "armv6l": ("arm", "v6"), "i386": ("386", ""), "i586": ("386", ""), "i686": ("386", "")}
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
-
-MemberFilter = Callable[[tarfile.TarInfo, str], "tarfile.TarInfo | None"]
 Descriptor = dict[str, Any]
 Platform = tuple[str, str, str]  # os, architecture, variant
 
@@ -289,158 +280,3 @@ def _show(platform: object) -> str:
     if isinstance(platform, dict):
         platform = (platform.get("os"), platform.get("architecture"), platform.get("variant"))
     return "/".join(str(p) for p in platform if p) if isinstance(platform, tuple) else "(no platform)"
-
-
-# --- layers
-
-class _Hashing:
-    """A file that hashes and counts what tarfile's stream mode reads from it (strictly forward)."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha.update(data)
-        self.size += len(data)
-        return data
-
-    def finish(self) -> tuple[str, int]:
-        """Digest and size of the whole file: the tar reader stops at the end-of-archive marker."""
-        while self.read(1 << 20):
-            pass
-        return "sha256:" + self.sha.hexdigest(), self.size
-
-
-def unpack_layer(blob: Blob, dest: str, member_filter: MemberFilter) -> None:
-    """Unpack a layer into the existing empty directory `dest`, in overlayfs form: whiteouts become char
-    devices 0:0, opaque markers the xattr trusted.overlay.opaque=y.
-
-    Every member goes through `member_filter` (a PEP 706 filter such as store._layer_filter), a whiteout as
-    the empty file it is, so paths outside `dest` are refused the same way (tarfile.FilterError).
-    Raises UsageError if the blob's sha256 or size is not the descriptor's; then `dest` holds a partial
-    layer that the caller discards.
-
-    One pass: the sha256 is computed while tarfile reads, so a layer is read from disk once. Unpacking
-    bytes not yet verified is no new risk: the filter is what keeps any layer inside `dest` (as for
-    unpinned archive layers); a mismatch is reported after the fact, also when tarfile failed first.
-    """
-    compression = LAYER_TYPES.get(blob.media_type)
-    if compression is None:
-        raise UsageError(f"layer {blob.digest}: unsupported media type {blob.media_type!r}")
-    whiteouts: list[str] = []
-
-    def keep(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        parts = member.name.split("/")
-        if any(p.startswith(WHITEOUT) for p in parts[:-1]):
-            return None  # names under a .wh. name are reserved (aufs metadata such as .wh..wh.plnk/)
-        if not parts[-1].startswith(WHITEOUT):
-            return member_filter(member, path)
-        as_file = copy.copy(member)  # what a whiteout is: an empty file (a link or device would be refused)
-        as_file.type, as_file.linkname = tarfile.REGTYPE, ""
-        checked = member_filter(as_file, path)
-        if checked is not None:
-            whiteouts.append(checked.name)  # applied after the layer: whiteouts override nothing in it
-        return None  # the marker itself is never extracted
-
-    with open(blob.path, "rb") as f:
-        src = _Hashing(f)
-        try:
-            if compression == "zstd":
-                from builder.images import zstd
-
-                stream: BinaryIO = zstd.reader(src)  # type: ignore[arg-type]
-                mode = "r|"
-            else:
-                stream, mode = src, "r|" + compression  # type: ignore[assignment]
-            with tarfile.open(fileobj=stream, mode=mode) as tar:  # type: ignore[call-overload]
-                tar.extractall(dest, numeric_owner=True, filter=keep)
-        except Exception:
-            if mismatch := _mismatch(blob, src):  # a corrupt blob is reported as such, not as a tar error
-                raise mismatch from None
-            raise
-        if mismatch := _mismatch(blob, src):
-            raise mismatch
-    root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for name in whiteouts:
-            _apply_whiteout(root, name)
-    finally:
-        os.close(root)
-
-
-def _mismatch(blob: Blob, src: _Hashing) -> UsageError | None:
-    digest, size = src.finish()
-    if (digest, size) == (blob.digest, blob.size):
-        return None
-    return UsageError(f"layer {blob.path} has {digest} ({size} bytes), not {blob.digest} ({blob.size} bytes)",
-                      "the blob is corrupt or was modified: copy the image again")
-
-
-def _apply_whiteout(root: int, name: str) -> None:
-    """Turn the marker `name` (a path the filter accepted) into overlayfs form in the layer at fd `root`.
-
-    The parent is walked from the layer's root one component at a time without following symlinks: a symlink
-    unpacked after the marker, or one that stays inside the layer, still cannot redirect the whiteout.
-    """
-    parent, marker = os.path.split(os.path.normpath(name))
-    fd = _open_dir(root, parent, name)
-    try:
-        before = os.fstat(fd)
-        if marker == OPAQUE:
-            os.setxattr(fd, OPAQUE_XATTR, b"y")
-        elif marker.startswith(WHITEOUT + WHITEOUT):
-            pass  # other .wh..wh. names are aufs metadata, nothing to delete
-        else:
-            _whiteout(fd, marker[len(WHITEOUT):], name)
-        os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))  # keep the directory's mtime from the layer
-    finally:
-        os.close(fd)
-
-
-def _whiteout(parent: int, target: str, name: str) -> None:
-    if target in ("", ".", ".."):
-        raise tarfile.FilterError(f"whiteout {name!r} names no file")
-    try:
-        st = os.lstat(target, dir_fd=parent)
-    except FileNotFoundError:
-        os.mknod(target, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
-        return
-    # layer.md: a whiteout hides the lower layers' file only; this layer's own entry stays. For a
-    # directory that is an opaque one (the lower directory deleted, this one made anew).
-    if stat.S_ISDIR(st.st_mode):
-        fd = _open_dir(parent, target, name)
-        try:
-            os.setxattr(fd, OPAQUE_XATTR, b"y")
-        finally:
-            os.close(fd)
-
-
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _open_dir(at: int, path: str, name: str) -> int:
-    """An fd of the directory `path` under the directory fd `at`, creating missing directories (a layer
-    need not list the parents of a whiteout) and refusing symlinks anywhere on the way."""
-    fd = os.dup(at)
-    try:
-        for part in path.split("/"):
-            if part in ("", "."):
-                continue
-            if part == "..":  # normpath leaves ".." only in front, which the filter refused
-                raise tarfile.FilterError(f"whiteout {name!r} leaves the layer")
-            try:
-                os.mkdir(part, 0o755, dir_fd=fd)
-            except FileExistsError:
-                pass
-            try:
-                child = os.open(part, _O_DIR, dir_fd=fd)
-            except OSError as e:  # ENOTDIR: a symlink (O_NOFOLLOW) or a file
-                raise tarfile.FilterError(f"whiteout {name!r}: {part!r} in its path is a symlink or not a "
-                                          f"directory ({e.strerror})") from None
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd

@@ -1,4 +1,5 @@
-"""The content store: archive layers unpacked once, addressed by the archive's sha256.
+"""The content store (CAS): layers unpacked once, addressed by their content's sha256. What goes
+into an entry is each layer kind's business (kinds/); the store keeps entries, digests and gc roots.
 
     <store>/sha256/<digest>[-oci|-bin][-dev]/   an unpacked archive, OCI layer blob or binaries
                                      layer ("-dev": device nodes were allowed)
@@ -17,30 +18,18 @@ A crash leaves at most a directory under tmp/, never a half layer under sha256/.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import json
 import os
-import shutil
-import stat
 import sys
-import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from builder.layers import gclock
 from builder import progress
-from builder.errors import NsbuildError, UsageError
+from builder.errors import NsbuildError
 from builder.plan.executor import remove_tree
-from builder.recipe.model import Layer, Recipe
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from builder.layers import oci
-    from builder.images import pull, registry
 
 DEFAULT_STORE = "/var/lib/nsbuild/store"
 
@@ -59,249 +48,37 @@ def sha256_of(path: str) -> str:
         return h.hexdigest()
 
 
-# xattrs restored from archives: ACLs, file capabilities and user data. Never trusted.* (overlayfs
-# keeps whiteouts, redirects and metacopy there: a layer must not forge them) nor security labels.
-XATTRS = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
-PAX_XATTR = "SCHILY.xattr."
-
-
-class Xattrs:
-    """xattrs from PAX headers, which tarfile reads but does not restore: noted while the filter
-    passes members, set after extraction through fds resolved beneath the layer."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[str, dict[str, bytes]]] = []
-
-    def note(self, member: tarfile.TarInfo) -> None:
-        found = {k[len(PAX_XATTR):]: v.encode("utf-8", "surrogateescape") for k, v in member.pax_headers.items()
-                 if k.startswith(PAX_XATTR) and k[len(PAX_XATTR):].startswith(XATTRS)}
-        if found and not member.issym():
-            self.pending.append((member.name, found))
-
-    def apply(self, dest: str) -> None:
-        from builder.kernel import syscalls as sc
-
-        root = os.open(dest, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for name, attrs in self.pending:
-                # no symlink on the way, and nothing outside the layer: the kernel checks both
-                fd = sc.openat2(root, name, sc.flags(("O_PATH", "O_NOFOLLOW", "O_CLOEXEC")),
-                                sc.flags(("RESOLVE_BENEATH", "RESOLVE_NO_SYMLINKS")))
-                try:
-                    for key, value in attrs.items():
-                        os.setxattr(f"/proc/self/fd/{fd}", key, value)  # O_PATH fds take no f*xattr
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(root)
-
-
-def _layer_filter(devices: bool, xattrs: Xattrs | None = None) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
-    """tarfile's own filters decide what is safe (PEP 706); a root filesystem keeps owners and modes.
-
-    - tar_filter: no member may land outside the layer, also not through a symlink extracted
-      before it (paths are resolved), and a leading "/" is stripped;
-    - data_filter, for hard links: the target must be a file inside the layer;
-    - data_filter also refuses device nodes and fifos unless the recipe allows them.
-    Symlinks may point anywhere: in a root filesystem, absolute ones are the rule
-    (/etc/alternatives, /etc/ssl/certs), and they resolve inside the sandbox's root, which
-    nsbuild itself only walks with RESOLVE_IN_ROOT. Owners and setuid bits come back afterwards.
-    """
-    def keep(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-        if member.islnk() or ((member.ischr() or member.isblk() or member.isfifo()) and not devices):
-            tarfile.data_filter(member, dest)  # raises for escaping hard links and refused special files
-        checked = tarfile.tar_filter(member, dest)
-        if xattrs is not None:
-            xattrs.note(checked)
-        return checked.replace(uid=member.uid, gid=member.gid, uname=member.uname, gname=member.gname,
-                               mode=member.mode, deep=False)
-    return keep
-
-
-def _check_pin(recipe: Recipe, layer: Layer, digest: str) -> None:
-    if layer.sha256 and digest != layer.sha256:
-        raise UsageError(f"{recipe.file}: {layer.origin}.sha256: {layer.path} has sha256 {digest}, "
-                         f"but the recipe pins {layer.sha256}",
-                         f"the {layer.kind} changed: check it, then update sha256 (or run `nsbuild lock`)")
-
-
-def _untar(layer: Layer, dest: str) -> None:
-    """Unpack an archive: tarfile finds plain, gz, xz and bz2 by their magic; zstd (which tarfile
-    does not know) is read as a stream through the zstandard binding."""
-    size = os.stat(layer.path).st_size
-    with open(layer.path, "rb") as raw, \
-            progress.bar(f"unpacking {os.path.basename(layer.path)}", size) as advance:
-        counted = progress.CountingReader(raw, advance)
-        is_zstd = raw.read(4) == b"\x28\xb5\x2f\xfd"  # zstd.MAGIC, without importing the binding
-        raw.seek(0)
-        if is_zstd:
-            from builder.images import zstd
-
-            tar = tarfile.open(fileobj=zstd.reader(counted), mode="r|")  # type: ignore[arg-type]
-        else:
-            tar = tarfile.open(fileobj=counted, mode="r:*")  # type: ignore[arg-type]
-        with tar:
-            xattrs = Xattrs()
-            tar.extractall(dest, numeric_owner=True, filter=_layer_filter(layer.devices, xattrs))
-    xattrs.apply(dest)
-
-
-def _walk(path: str) -> list[str]:
-    """`path` and, for a directory, everything under it (symlinks not followed)."""
-    out = [path]
-    if os.path.isdir(path) and not os.path.islink(path):
-        for top, dirs, files in os.walk(path):
-            out += [os.path.join(top, n) for n in dirs + files]
-    return out
-
-
-def _copy_host_paths(paths: list[str], dest: str) -> None:
-    """Copy host paths (parents listed before children) into dest, keeping links, modes and owners."""
-    total = sum(os.lstat(p).st_size for p in paths if os.path.isfile(p) and not os.path.islink(p))
-    with progress.bar("copying host binaries", total) as advance:
-        for path in paths:
-            target = dest + path
-            parent = os.path.dirname(target)
-            if not os.path.isdir(parent):  # a parent not listed itself: made like the host's
-                _copy_parents(os.path.dirname(path), dest)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(path), target)
-            elif stat.S_ISDIR(st.st_mode):
-                os.makedirs(target, exist_ok=True)  # a parent made earlier for a file below it
-                os.chmod(target, stat.S_IMODE(st.st_mode))
-            elif stat.S_ISREG(st.st_mode):
-                shutil.copyfile(path, target, follow_symlinks=False)
-                os.chmod(target, stat.S_IMODE(st.st_mode))
-                advance(st.st_size)
-            else:
-                continue  # sockets, fifos, devices: not programs
-            os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
-
-
-def _copy_parents(path: str, dest: str) -> None:
-    if path == "/" or os.path.isdir(dest + path):
-        return
-    _copy_parents(os.path.dirname(path), dest)
-    st = os.stat(path)
-    os.mkdir(dest + path)
-    os.chmod(dest + path, stat.S_IMODE(st.st_mode))
-    os.chown(dest + path, st.st_uid, st.st_gid)
-
-
 class Store:
     def __init__(self, path: str) -> None:
         self.path = path
         self._known: dict[str, list] | None = None  # digests.json
-        self._closures: dict[Layer, tuple[str, list[str]]] = {}  # binaries layers: digest, host paths
-        self._images: dict[Layer, oci.Image] = {}  # OCI layers
-        self._pulled: dict[Layer, pull.Pulled] = {}  # OCI layers from a registry
         self._dirty = False
-
-    def entries(self, recipe: Recipe) -> list[str]:
-        """The store entries a resolved recipe's layers are (their names under sha256/)."""
-        top = os.path.join(self.path, "sha256")
-        return [os.path.basename(layer.path) for layer in recipe.layers if os.path.dirname(layer.path) == top]
 
     def entry(self, digest: str, devices: bool) -> str:
         return os.path.join(self.path, "sha256", digest + ("-dev" if devices else ""))
 
-    def resolve(self, recipe: Recipe, unpack: bool = True) -> Recipe:
-        """The recipe with each archive, OCI and binaries layer replaced by store directories
-        (an OCI image gives one per layer blob).
-
-        Digests are checked against the recipe's pins before anything is unpacked or mounted.
-        With unpack=False (for `nsbuild plan`) nothing is written.
-        """
-        if unpack:
-            gclock.hold(self.path)
-        layers: list[Layer] = []
-        for layer in recipe.layers:
-            if layer.kind == "dir":
-                layers.append(layer)
-            elif layer.kind == "image":
-                if layer.sha256:
-                    _check_pin(recipe, layer, self.digest(layer.path))
-                layers.append(layer)
-            elif layer.kind == "archive":
-                digest = self.digest(layer.path)
-                _check_pin(recipe, layer, digest)
-                path = self.entry(digest, layer.devices)
-                if unpack:
-                    self._fill(layer.origin, layer.path, path, lambda tmp: _untar(layer, tmp))
-                layers.append(dataclasses.replace(layer, kind="dir", path=path))
-            elif layer.kind == "oci":
-                layers += self._oci(recipe, layer, unpack)
-            elif layer.kind == "binaries":
-                digest, paths = self._binaries(layer)
-                _check_pin(recipe, layer, digest)
-                path = self.entry(digest + "-bin", False)
-                if unpack:
-                    self._fill(layer.origin, "host binaries", path, lambda tmp: _copy_host_paths(paths, tmp))
-                layers.append(dataclasses.replace(layer, kind="dir", path=path))
-            else:
-                raise ValueError(f"unknown layer kind {layer.kind}")
-        if unpack:
-            self.save_digests()
-        run = recipe.run
-        top = recipe.layers[-1] if recipe.layers else None
-        if top is not None and top.kind == "oci":  # the image is what the sandbox is: its config sets defaults
-            from builder.images.imageconfig import run_defaults
-
-            run = run_defaults(run, self.image(top).config, f"image config of {top.origin}")
-        return dataclasses.replace(recipe, layers=tuple(layers), run=run)
-
-    def _oci(self, recipe: Recipe, layer: Layer, unpack: bool) -> list[Layer]:
-        """One store directory per layer blob, whiteouts in overlayfs form ("-oci" entries)."""
-        from builder.layers import oci
-
-        image = self.image(layer)
-        _check_pin(recipe, layer, image.manifest_digest.removeprefix("sha256:"))
-
-        def unpack_blob(blob: oci.Blob, tmp: str) -> None:
-            xattrs = Xattrs()
-            oci.unpack_layer(blob, tmp, _layer_filter(layer.devices, xattrs))
-            xattrs.apply(tmp)
-
-        paths = [self.entry(blob.digest.removeprefix("sha256:") + "-oci", layer.devices) for blob in image.layers]
-        if unpack and layer in self._pulled:
-            with self._downloads(layer, image, paths) as blobs:
-                for k, (blob, path) in enumerate(zip(blobs, paths)):
-                    self._fill(f"{layer.origin} blob {k}", f"{layer.path} blob {blob.digest}", path,
-                               lambda tmp, b=blob: unpack_blob(b, tmp))
-        elif unpack:
-            for k, (blob, path) in enumerate(zip(image.layers, paths)):
-                self._fill(f"{layer.origin} blob {k}", blob.path, path, lambda tmp, b=blob: unpack_blob(b, tmp))
-        return [Layer(f"{layer.origin}.blob[{k}]", "dir", path) for k, path in enumerate(paths)]
+    def refused(self, e: OSError) -> NsbuildError:
+        """The content store is root's (or read-only): say so, not a traceback."""
+        return NsbuildError(f"cannot use the content store {self.path}: {e.strerror} ({e.filename})",
+                            "archive, OCI and binaries layers are unpacked there: run nsbuild as root (sudo), "
+                            "or set NSBUILD_STORE to a directory of your own")
 
     @contextlib.contextmanager
-    def _downloads(self, layer: Layer, image: oci.Image, paths: list[str]) -> Iterator[list[oci.Blob]]:
-        """The blobs of a pulled image whose store entries are missing, fetched and verified into
-        tmp/pull.PID.XXXX/ (all of them before any is unpacked: a failed pull leaves nothing under
-        sha256/), as Blobs with those paths; the downloads are deleted afterwards. The image's manifest
-        and config go into the blob cache, so a warm pull asks only for the manifest."""
-        pulled = self._pulled[layer]
+    def scratch(self, prefix: str) -> Iterator[str]:
+        """A fresh directory tmp/PREFIX.PID.XXXX/ for downloads, deleted afterwards. If it fails, a store
+        that did not exist before goes again (a first pull that failed leaves no store behind)."""
         gclock.hold(self.path)
         made = self._ensure_dirs()
         gclock.hold(self.path)
         tmp = ""
         try:
-            tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=f"pull.{os.getpid()}.")
-            blobs = []
-            for blob, path in zip(image.layers, paths):
-                if os.path.isdir(path):
-                    blobs.append(dataclasses.replace(blob, path=""))  # _fill will not read it
-                    continue
-                dest = os.path.join(tmp, blob.digest.removeprefix("sha256:"))
-                pulled.client.blob(blob.digest, blob.size, dest, f"pulling {blob.digest[7:19]}")
-                blobs.append(dataclasses.replace(blob, path=dest))
-            self._cache_documents(pulled.documents)
-            yield blobs
+            tmp = tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"), prefix=f"{prefix}.{os.getpid()}.")
+            yield tmp
         except BaseException:
             if tmp:
                 remove_tree(tmp)
                 tmp = ""
-            if made:  # a first pull that failed leaves no store behind
+            if made:
                 gclock.release(self.path)
                 self._remove_unused(made)
             raise
@@ -309,7 +86,7 @@ class Store:
             if tmp:
                 remove_tree(tmp)
 
-    def _cache_documents(self, documents: dict[str, bytes]) -> None:
+    def cache_documents(self, documents: dict[str, bytes]) -> None:
         cache = os.path.join(self.path, "blobs")
         os.makedirs(cache, mode=0o700, exist_ok=True)
         for digest, body in documents.items():
@@ -320,77 +97,6 @@ class Store:
             with open(tmp, "wb") as f:
                 f.write(body)
             os.rename(tmp, dest)  # never half-visible: readers also check the digest
-
-    def image(self, layer: Layer) -> oci.Image:
-        """The image an OCI layer picks (its index, manifest and config read and checked once per
-        Store: `nsbuild lock` asks twice)."""
-        if layer not in self._images:
-            if layer.path.startswith("docker://"):
-                from builder.images import pull
-
-                cache = os.path.join(self.path, "blobs")
-                self._pulled[layer] = pull.pull_image(layer.path, layer.origin, layer.platform, cache)
-                self._images[layer] = self._pulled[layer].image
-            else:
-                from builder.layers import oci
-
-                self._images[layer] = oci.open_layout(layer.path).image(layer.ref, layer.platform)
-        return self._images[layer]
-
-    def registry_source(self, layer: Layer) -> registry.Client | None:
-        """The registry client an OCI layer was pulled with (None for a layout), after image()."""
-        pulled = self._pulled.get(layer)
-        return pulled.client if pulled else None
-
-    def _binaries(self, layer: Layer) -> tuple[str, list[str]]:
-        """The host paths a binaries layer copies (programs with their shared-library closure, extra
-        files and directories, every symlink on the way) and the digest of what it copies: paths,
-        types, modes, owners, link targets and contents. Computed once per Store (lock asks twice)."""
-        if layer in self._closures:
-            return self._closures[layer]
-        from builder.check import elf, ldso, view
-
-        search = ldso.Search(view.HostView())  # one for both closures: libc & co. are parsed once
-        view = search.view
-        paths: set[str] = set(ldso.closure(list(layer.binaries), search))
-        elves: list[str] = []
-        for item in layer.files:
-            res = view.resolve(item)
-            paths.update(res.links)
-            for path in _walk(res.path):
-                paths.add(path)
-                # a library among the files (Python's extension modules) brings its own libraries
-                is_lib = ".so" in os.path.basename(path) and os.path.isfile(path) and not os.path.islink(path)
-                if is_lib and isinstance(search.identify(view.resolve(path)), elf.ElfInfo):
-                    elves.append(path)
-        if elves:
-            paths.update(ldso.closure(elves, search))
-        ordered = sorted(paths, key=lambda p: p.split("/"))  # parents first
-        h = hashlib.sha256()
-        for path in ordered:
-            st = os.lstat(path)
-            h.update(f"{path}\0{st.st_mode:o} {st.st_uid}:{st.st_gid}\0".encode())
-            if os.path.islink(path):
-                h.update(os.fsencode(os.readlink(path)))
-            elif os.path.isfile(path):
-                h.update(self.digest(path).encode())
-            h.update(b"\n")
-        self._closures[layer] = h.hexdigest(), ordered
-        return self._closures[layer]
-
-    def input_digest(self, layer: Layer) -> str:
-        """The digest a lock file records for a layer (see lock.py)."""
-        if layer.kind == "dir":
-            from builder.layers.lock import tree_digest
-
-            return tree_digest(layer.path)
-        if layer.kind in ("image", "archive"):
-            return self.digest(layer.path)
-        if layer.kind == "oci":
-            return self.image(layer).manifest_digest.removeprefix("sha256:")
-        if layer.kind == "binaries":
-            return self._binaries(layer)[0]
-        raise ValueError(f"no input digest for {layer.kind} layers")
 
     def digest(self, path: str) -> str:
         """sha256 of a file, remembered by its identity and times: ctime changes with any write,
@@ -434,7 +140,7 @@ class Store:
             os.makedirs(d, mode=0o700, exist_ok=True)
         return made
 
-    def _fill(self, origin: str, source: str, dest: str, fill: Callable[[str], None]) -> None:
+    def fill(self, origin: str, source: str, dest: str, fill: Callable[[str], None]) -> None:
         """Make the store entry `dest` with fill(tmp) unless it exists: in a fresh directory under
         tmp/, renamed into place when complete, under the store lock."""
         gclock.hold(self.path)  # before using dest (gc may delete it) or tmp/ (gc deletes what it finds there)
@@ -465,6 +171,8 @@ class Store:
                 if made:  # a first unpack that failed leaves no store behind either
                     gclock.release(self.path)
                     self._remove_unused(made)
+                import tarfile  # imported already by whatever unpacked, if e is one of its errors
+
                 if not isinstance(e, (tarfile.TarError, OSError)):
                     raise
                 hint = ("device nodes and fifos need devices = true on the layer"

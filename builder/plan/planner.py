@@ -1,4 +1,4 @@
-"""The planner: a pure function (Recipe, Features, strategy) -> Plan.
+"""The planner: a pure function (Resolved recipe, Features, strategy) -> Plan.
 
 A plan is a list of steps and one step is one syscall. Steps name fds
 symbolically ("%root", "%mnt:/proc"); each carries the recipe entry it came
@@ -24,7 +24,8 @@ import posixpath
 from dataclasses import dataclass, field
 
 from builder.kernel.features import Features
-from builder.recipe.model import Layer, Mount, Recipe, parent_mount
+from builder.layers.resolved import Resolved, ResolvedLayer
+from builder.recipe.model import Mount, parent_mount
 from builder.plan.steps import Fd, FdPath, Flags, LoopPath, Plan, Step  # noqa: F401 - the plan's types
 
 TYPE_CHECKING = False
@@ -70,7 +71,7 @@ def _rel(path: str) -> str:
 
 @dataclass
 class _Planner:
-    recipe: Recipe
+    recipe: Resolved
     features: Features
     strategy: str
     steps: list[Step] = field(default_factory=list)
@@ -121,14 +122,12 @@ class _Planner:
         for i, layer in enumerate(self.recipe.layers):
             if layer.kind == "image":
                 fds.append(self.image(i, layer, out=f"%layer{i}"))
-            elif layer.kind == "dir":
+            else:  # a directory
                 fds.append(self.emit("openat", AT_FDCWD, layer.path, Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")),
                                      0, out=f"%layer{i}", origin=layer.origin))
-            else:
-                raise ValueError(f"{layer.kind} layers must be resolved to store directories first (store.py)")
         return fds
 
-    def image(self, i: int, layer: Layer, out: str, namespace: bool = False, attrs: tuple[str, ...] = ()) -> str:
+    def image(self, i: int, layer: ResolvedLayer, out: str, namespace: bool = False, attrs: tuple[str, ...] = ()) -> str:
         """An image file mounted read-only, detached: straight from the file (erofs, where the kernel
         can), else through a loop device that AUTOCLEAR frees with the last mount, also on failure."""
         source: str = layer.path
@@ -379,7 +378,7 @@ def workdir_for(upper: str) -> str:
     return posixpath.join(posixpath.dirname(upper), "." + posixpath.basename(upper) + ".work")
 
 
-def make_plan(recipe: Recipe, features: Features, strategy: str, template: str | None = None) -> Plan:
+def make_plan(recipe: Resolved, features: Features, strategy: str, template: str | None = None) -> Plan:
     """Plan the syscalls that build `recipe` with `strategy` on a kernel with `features`.
 
     `template` (unshare strategy only) is a persisted namespace file to unshare from.
@@ -396,7 +395,7 @@ def make_template_plan(features: Features) -> Plan:
     return Plan(recipe="", name=".template", strategy="unshare", kernel=features.release, steps=tuple(p.steps))
 
 
-def make_image_plan(recipe: Recipe, index: int, features: Features) -> Plan:
+def make_image_plan(recipe: Resolved, index: int, features: Features) -> Plan:
     """Only recipe.layers[index], an image, mounted detached and read-only (for the pre-flight check)."""
     p = _Planner(recipe, features, "unshare")
     out = p.image(index, recipe.layers[index], out=f"%layer{index}")

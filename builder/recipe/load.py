@@ -17,7 +17,7 @@ from typing import Any
 from builder.errors import Problem, RecipeError
 from builder.recipe import checker as ck
 from builder.recipe.checker import PATH_MAX
-from builder.recipe.model import (DEFAULT_ATTRS, DEFAULT_PATH, FSTYPE_RE, LAYER_KINDS, MAX_FILE_CONTENT, NAME_RE,
+from builder.recipe.model import (DEFAULT_ATTRS, DEFAULT_PATH, FSTYPE_RE, MAX_FILE_CONTENT, NAME_RE,
                                   OTHER_DEFAULT_ATTRS, PROPAGATIONS, PSEUDO_TYPES, SPECIAL_TYPES, Layer, Mount,
                                   PathEntry, Recipe, Root, Run, is_under, parent_mount)
 from builder.runtime.policy import NETWORKS, cap_word, valid_hostname, valid_user
@@ -77,142 +77,35 @@ def parse(doc: dict[str, Any], file: str, sha256: str, cwd: str, shown: str | No
                   inputs=tuple(dict.fromkeys(c.inputs)))
 
 
-LAYER_KEYS: dict[str, tuple[str, ...]] = {  # the keys each kind of layer takes besides its source key
-    "path": (),
-    "archive": ("sha256", "devices"),
-    "image": ("sha256", "type"),
-    "oci": ("sha256", "ref", "platform", "devices"),
-    "binaries": ("sha256", "files"),
-}
-IMAGE_TYPES = ("erofs", "squashfs", "ext4")
-
-
-def image_type(path: str) -> str | None:
-    """The filesystem in an image file, from its magic number."""
-    with open(path, "rb") as f:
-        head = f.read(1082)
-    if head[:4] == b"hsqs":
-        return "squashfs"
-    if head[1024:1028] == b"\xe2\xe1\xf5\xe0":
-        return "erofs"
-    if head[1080:1082] == b"\x53\xef":
-        return "ext4"  # also ext2/ext3: ext4 mounts them
-    return None
-
-
 def _layers(c: ck.Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Layer]:
+    """[[layer]] tables: the keys every kind shares are checked here, the rest by the kind's parse()."""
+    from builder.layers import kinds
+
+    by_key, options = kinds.by_key(), kinds.options()
+    sources = tuple(by_key)
+    others = tuple(dict.fromkeys(k for keys in options.values() for k in keys))
     layers = []
     for where, t in ck.array_of_tables(c, doc, "layer"):
-        kinds = [k for k in LAYER_KINDS if k in t]
-        c.keys(t, LAYER_KINDS + ("sha256", "devices", "type", "ref", "platform", "files"), where)
-        if len(kinds) != 1:
-            c.add(where, "needs exactly one source key" if not kinds else
-                  f"has several source keys: {', '.join(kinds)}", "give one of: " + ", ".join(LAYER_KINDS))
+        found = [k for k in sources if k in t]
+        c.keys(t, sources + others, where)
+        if len(found) != 1:
+            c.add(where, "needs exactly one source key" if not found else
+                  f"has several source keys: {', '.join(found)}", "give one of: " + ", ".join(sources))
             continue
-        kind = kinds[0]
-        for key in t:
-            if key not in LAYER_KINDS and key not in LAYER_KEYS[kind] and key in (
-                    "sha256", "devices", "type", "ref", "platform", "files"):
-                users = [k for k, keys in LAYER_KEYS.items() if key in keys]
-                c.add(f"{where}.{key}", f"does not apply to {kind} layers", f"it applies to {', '.join(users)} layers")
+        key = found[0]
+        for name in t:
+            if name not in sources and name not in options[key] and name in others:
+                users = [k for k, keys in options.items() if name in keys]
+                c.add(f"{where}.{name}", f"does not apply to {key} layers", f"it applies to {', '.join(users)} layers")
         digest = c.typed(t, "sha256", str, where)
         devices = c.typed(t, "devices", bool, where, False)
         if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
             c.add(f"{where}.sha256", "must be 64 lower-case hex digits", "see `sha256sum FILE` or `nsbuild lock`")
             digest = None
-        if kind == "binaries":
-            layer = _binaries_layer(c, t, where, base, cwd, digest)
-            if layer:
-                layers.append(layer)
-            continue
-        value = c.typed(t, kind, str, where)
-        if value is None:
-            continue
-        if kind == "oci" and value.startswith("docker://"):
-            layer = _registry_layer(c, t, where, value, digest, devices)
-            if layer:
-                layers.append(layer)
-            continue
-        if kind == "oci" and value.startswith("oci:"):  # skopeo's transport syntax: oci:DIR[:TAG]
-            value, _, tag = value[len("oci:"):].partition(":")
-            if tag and "ref" in t:
-                c.add(f"{where}.ref", f"the layer names its tag twice (oci:...:{tag} and ref)", "keep one")
-            t = dict(t, ref=tag) if tag else t
-        host = c.host_path(value, base, cwd)
-        if kind in ("archive", "image"):
-            if not os.path.isfile(host):
-                c.add(f"{where}.{kind}", f"'{value}' ({host}) is not a file", f"{kind} paths are relative to the "
-                      "recipe file" + ("; tar, tar.gz, tar.xz, tar.bz2 and tar.zst are read" if kind == "archive" else ""))
-                continue
-            if kind == "archive":
-                layers.append(Layer(where, "archive", host, digest, devices))
-                continue
-            fstype = c.typed(t, "type", str, where)
-            if fstype is not None and fstype not in IMAGE_TYPES:
-                c.add(f"{where}.type", f"unknown image type '{fstype}'", "use " + ", ".join(IMAGE_TYPES))
-                continue
-            fstype = fstype or image_type(host)
-            if fstype is None:
-                c.add(f"{where}.image", f"'{value}' is not an erofs, squashfs or ext4 image",
-                      "make one with mkfs.erofs or mksquashfs, or set type = \"...\"")
-                continue
-            layers.append(Layer(where, "image", host, digest, fstype=fstype))
-            continue
-        if kind == "oci":
-            ref = c.typed(t, "ref", str, where)
-            platform = c.typed(t, "platform", str, where)
-            if not os.path.isfile(os.path.join(host, "oci-layout")):
-                c.add(f"{where}.oci", f"'{value}' ({host}) is not an OCI image layout (no oci-layout file)",
-                      "point it at a directory written by `skopeo copy ... oci:DIR:TAG` or umoci")
-                continue
-            layers.append(Layer(where, "oci", host, digest, devices, ref=ref, platform=platform))
-            continue
-        if not os.path.isdir(host):
-            c.add(f"{where}.path", f"'{value}' ({host}) is not a directory" if os.path.exists(host)
-                  else f"'{value}' ({host}) does not exist", "layer paths are relative to the recipe file")
-            continue
-        layers.append(Layer(where, "dir", host))
+        layer = by_key[key].parse(c, t, where, base, cwd, digest, devices)
+        if layer:
+            layers.append(layer)
     return layers
-
-
-def _registry_layer(c: ck.Checker, t: dict[str, Any], where: str, value: str, digest: str | None,
-                    devices: bool) -> Layer | None:
-    """oci = "docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]": pulled when the layer is resolved."""
-    from builder.images.registry import BadReference, parse
-
-    if "ref" in t:
-        c.add(f"{where}.ref", "does not apply to a docker:// layer", "put the tag or digest in the reference")
-    try:
-        ref = parse(value)
-    except BadReference as e:
-        c.add(f"{where}.oci", str(e), e.hint)
-        return None
-    platform = c.typed(t, "platform", str, where)
-    return Layer(where, "oci", str(ref), digest, devices, platform=platform)
-
-
-def _binaries_layer(c: ck.Checker, t: dict[str, Any], where: str, base: str, cwd: str,
-                    digest: str | None) -> Layer | None:
-    lists: dict[str, tuple[str, ...]] = {}
-    for key in ("binaries", "files"):
-        items = c.typed(t, key, list, where, [])
-        paths = []
-        for i, item in enumerate(items):
-            if not isinstance(item, str) or not item:
-                c.add(f"{where}.{key}[{i}]", "must be a non-empty string", "give a host path")
-                continue
-            host = c.host_path(item, base, cwd)
-            if not (os.path.isfile(host) if key == "binaries" else os.path.exists(host)):
-                c.add(f"{where}.{key}[{i}]", f"'{item}' ({host}) is not a file on this host" if key == "binaries"
-                      else f"'{item}' ({host}) does not exist on this host",
-                      "give the path of an installed program" if key == "binaries" else
-                      "give an existing file or directory")
-                continue
-            paths.append(host)
-        lists[key] = tuple(paths)
-    if t.get("binaries") == []:
-        c.add(f"{where}.binaries", "is empty", "list host programs, e.g. [\"/bin/sh\"]")
-    return Layer(where, "binaries", "", digest, binaries=lists["binaries"], files=lists["files"])
 
 
 def _root(c: ck.Checker, doc: dict[str, Any], base: str, cwd: str, layers: list[Layer]) -> Root:

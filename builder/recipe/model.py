@@ -15,7 +15,6 @@ ATIME = ("noatime", "relatime", "strictatime")
 PROPAGATIONS = ("private", "slave", "shared", "unbindable")
 SPECIAL_TYPES = ("bind", "dev")
 PSEUDO_TYPES = ("tmpfs", "proc", "sysfs", "devpts", "mqueue")
-LAYER_KINDS = ("path", "image", "archive", "oci", "binaries")
 
 # Safe defaults by mount type (bwrap/nspawn practice).
 DEFAULT_ATTRS: dict[str, tuple[str, ...]] = {
@@ -37,8 +36,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 @dataclass(frozen=True)
 class Layer:
     origin: str  # key path, e.g. "layer[0]"
-    kind: str    # "dir" or "image"; "archive", "oci", "binaries" become "dir"s of the content store
-    path: str    # absolute host path ("" for binaries)
+    kind: str    # a kind of builder/layers/kinds/: "dir", "image", "archive", "oci", "registry", "binaries"
+    path: str    # absolute host path ("" for binaries, a docker:// URL for registry layers)
     sha256: str | None = None  # pinned digest: the file's, the OCI manifest's, the binaries layer's
     devices: bool = False      # an archive or OCI layer may create device nodes
     fstype: str | None = None  # image: erofs, squashfs or ext4

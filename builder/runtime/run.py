@@ -135,11 +135,14 @@ def run_recipe(path: str, command: list[str], strategy: str = "auto", state: str
     """Build an ephemeral sandbox, enter it: it is gone when the command exits."""
     from builder.plan import executor
     from builder.recipe import load as rcp
-    from builder.sandbox.build import plan_for, resolve_layers, run_metadata
-    r = resolve_layers(rcp.load(path))
+    from builder.sandbox.build import plan_for, run_metadata
+    from builder.sandbox.session import Session
+
+    session = Session(StateDir(state_dir(state)))
+    r = session.resolve(rcp.load(path))
     s = _settings(run_metadata(r), r.name, opts or Options())
-    sd = StateDir(state_dir(state))
-    nsfd = executor.execute(plan_for(r, strategy, state=sd))
+    sd = session.state
+    nsfd = executor.execute(plan_for(r, strategy, state=sd, session=session))
     _enter(nsfd, command or list(r.run.command), s, sd.path if os.path.isdir(sd.path) else None)
 
 

@@ -18,7 +18,6 @@ import marshal
 import os
 import stat
 
-from builder.layers import gclock
 from builder.plan.steps import Plan
 
 VERSION = 2  # bump whenever the planner emits other steps: an older cached plan is not reused (2: binds made private)
@@ -58,8 +57,9 @@ def key(state: StateDir, recipe_path: str, options: tuple) -> tuple:
             code.st_mtime_ns, code.st_size)
 
 
-def lookup(state: StateDir, recipe_path: str, k: tuple) -> tuple[Plan, dict] | None:
-    """The cached plan and metadata for a build with key `k` (see key()), or None."""
+def lookup(state: StateDir, recipe_path: str, k: tuple) -> tuple[Plan, dict, str] | None:
+    """The cached plan and metadata for a build with key `k` (see key()), and the content store its
+    plan uses ("" for none: the build holds its gc lock, Session.hold); or None."""
     try:
         with open(_entry(state, recipe_path), "rb") as f:
             data = marshal.load(f)
@@ -72,49 +72,46 @@ def lookup(state: StateDir, recipe_path: str, k: tuple) -> tuple[Plan, dict] | N
 
             if any(tagcheck.digest(url) != digest for url, digest in data["tags"]):
                 return None  # a tag moved (or cannot be checked): plan anew, which pulls
-        if data["meta"].get("store"):
-            gclock.hold(data["store"])
-        return Plan.load(data["plan"]), data["meta"]
+        return Plan.load(data["plan"]), data["meta"], data["store"] if data["meta"].get("store") else ""
     except (OSError, EOFError, ValueError, TypeError, KeyError):
         return None
 
 
 def cacheable(recipe: Recipe) -> bool:
-    return all(layer.kind != "binaries" for layer in recipe.layers)
+    from builder.layers import kinds
+
+    return all(kinds.of(layer).cacheable(layer) for layer in recipe.layers)
 
 
-def _tags(recipe: Recipe) -> list[tuple[str, str]] | None:
-    """(manifest URL, digest) of each registry layer named by tag, as this process pulled it: a warm
-    build checks that no tag moved (tagcheck.py). A digest cannot move and needs no check. None if
-    a tag was not resolved here (then nothing is cached)."""
-    tagged = [layer.path for layer in recipe.layers if layer.path.startswith("docker://") and "@sha256:" not in layer.path]
-    if not tagged:
-        return []
-    import sys
+def _moving(recipe: Recipe) -> list[tuple[str, str]] | None:
+    """What a warm build checks again, e.g. (manifest URL, digest) of a registry layer named by tag
+    (tagcheck.py); None if one cannot be checked (then nothing is cached)."""
+    from builder.layers import kinds
 
-    resolved = getattr(sys.modules.get("builder.images.pull"), "RESOLVED", {})
-    found = [resolved.get(ref) for ref in tagged]
-    return None if None in found else found  # type: ignore[return-value]
+    out: list[tuple[str, str]] = []
+    for layer in recipe.layers:
+        found = kinds.of(layer).moving(layer)
+        if found is None:
+            return None
+        out += found
+    return out
 
 
 def _inputs(recipe: Recipe) -> list[str]:
-    return list(recipe.inputs) + [os.path.join(layer.path, "index.json") for layer in recipe.layers
-                                  if layer.kind == "oci" and not layer.path.startswith("docker://")]
+    from builder.layers import kinds
+
+    return list(recipe.inputs) + [path for layer in recipe.layers for path in kinds.of(layer).inputs(layer)]
 
 
 def save(state: StateDir, recipe: Recipe, recipe_path: str, options: tuple, k: tuple, plan: Plan,
-         meta: dict) -> None:
+         meta: dict, store: str = "") -> None:
     """Remember a plan that built successfully (best effort: a cache). `k` is the key from before
-    the build: if the build changed it (a first build pins the template), the next build plans anew."""
-    tags = _tags(recipe)
+    the build: if the build changed it (a first build pins the template), the next build plans anew.
+    `store`: the content store the plan's entries are in."""
+    tags = _moving(recipe)
     if k != key(state, recipe_path, options) or tags is None:
         return
     path = _entry(state, recipe_path)
-    store = ""
-    if meta.get("store"):
-        from builder.layers.store import store_dir
-
-        store = store_dir()
     data = {"key": k, "inputs": [(p, _identity(p)) for p in _inputs(recipe)], "plan": plan.dump(), "meta": meta,
             "store": store, "tags": tags}
     tmp = f"{path}.{os.getpid()}.tmp"
