@@ -162,7 +162,8 @@ def plan(
         chosen = strategy
     else:
         chosen = feat.pick_strategy(features, strategy)
-    p = make_plan(r, features, chosen, StateDir(resolve(state_dir)).template())
+    state = StateDir(resolve(state_dir))
+    p = make_plan(r, features, chosen, state.template(), state.pin_for(r.name))  # ends with persisting
     run_rows = _run_origins(r)
     if fmt == "json":
         doc = render.as_dict(p)

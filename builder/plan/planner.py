@@ -25,7 +25,11 @@ from dataclasses import dataclass, field
 
 from builder.kernel.features import Features
 from builder.recipe.model import Layer, Mount, Recipe, parent_mount
-from builder.plan.steps import Fd, FdPath, Flags, LoopPath, Plan, Step  # noqa: F401 - the plan's types
+from builder.plan import persist
+from builder.plan.calls import CALLS
+from builder.plan.persist import Pin
+from builder.plan.steps import (HOST, NAMESPACE, RETRY, Fd, FdPath, Flags, LoopPath, Plan,  # noqa: F401 - the plan's types
+                                Step)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -78,11 +82,27 @@ class _Planner:
     where: str = "host"
     dirs: dict[str, str] = field(default_factory=dict)  # sandbox dir -> fd opened on it
     template: str | None = None  # unshare strategy: namespace file to unshare from
+    pin: Pin | None = None  # where the result is persisted (persist.py): the plan's last segment
+    blocks: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=lambda: [(HOST, 0, ())])
 
     def emit(self, call: str, *args: Arg, out: str | None = None, origin: str = "",
-             ok: tuple[str, ...] = (), again: int = 0) -> str:
-        self.steps.append(Step(call, tuple(args), out, origin, self.where, ok, again))
+             ok: tuple[str, ...] = ()) -> str:
+        CALLS[call].check(args)
+        self.steps.append(Step(call, tuple(args), out, origin, self.where, ok))
         return out or ""
+
+    def begin(self, kind: str, detail: tuple[str, ...] = ()) -> None:
+        """The steps from here on are a block of `kind` (steps.py), until the next begin()."""
+        self.blocks.append((kind, len(self.steps), detail))
+        self.where = "child" if kind == NAMESPACE else "host"
+
+    def plan(self, name: str, recipe: str, strategy: str, result: str = "%ns", pin: Pin | None = None) -> Plan:
+        marks = self.blocks + [("", len(self.steps), ())]
+        blocks = tuple((kind, start, end, detail) for (kind, start, detail), (_, end, _) in zip(marks, marks[1:])
+                       if end > start)
+        plan = Plan(recipe=recipe, name=name, strategy=strategy, kernel=self.features.release,
+                    steps=tuple(self.steps), result=result, notes=tuple(self.notes), blocks=blocks)
+        return persist.with_persist(plan, pin) if pin else plan
 
     # -- 1. detached filesystems -------------------------------------------------
 
@@ -138,13 +158,16 @@ class _Planner:
                           out="%loop-control", origin=layer.origin)
             backing = self.emit("openat", AT_FDCWD, layer.path, Flags(("O_RDONLY", "O_CLOEXEC")), 0,
                                 out=f"%image{i}", origin=layer.origin)
+            self.begin(RETRY, ("EBUSY",))  # another process may take the free device first: again
             number = self.emit("ioctl", Fd("%loop-control"), "LOOP_CTL_GET_FREE", out=f"#loop{i}",
                                origin=layer.origin)
             source = LoopPath(number)
             device = self.emit("openat", AT_FDCWD, source, Flags(("O_RDWR", "O_CLOEXEC")), 0, out=f"%loop{i}",
                                origin=layer.origin)
+            # the path is what losetup shows as the backing file
             self.emit("ioctl", Fd(device), "LOOP_CONFIGURE", Fd(backing),
-                      Flags(("LO_FLAGS_READ_ONLY", "LO_FLAGS_AUTOCLEAR")), origin=layer.origin, again=2)
+                      Flags(("LO_FLAGS_READ_ONLY", "LO_FLAGS_AUTOCLEAR")), layer.path, origin=layer.origin)
+            self.begin(HOST)
         return self.new_fs(layer.fstype or "", f"layer{i}", layer.origin, (("ro", True),),
                            attrs or ("ro", "nosuid", "nodev"), source=source, namespace=namespace, out=out)
 
@@ -313,8 +336,7 @@ class _Planner:
         if strategy == "fsmount-namespace":
             self.root_fs(namespace=True)
             units = self.submounts()
-            self.emit("fork", Flags(), origin="root")
-            self.where = "child"
+            self.begin(NAMESPACE)
             self.emit("setns", Fd("%ns"), Flags(("CLONE_NEWNS",)), origin="root")
             self.emit("openat", AT_FDCWD, "/", Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), 0, out="%root",
                       origin="root")
@@ -335,8 +357,7 @@ class _Planner:
             self.write_paths()
             self.attach(units)
             self.pivot()
-        return Plan(recipe=self.recipe.file, name=self.recipe.name, strategy=strategy,
-                    kernel=self.features.release, steps=tuple(self.steps), notes=tuple(self.notes))
+        return self.plan(self.recipe.name, self.recipe.file, strategy, pin=self.pin)
 
 
     def unshare_into_root(self) -> None:
@@ -350,8 +371,7 @@ class _Planner:
         if template:
             self.emit("openat", AT_FDCWD, template, Flags(("O_RDONLY", "O_CLOEXEC")), 0, out="%template",
                       origin="root")
-        self.emit("fork", Flags(("%ns",)), origin="root")
-        self.where = "child"
+        self.begin(NAMESPACE, ("%ns",))
         if template:
             # the template has no /proc: keep a handle on this process's /proc entry
             self.emit("openat", AT_FDCWD, "/proc/self", Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), 0,
@@ -379,26 +399,28 @@ def workdir_for(upper: str) -> str:
     return posixpath.join(posixpath.dirname(upper), "." + posixpath.basename(upper) + ".work")
 
 
-def make_plan(recipe: Recipe, features: Features, strategy: str, template: str | None = None) -> Plan:
+def make_plan(recipe: Recipe, features: Features, strategy: str, template: str | None = None,
+              pin: Pin | None = None) -> Plan:
     """Plan the syscalls that build `recipe` with `strategy` on a kernel with `features`.
 
-    `template` (unshare strategy only) is a persisted namespace file to unshare from.
+    `template` (unshare strategy only) is a persisted namespace file to unshare from; `pin`, where
+    the result is persisted: the plan's last segment (without it, the plan ends with the namespace).
     """
-    return _Planner(recipe, features, strategy, template=template if strategy == "unshare" else None).build()
+    return _Planner(recipe, features, strategy, template=template if strategy == "unshare" else None,
+                    pin=pin).build()
 
 
-def make_template_plan(features: Features) -> Plan:
+def make_template_plan(features: Features, pin: Pin | None = None) -> Plan:
     """The template namespace: nothing but an empty, read-only tmpfs as "/" (see unshare_into_root)."""
     p = _Planner(None, features, "unshare")  # type: ignore[arg-type]
     p.new_fs("tmpfs", "/", "template", (("mode", "0755"), ("size", "4k")), ("ro", "nosuid", "nodev", "noexec"))
     p.unshare_into_root()
     p.pivot()
-    return Plan(recipe="", name=".template", strategy="unshare", kernel=features.release, steps=tuple(p.steps))
+    return p.plan(".template", "", "unshare", pin=pin)
 
 
 def make_image_plan(recipe: Recipe, index: int, features: Features) -> Plan:
     """Only recipe.layers[index], an image, mounted detached and read-only (for the pre-flight check)."""
     p = _Planner(recipe, features, "unshare")
     out = p.image(index, recipe.layers[index], out=f"%layer{index}")
-    return Plan(recipe=recipe.file, name=recipe.name, strategy="", kernel=features.release, steps=tuple(p.steps),
-                result=out)
+    return p.plan(recipe.name, recipe.file, "", result=out)

@@ -34,21 +34,35 @@ _TAGS = {Fd: "F", FdPath: "P", Flags: "L", LoopPath: "O"}
 _TYPES = {tag: kind for kind, tag in _TAGS.items()}
 
 
+# A plan's control flow, as blocks of consecutive steps: (kind, start, end, detail).
+HOST = "host"            # run by the nsbuild process
+NAMESPACE = "namespace"  # run inside the new mount namespace; detail: the fds handed back to the host.
+                         # The executor runs them itself and goes back home, or (a process with
+                         # threads cannot change namespaces) in a forked child that sends the fds back
+RETRY = "retry"          # host steps run again as a group while the last one fails with detail[0]
+                         # (EBUSY: another process took the free loop device first), up to 8 times
+PERSIST = "persist"      # pin the result in the state directory: run by executor.pin() under the
+                         # state dir's lock, after execute() made the namespace
+KINDS = (HOST, NAMESPACE, RETRY, PERSIST)
+
+if TYPE_CHECKING:
+    Block = tuple[str, int, int, tuple[str, ...]]
+
+
 class Step:
-    __slots__ = ("call", "args", "out", "origin", "where", "ok", "again")
+    __slots__ = ("call", "args", "out", "origin", "where", "ok")
 
     def __init__(self, call: str, args: tuple[Arg, ...], out: str | None = None, origin: str = "",
-                 where: str = "host", ok: tuple[str, ...] = (), again: int = 0) -> None:
-        self.call = call
+                 where: str = "host", ok: tuple[str, ...] = ()) -> None:
+        self.call = call          # a name in calls.CALLS
         self.args = args
         self.out = out            # symbolic fd ("%x") or value ("#x") the call returns
         self.origin = origin      # recipe key path
-        self.where = where        # "host" (the nsbuild process) or "child" (a forked child)
+        self.where = where        # "host" (the nsbuild process) or "child" (a NAMESPACE block)
         self.ok = ok              # errno names that count as success (EEXIST for mkdir -p)
-        self.again = again        # on EBUSY (a race for a free loop device): rerun from this many steps back
 
     def _key(self) -> tuple:
-        return (self.call, self.args, self.out, self.origin, self.where, self.ok, self.again)
+        return (self.call, self.args, self.out, self.origin, self.where, self.ok)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Step) and self._key() == other._key()
@@ -62,26 +76,28 @@ class Step:
     def dump(self) -> tuple:
         args = tuple((_TAGS[type(a)], tuple(a) if isinstance(a, Flags) else str(a)) if type(a) in _TAGS else a
                      for a in self.args)
-        return (self.call, args, self.out, self.origin, self.where, self.ok, self.again)
+        return (self.call, args, self.out, self.origin, self.where, self.ok)
 
     @classmethod
     def load(cls, data: tuple) -> Step:
-        call, args, out, origin, where, ok, again = data
+        call, args, out, origin, where, ok = data
         return cls(call, tuple(_TYPES[a[0]](a[1]) if isinstance(a, tuple) else a for a in args),
-                   out, origin, where, ok, again)
+                   out, origin, where, ok)
 
 
 class Plan:
-    __slots__ = ("recipe", "name", "strategy", "kernel", "steps", "result", "notes", "compiled")
+    __slots__ = ("recipe", "name", "strategy", "kernel", "steps", "result", "notes", "blocks", "compiled")
 
     def __init__(self, recipe: str, name: str, strategy: str, kernel: str, steps: tuple[Step, ...],
-                 result: str = "%ns", notes: tuple[str, ...] = ()) -> None:
+                 result: str = "%ns", notes: tuple[str, ...] = (), blocks: tuple[Block, ...] | None = None) -> None:
         self.recipe, self.name, self.strategy, self.kernel = recipe, name, strategy, kernel
         self.steps, self.result, self.notes = steps, result, notes
+        self.blocks = ((HOST, 0, len(steps), ()),) if blocks is None else blocks
         self.compiled: list | None = None  # the executor's ready-to-run form of the steps, made once
 
     def _key(self) -> tuple:
-        return (self.recipe, self.name, self.strategy, self.kernel, self.steps, self.result, self.notes)
+        return (self.recipe, self.name, self.strategy, self.kernel, self.steps, self.result, self.notes,
+                self.blocks)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self._key() == other._key()
@@ -89,11 +105,15 @@ class Plan:
     def __repr__(self) -> str:
         return f"Plan({self.name!r}, {self.strategy!r}, {len(self.steps)} steps)"
 
+    def persist_start(self) -> int:
+        """Where the PERSIST block starts (the number of steps if there is none)."""
+        return next((start for kind, start, _, _ in self.blocks if kind == PERSIST), len(self.steps))
+
     def dump(self) -> tuple:
         return (self.recipe, self.name, self.strategy, self.kernel, tuple(s.dump() for s in self.steps),
-                self.result, self.notes)
+                self.result, self.notes, self.blocks)
 
     @classmethod
     def load(cls, data: tuple) -> Plan:
-        recipe, name, strategy, kernel, steps, result, notes = data
-        return cls(recipe, name, strategy, kernel, tuple(Step.load(s) for s in steps), result, notes)
+        recipe, name, strategy, kernel, steps, result, notes, blocks = data
+        return cls(recipe, name, strategy, kernel, tuple(Step.load(s) for s in steps), result, notes, blocks)

@@ -77,13 +77,16 @@ def _register_with_store(meta: dict[str, Any], state: StateDir) -> None:
 
 
 def plan_for(recipe: Recipe, strategy: str = "auto", features: feat.Features | None = None,
-             state: StateDir | None = None) -> Plan:
-    """The plan a build runs: with the state dir's template namespace where there is one."""
+             state: StateDir | None = None, name: str | None = None) -> Plan:
+    """The plan a build runs: with the state dir's template namespace where there is one, and
+    (with `name`) ending with the segment that persists sandbox `name` in `state`."""
     from builder.kernel import features as feat
     from builder.plan.planner import make_plan
 
     features = features or features_for(recipe)
-    return make_plan(recipe, features, feat.pick_strategy(features, strategy), state.template() if state else None)
+    pin = state.pin_for(name) if state and name else None
+    return make_plan(recipe, features, feat.pick_strategy(features, strategy), state.template() if state else None,
+                     pin)
 
 
 def retrying_on_each_cpu(make: Callable[[], int], persist: Callable[[int], T]) -> T:
@@ -112,8 +115,9 @@ def ensure_template(state: StateDir, features: feat.Features) -> str:
     """Pin the unshare strategy's template namespace in `state` (see plan.unshare_into_root)."""
     from builder.plan.planner import make_template_plan
 
-    return state.template() or retrying_on_each_cpu(lambda: executor.execute(make_template_plan(features)),
-                                                     state.pin_template)
+    plan = make_template_plan(features)
+    return state.template() or retrying_on_each_cpu(lambda: executor.execute(plan),
+                                                     lambda nsfd: state.pin_template(nsfd, plan))
 
 
 def metadata(recipe: Recipe, plan: Plan) -> dict[str, Any]:
@@ -170,7 +174,7 @@ def _planned(recipe: Recipe, state: StateDir, strategy: str, check: bool,
              name: str) -> tuple[feat.Features, Plan, dict[str, Any]]:
     """Features, plan and metadata for a build; the pre-flight check done (as sandbox `name`)."""
     features = features_for(recipe)
-    plan = plan_for(recipe, strategy, features, state)
+    plan = plan_for(recipe, strategy, features, state, name)
     checked = preflight(recipe, features, state, name) if check else None
     return features, plan, dict(metadata(recipe, plan), checked=checked)
 
@@ -193,7 +197,7 @@ def execute_and_persist(plan: Plan, meta: dict[str, Any], state: StateDir, name:
         state.prepare()  # only after a successful build: a failed one changes nothing
         if register:
             _register_with_store(meta, state)
-        return state.persist(name, nsfd, meta, replace)
+        return state.persist(name, nsfd, meta, replace, plan)
 
     return retrying_on_each_cpu(lambda: executor.execute(plan), persist)
 
@@ -211,7 +215,7 @@ def build_cached(plan: Plan, meta: dict[str, Any], state: StateDir, name: str | 
 def build_many(recipe: Recipe, state: StateDir, count: int, strategy: str = "auto", replace: bool = False,
                name: str | None = None, check: bool = True) -> list[Built]:
     """`count` sandboxes NAME-0 ... NAME-<count-1> from one plan, made by one worker
-    (executor.execute_many) and persisted under one lock. All or nothing: if one fails, the
+    (batch.execute_many) and persisted under one lock. All or nothing: if one fails, the
     sandboxes this batch made are removed again."""
     try:
         return _build_many(recipe, state, count, strategy, replace, name or recipe.name, check)
@@ -225,7 +229,9 @@ def _build_many(recipe: Recipe, state: StateDir, count: int, strategy: str, repl
     features, plan, meta = _planned(recipe, state, strategy, check, f"{base}-0")
     names = [f"{base}-{i}" for i in range(count)]
     made: list[str] = []
-    nsfds = executor.execute_many(plan, count)
+    from builder.plan import batch
+
+    nsfds = batch.execute_many(plan, count)
 
     def items() -> Iterator[tuple[str, int]]:
         for n, nsfd in zip(names, nsfds):
@@ -240,7 +246,7 @@ def _build_many(recipe: Recipe, state: StateDir, count: int, strategy: str, repl
         first = next(pairs)  # as for one build: a batch that fails at once changes nothing, not even the state dir
         state.prepare()
         _register_with_store(meta, state)
-        paths = state.persist_many(itertools.chain([first], pairs), meta, replace)
+        paths = state.persist_many(itertools.chain([first], pairs), meta, replace, plan)
     except BaseException:
         pairs.close()  # closes the fd in hand
         nsfds.close()  # ends the workers, drops what they sent and nobody took
@@ -301,7 +307,7 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
             try:
                 b = build_cached(cached[0], cached[1], state, name, replace)
             except NsbuildError as e:
-                if getattr(e, "step", None) is None:
+                if getattr(e, "step", None) is None or getattr(e, "persisting", False):
                     raise  # not the plan's fault (e.g. the name exists): the same without the cache
                 plancache.drop(state, path)  # a host path changed under the plan: plan again
     if b is None:

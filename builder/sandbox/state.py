@@ -19,11 +19,14 @@ import os
 import sys
 
 from builder.kernel import syscalls as sc
-from builder.errors import NsbuildError
+from builder.errors import BuildError, NsbuildError
+from builder.plan.persist import Pin
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from builder.plan.steps import Plan
 
 DEFAULT_STATE_DIR = "/run/nsbuild"
 _NOT_YOURS = "the state directory is root's (mode 0700): run nsbuild as root (sudo), or use --state-dir"
@@ -104,29 +107,27 @@ class StateDir:
         return _Lock(os.path.join(self.path, ".lock"))
 
     def prepare(self) -> None:
-        """Create the directory and make it an unbindable mount of its own (once)."""
+        """Create the directory (0700). Making it a private, unbindable mount of its own is the
+        work of the first persist segment that pins a namespace here (plan/persist.py)."""
         try:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
+            os.chmod(self.path, 0o700)
         except OSError as e:
             raise NsbuildError(f"cannot create the state directory {self.path}: {e.strerror}",
                                "use --state-dir or NSBUILD_STATE_DIR to choose another") from None
-        dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(dfd, fcntl.LOCK_EX)  # serializes concurrent first-time set-up
-            entry = _mountinfo_entry(self.path)
-            if entry is None:
-                tree = sc.open_tree(sc.AT_FDCWD, self.path, sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC")))
-                try:
-                    sc.move_mount(tree, "", sc.AT_FDCWD, self.path, sc.FLAGS["MOVE_MOUNT_F_EMPTY_PATH"])
-                finally:
-                    os.close(tree)
-            # unbindable (which is also private): a recursive bind of a parent directory, such as
-            # $CWD at /work, then leaves the nsfs mounts out instead of failing with ELOOP
-            if entry is None or "unbindable" not in entry[6:entry.index("-")]:
-                sc.mount_setattr(sc.AT_FDCWD, self.path, 0, propagation=sc.FLAGS["MS_UNBINDABLE"])
-            os.chmod(self.path, 0o700)
-        finally:
-            os.close(dfd)
+
+    def setup(self) -> str:
+        """What the directory still needs before a namespace can be pinned in it (persist.Pin.setup)."""
+        entry = _mountinfo_entry(self.path) if os.path.isdir(self.path) else None
+        if entry is None:
+            return "bind"
+        return "" if "unbindable" in entry[6:entry.index("-")] else "unbindable"
+
+    def pin_for(self, name: str) -> Pin:
+        """How a build would persist sandbox `name` now (`nsbuild plan` shows it; a build derives it
+        again under the lock)."""
+        target = self.ns_path(name)
+        return Pin(target, os.path.isdir(self.path) and target in mount_points(), self.setup())
 
     def ns_path(self, name: str) -> str:
         return os.path.join(self.path, name + ".mnt")
@@ -207,11 +208,13 @@ class StateDir:
                 cleaned.append(f"removed sandbox {entry[:-5]}: its namespace was gone")
         return cleaned
 
-    def persist(self, name: str, nsfd: int, meta: dict[str, object], replace: bool) -> str:
-        """Bind `nsfd` onto NAME.mnt and write NAME.json; atomic with respect to readers."""
-        return self.persist_many(((name, nsfd),), meta, replace)[0]
+    def persist(self, name: str, nsfd: int, meta: dict[str, object], replace: bool, plan: Plan | None = None) -> str:
+        """Run `plan`'s persist segment (made for this directory as it is now) to pin `nsfd` on
+        NAME.mnt, and write NAME.json; atomic with respect to readers."""
+        return self.persist_many(((name, nsfd),), meta, replace, plan)[0]
 
-    def persist_many(self, items: Iterable[tuple[str, int]], meta: dict[str, object], replace: bool) -> list[str]:
+    def persist_many(self, items: Iterable[tuple[str, int]], meta: dict[str, object], replace: bool,
+                     plan: Plan | None = None) -> list[str]:
         """persist() for each (name, nsfd), under one lock and one read of the mount table (a batch:
         `items` may be a generator that makes the namespaces as they are asked for)."""
         done: list[str] = []
@@ -221,23 +224,23 @@ class StateDir:
             self.report(cleaned)
             if cleaned:
                 mounted = mount_points()
+            setup = self.setup()
             for name, nsfd in items:
-                done.append(self._persist_one(name, nsfd, meta, replace, mounted, fast_json=bool(done)))
+                done.append(self._persist_one(plan, name, nsfd, meta, replace, mounted, setup, bool(done)))
                 mounted.add(done[-1])
+                setup = ""
         return done
 
-    def _persist_one(self, name: str, nsfd: int, meta: dict[str, object], replace: bool, mounted: set[str],
-                     fast_json: bool = False) -> str:
+    def _persist_one(self, plan: Plan | None, name: str, nsfd: int, meta: dict[str, object], replace: bool,
+                     mounted: set[str], setup: str, fast_json: bool = False) -> str:
         target = self.ns_path(name)
         stacked = target in mounted
         if (stacked or os.path.exists(self.meta_path(name))) and not replace:
             raise NsbuildError(f"a sandbox named '{name}' exists already",
                                f"use --replace, or remove it with `nsbuild rm {name}`")
-        self._bind(nsfd, target, stacked)
+        self._bind(plan, nsfd, Pin(target, stacked, setup))
         _test_kill("after-mount")
         try:
-            if stacked:
-                sc.umount2(target, sc.FLAGS["MNT_DETACH"])
             import time
 
             meta = dict(meta, name=name, nsfs=target, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -254,23 +257,25 @@ class StateDir:
             raise
         return target
 
-    @staticmethod
-    def _bind(nsfd: int, target: str, stacked: bool) -> None:
-        """Pin a namespace on `target`. Replacing (stacked): slide the new one under the old one,
-        which the caller then detaches, so the path always holds a namespace."""
-        if not stacked:
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        _test_kill("after-create")
-        tree = sc.open_tree(nsfd, "", sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH")))
+    def _bind(self, plan: Plan | None, nsfd: int, pin: Pin) -> None:
+        """Pin a namespace as `pin` says, by the persist segment of `plan` (of a plan of nothing
+        else, without one). A failure leaves nothing of it: the segment unwinds."""
+        from builder.plan import executor
+        from builder.plan.persist import pin_only, with_persist
+
+        plan = with_persist(plan, pin) if plan else pin_only(pin)
+        after = {}
+        if os.environ.get("NSBUILD_TEST_KILL") == "after-create":
+            after = {i: lambda: _test_kill("after-create") for i, s in enumerate(plan.steps)
+                     if s.call == "mknodat" and s.origin == "persist"}
         try:
-            flag = sc.flags(("MOVE_MOUNT_F_EMPTY_PATH",) + (("MOVE_MOUNT_BENEATH",) if stacked else ()))
-            sc.move_mount(tree, "", sc.AT_FDCWD, target, flag)
-        except sc.SyscallError as e:
-            if not stacked:
-                os.unlink(target)
+            executor.pin(plan, nsfd, after)
+        except BuildError as e:
+            name = os.path.basename(pin.target)[:-4]
+            if pin.stacked and not is_mount_point(pin.target):  # the old one went with the new one
+                self._remove(name)
+                e.args = (f"{e}; the sandbox '{name}' it was to replace is gone as well",)
             raise _persist_error(e, nsfd) from None
-        finally:
-            os.close(tree)
 
     @property
     def template_path(self) -> str:
@@ -280,11 +285,11 @@ class StateDir:
         """The template namespace file, if one is pinned here (see plan.unshare_into_root)."""
         return self.template_path if os.path.isdir(self.path) and self.template_path in mount_points() else None
 
-    def pin_template(self, nsfd: int) -> str:
-        """Pin `nsfd` as the template namespace, unless one is pinned already."""
+    def pin_template(self, nsfd: int, plan: Plan | None = None) -> str:
+        """Pin `nsfd` (made by `plan`) as the template namespace, unless one is pinned already."""
         with self.locked():
             if self.template_path not in mount_points():
-                self._bind(nsfd, self.template_path, stacked=False)
+                self._bind(plan, nsfd, Pin(self.template_path, False, self.setup()))
         return self.template_path
 
     @staticmethod
@@ -366,20 +371,31 @@ def _test_kill(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _persist_error(e: sc.SyscallError, nsfd: int) -> NsbuildError:
-    if e.errno in (errno.ELOOP, errno.EINVAL):
+# errnos after which the same persist may succeed: the kernel was short of something for a moment
+_TRANSIENT = (errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ENOMEM)
+
+
+def _persist_error(e: BuildError, nsfd: int) -> BuildError:
+    """A failed persist step, told with whether to retry (`retry`, and in the hint)."""
+    error = e
+    if e.errno in (errno.ELOOP, errno.EINVAL):  # type: ignore[attr-defined]
         try:
             with open("/proc/self/ns/mnt") as own:
                 ours, theirs = sc.mntns_id(own.fileno()), sc.mntns_id(nsfd)
         except OSError:
             ours = theirs = 0
         if theirs and theirs < ours:
-            err = NsbuildError(
+            error = BuildError(
                 f"cannot persist the namespace: its id {theirs} is lower than that of the namespace "
-                f"nsbuild runs in ({ours}), which the kernel refuses ({e.errname})",
-                "run nsbuild from the initial mount namespace, or let it use more CPUs (taskset): "
-                "ids come from per-CPU ranges")
-            err.retry = True  # type: ignore[attr-defined]
-            return err
-    return NsbuildError(f"cannot persist the namespace: {e}",
-                        "the state directory must be a private mount; see `nsbuild doctor`")
+                f"nsbuild runs in ({ours}), which the kernel refuses ({errno.errorcode.get(e.errno, e.errno)})",  # type: ignore[attr-defined]
+                "a retry can help, made on another CPU: run nsbuild from the initial mount namespace, or let it "
+                "use more CPUs (taskset): ids come from per-CPU ranges")
+            error.step, error.errno, error.retry = e.step, e.errno, True  # type: ignore[attr-defined]
+            error.persisting = True  # type: ignore[attr-defined]
+            return error
+    error.retry = e.errno in _TRANSIENT  # type: ignore[attr-defined]
+    error.persisting = True  # type: ignore[attr-defined]
+    hint = e.hint or "the state directory must be a private mount; see `nsbuild doctor`"
+    error.hint = ("a retry can help (the kernel was short of resources): " if error.retry  # type: ignore[attr-defined]
+                  else "a retry will not help: ") + hint
+    return error
