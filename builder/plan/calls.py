@@ -185,8 +185,10 @@ def _fsconfig(r: Any, fd: int, cmd: int, key: str | None, value: str | None, aux
 
 def _move_mount(r: Any, f: int, fp: str, t: int, tp: str, fl: int) -> None:
     sc.move_mount(f, fp, t, tp, fl)
-    if r.persisting:  # attached to a host path: detached again if a later step fails
-        r.attached(f)
+    # the persist segment attaches to host paths: detached again if a later step fails. Not a
+    # mount slid beneath another: no path reaches it alone (state.py removes the pair instead)
+    if r.persisting and not fl & sc.FLAGS["MOVE_MOUNT_BENEATH"]:
+        r.attached(tp)
 
 
 # -- custom renderings ----------------------------------------------------------------------------

@@ -293,11 +293,8 @@ class Run:
         else:
             self.undo.append(lambda: os.rmdir(name, dir_fd=fd))
 
-    def attached(self, mount_fd: int) -> None:
-        """A mount the PERSIST block attached, detached on failure: by its fd, which names that very
-        mount even where another is stacked on it (a replaced sandbox goes with it, as it would
-        with a failure after persisting)."""
-        path = f"/proc/self/fd/{mount_fd}"
+    def attached(self, path: str) -> None:
+        """A mount the PERSIST block attached on a host path, detached on failure."""
         self.undo.append(lambda: sc.umount2(path, sc.FLAGS["MNT_DETACH"]))
 
 

@@ -76,6 +76,11 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
+def _mounts_on(path: str) -> int:
+    with open("/proc/self/mountinfo") as f:
+        return sum(_unescape(line.split()[4]) == path for line in f)
+
+
 def mount_points() -> set[str]:
     with open("/proc/self/mountinfo") as f:
         return {_unescape(line.split()[4]) for line in f}
@@ -272,7 +277,7 @@ class StateDir:
             executor.pin(plan, nsfd, after)
         except BuildError as e:
             name = os.path.basename(pin.target)[:-4]
-            if pin.stacked and not is_mount_point(pin.target):  # the old one went with the new one
+            if pin.stacked and _mounts_on(pin.target) != 1:  # the new one is beneath the old one
                 self._remove(name)
                 e.args = (f"{e}; the sandbox '{name}' it was to replace is gone as well",)
             raise _persist_error(e, nsfd) from None
