@@ -19,14 +19,13 @@ import os
 import struct  # fd arrays for SCM_RIGHTS (array.array would import collections.abc, ~4 ms)
 
 from builder.kernel import syscalls as sc
-from builder.errors import BuildError
 from builder.plan.calls import CALLS
 from builder.plan.failure import build_error, detail
 from builder.plan.steps import HOST, NAMESPACE, PERSIST, RETRY, Fd, FdPath, Flags, LoopPath, Plan, Step
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Iterator
+    from typing import Callable
 
     Undo = Callable[[], None]
 
