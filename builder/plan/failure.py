@@ -1,6 +1,8 @@
 """How a failed step is told: the recipe entry, the step, the syscall, the errno, the kernel's
-message and a hint where one helps."""
+message and a hint where one helps; for a persist step also whether a retry can help."""
 from __future__ import annotations
+
+import errno
 
 from builder.errors import BuildError
 from builder.kernel import syscalls as sc
@@ -57,3 +59,31 @@ def _hint(step: Step, err: sc.SyscallError) -> str:
     return ""
 
 
+# errnos after which the same persist may succeed: the kernel was short of something for a moment
+_TRANSIENT = (errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ENOMEM)
+
+
+def persist_error(e: BuildError, nsfd: int) -> BuildError:
+    """A failed persist step, told with whether to retry (`retry`, and in the hint)."""
+    error = e
+    if e.errno in (errno.ELOOP, errno.EINVAL):  # type: ignore[attr-defined]
+        try:
+            with open("/proc/self/ns/mnt") as own:
+                ours, theirs = sc.mntns_id(own.fileno()), sc.mntns_id(nsfd)
+        except OSError:
+            ours = theirs = 0
+        if theirs and theirs < ours:
+            error = BuildError(
+                f"cannot persist the namespace: its id {theirs} is lower than that of the namespace "
+                f"nsbuild runs in ({ours}), which the kernel refuses ({errno.errorcode.get(e.errno, e.errno)})",  # type: ignore[attr-defined]
+                "a retry can help, made on another CPU: run nsbuild from the initial mount namespace, or let it "
+                "use more CPUs (taskset): ids come from per-CPU ranges")
+            error.step, error.errno, error.retry = e.step, e.errno, True  # type: ignore[attr-defined]
+            error.persisting = True  # type: ignore[attr-defined]
+            return error
+    error.retry = e.errno in _TRANSIENT  # type: ignore[attr-defined]
+    error.persisting = True  # type: ignore[attr-defined]
+    hint = e.hint or "the state directory must be a private mount; see `nsbuild doctor`"
+    error.hint = ("a retry can help (the kernel was short of resources): " if error.retry  # type: ignore[attr-defined]
+                  else "a retry will not help: ") + hint
+    return error

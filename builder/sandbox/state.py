@@ -12,7 +12,6 @@ a parent directory must not carry the nsfs mounts into sandboxes):
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import marshal
 import os
@@ -266,6 +265,7 @@ class StateDir:
         """Pin a namespace as `pin` says, by the persist segment of `plan` (of a plan of nothing
         else, without one). A failure leaves nothing of it: the segment unwinds."""
         from builder.plan import executor
+        from builder.plan.failure import persist_error
         from builder.plan.persist import pin_only, with_persist
 
         plan = with_persist(plan, pin) if plan else pin_only(pin)
@@ -280,7 +280,7 @@ class StateDir:
             if pin.stacked and _mounts_on(pin.target) != 1:  # the new one is beneath the old one
                 self._remove(name)
                 e.args = (f"{e}; the sandbox '{name}' it was to replace is gone as well",)
-            raise _persist_error(e, nsfd) from None
+            raise persist_error(e, nsfd) from None
 
     @property
     def template_path(self) -> str:
@@ -374,33 +374,3 @@ def _test_kill(point: str) -> None:
         import signal  # here, not at the top: it imports enum (~4 ms) on the `run` path
 
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-# errnos after which the same persist may succeed: the kernel was short of something for a moment
-_TRANSIENT = (errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ENOMEM)
-
-
-def _persist_error(e: BuildError, nsfd: int) -> BuildError:
-    """A failed persist step, told with whether to retry (`retry`, and in the hint)."""
-    error = e
-    if e.errno in (errno.ELOOP, errno.EINVAL):  # type: ignore[attr-defined]
-        try:
-            with open("/proc/self/ns/mnt") as own:
-                ours, theirs = sc.mntns_id(own.fileno()), sc.mntns_id(nsfd)
-        except OSError:
-            ours = theirs = 0
-        if theirs and theirs < ours:
-            error = BuildError(
-                f"cannot persist the namespace: its id {theirs} is lower than that of the namespace "
-                f"nsbuild runs in ({ours}), which the kernel refuses ({errno.errorcode.get(e.errno, e.errno)})",  # type: ignore[attr-defined]
-                "a retry can help, made on another CPU: run nsbuild from the initial mount namespace, or let it "
-                "use more CPUs (taskset): ids come from per-CPU ranges")
-            error.step, error.errno, error.retry = e.step, e.errno, True  # type: ignore[attr-defined]
-            error.persisting = True  # type: ignore[attr-defined]
-            return error
-    error.retry = e.errno in _TRANSIENT  # type: ignore[attr-defined]
-    error.persisting = True  # type: ignore[attr-defined]
-    hint = e.hint or "the state directory must be a private mount; see `nsbuild doctor`"
-    error.hint = ("a retry can help (the kernel was short of resources): " if error.retry  # type: ignore[attr-defined]
-                  else "a retry will not help: ") + hint
-    return error
