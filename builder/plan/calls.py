@@ -93,20 +93,21 @@ class Call:
     """One syscall: its parameters ("name:kind ..."), the function the executor makes it with
     (called with the run, then the resolved arguments), and optional custom text and floor export."""
 
-    __slots__ = ("name", "params", "run", "text", "floor", "more")
+    __slots__ = ("name", "spec", "run", "text", "floor", "more")
 
     def __init__(self, name: str, params: str, run: Callable[..., object],
                  text: Callable[[tuple], str] | None = None,
                  floor: Callable[[tuple, Callable[[str], int]], list[str]] | None = None,
                  more: dict[str, str] | None = None) -> None:
-        self.name, self.run, self.text, self.floor = name, run, text, floor
-        self.params = _params(params)
-        self.more = {key: _params(p) for key, p in (more or {}).items()}  # ioctl: parameters per request
+        self.name, self.spec, self.run, self.text, self.floor = name, params, run, text, floor
+        self.more = more or {}  # ioctl: the parameters that follow, by request
 
     def params_for(self, args: tuple) -> tuple[tuple[str, str], ...]:
+        """(name, kind) of each parameter; parsed when asked (a warm build only runs calls)."""
+        params = _params(self.spec)
         if not self.more:
-            return self.params
-        return self.params + self.more[args[len(self.params) - 1]]  # type: ignore[index]
+            return params
+        return params + _params(self.more[args[len(params) - 1]])  # type: ignore[index]
 
     def check(self, args: tuple) -> None:
         """A planner mistake, caught when the step is made, not when it runs."""
@@ -130,8 +131,13 @@ class Call:
         return self.floor(args, slot) if self.floor else [floor_arg(a, slot) for a in args]
 
 
+_PARSED: dict[str, tuple[tuple[str, str], ...]] = {}
+
+
 def _params(spec: str) -> tuple[tuple[str, str], ...]:
-    return tuple(tuple(p.split(":")) for p in spec.split())  # type: ignore[misc]
+    if spec not in _PARSED:
+        _PARSED[spec] = tuple(tuple(p.split(":")) for p in spec.split())  # type: ignore[misc]
+    return _PARSED[spec]
 
 
 def _dirfd(fd: int) -> int | None:

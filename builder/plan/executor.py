@@ -20,7 +20,6 @@ import struct  # fd arrays for SCM_RIGHTS (array.array would import collections.
 
 from builder.kernel import syscalls as sc
 from builder.plan.calls import CALLS
-from builder.plan.failure import build_error, detail
 from builder.plan.steps import HOST, NAMESPACE, PERSIST, RETRY, Fd, FdPath, Flags, LoopPath, Plan, Step
 
 TYPE_CHECKING = False
@@ -68,15 +67,17 @@ def _compile(step: Step) -> tuple:
     return (CALLS[step.call].run, tuple(spec), frozenset(getattr(errnos, n) for n in step.ok), step.out)
 
 
-def _compiled(plan: Plan) -> list[tuple]:
+def _compiled(plan: Plan, start: int, end: int) -> list[tuple]:
     """Each step as (function, argument specs, errnos that count as success, out), made once per
-    plan: flags OR-ed, AT_FDCWD resolved, only symbolic fds left to look up when the step runs. A
-    plan with a new persist segment (persist.with_persist) keeps the compiled steps before it."""
-    done = plan.compiled or []
-    if len(done) < len(plan.steps):
-        done = done + [_compile(s) for s in plan.steps[len(done):]]
-        plan.compiled = done
-    return done
+    plan and only for the steps that run (the persist segment alone, in a batch's parent): flags
+    OR-ed, AT_FDCWD resolved, only symbolic fds left to look up when the step runs. A plan with a
+    new persist segment (persist.with_persist) keeps the compiled steps before it."""
+    done = plan.compiled
+    if done is None or len(done) != len(plan.steps):
+        done = plan.compiled = ((done or []) + [None] * len(plan.steps))[:len(plan.steps)]
+    if start < end and done[start] is None:  # a range is compiled whole: the build's, or the persist segment's
+        done[start:end] = [_compile(s) for s in plan.steps[start:end]]
+    return done  # type: ignore[return-value]
 
 
 def _single_threaded() -> bool:
@@ -127,7 +128,7 @@ class Run:
         self.undo: list[Undo] = []
         self.persisting = False  # in the PERSIST block: mounts attached to host paths are undone too
         self.fault = _fault()
-        self.compiled = _compiled(plan)
+        self.compiled: list[tuple] = []
 
     def step(self, index: int) -> None:
         if self.fault and self.fault[0] == index:
@@ -142,7 +143,11 @@ class Run:
             if e.errno in ok:
                 return
             step = self.plan.steps[index]
-            err = e if isinstance(e, sc.SyscallError) else sc.SyscallError(step.call, detail(step), e.errno or 0)
+            if not isinstance(e, sc.SyscallError):
+                from builder.plan.failure import detail  # failure.py and render.py only on failure
+
+                e = sc.SyscallError(step.call, detail(step), e.errno or 0)
+            err = e
             raise StepFailed(index, err) from None
         if out is None:
             return
@@ -180,15 +185,16 @@ class Run:
 
     def run(self) -> int:
         """Every block up to the PERSIST block; returns the result fd."""
+        self.compiled = _compiled(self.plan, 0, self.plan.persist_start())
         old_umask = os.umask(0)  # modes in the plan are exact
         try:
-            for kind, start, end, detail_ in self.plan.blocks:
+            for kind, start, end, extra in self.plan.blocks:
                 if kind == HOST:
                     self.steps(start, end)
                 elif kind == NAMESPACE:
-                    self.in_namespace(start, end, detail_)
+                    self.in_namespace(start, end, extra)
                 elif kind == RETRY:
-                    self.retried(start, end, detail_[0])
+                    self.retried(start, end, extra[0])
                 elif kind == PERSIST:
                     break
             return self.fds.pop(self.plan.result)
@@ -204,6 +210,7 @@ class Run:
         self.fds[self.plan.result] = nsfd
         self.persisting = True
         start = self.plan.persist_start()
+        self.compiled = _compiled(self.plan, start, len(self.plan.steps))
         try:
             for i in range(start, len(self.plan.steps)):
                 self.step(i)
@@ -220,6 +227,8 @@ class Run:
         self.go_home()  # first: undoing what was made on host paths needs the host's namespace
         self.unwind()
         if isinstance(e, StepFailed):
+            from builder.plan.failure import build_error
+
             raise build_error(self.plan, e.index, e.error) from None
 
     def close(self) -> None:

@@ -19,12 +19,12 @@ import sys
 
 from builder.kernel import syscalls as sc
 from builder.errors import BuildError, NsbuildError
-from builder.plan.persist import Pin
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from builder.plan.persist import Pin
     from builder.plan.steps import Plan
 
 DEFAULT_STATE_DIR = "/run/nsbuild"
@@ -57,13 +57,7 @@ def to_json(value: object, indent: str = "") -> str:
 
 def _mountinfo_entry(path: str) -> list[str] | None:
     """The last (topmost) mountinfo line whose mount point is `path`."""
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if _unescape(fields[4]) == path:
-                found = fields
-    return found
+    return mount_table(path)[1]
 
 
 def _unescape(field: str) -> str:
@@ -81,8 +75,28 @@ def _mounts_on(path: str) -> int:
 
 
 def mount_points() -> set[str]:
+    return mount_table("")[0]
+
+
+def mount_table(path: str) -> tuple[set[str], list[str] | None]:
+    """Every mount point, and the topmost mountinfo entry of `path`: one read of a table that is long
+    where there are many sandboxes."""
+    points, entry = set(), None
     with open("/proc/self/mountinfo") as f:
-        return {_unescape(line.split()[4]) for line in f}
+        for line in f:
+            fields = line.split()
+            point = _unescape(fields[4])
+            points.add(point)
+            if point == path:
+                entry = fields
+    return points, entry
+
+
+def _setup(entry: list[str] | None) -> str:
+    """What a state directory with mountinfo `entry` still needs before it can pin (persist.Pin.setup)."""
+    if entry is None:
+        return "bind"
+    return "" if "unbindable" in entry[6:entry.index("-")] else "unbindable"
 
 
 def is_mount_point(path: str) -> bool:
@@ -122,14 +136,13 @@ class StateDir:
 
     def setup(self) -> str:
         """What the directory still needs before a namespace can be pinned in it (persist.Pin.setup)."""
-        entry = _mountinfo_entry(self.path) if os.path.isdir(self.path) else None
-        if entry is None:
-            return "bind"
-        return "" if "unbindable" in entry[6:entry.index("-")] else "unbindable"
+        return _setup(_mountinfo_entry(self.path) if os.path.isdir(self.path) else None)
 
     def pin_for(self, name: str) -> Pin:
         """How a build would persist sandbox `name` now (`nsbuild plan` shows it; a build derives it
         again under the lock)."""
+        from builder.plan.persist import Pin  # not on the `run` path
+
         target = self.ns_path(name)
         return Pin(target, os.path.isdir(self.path) and target in mount_points(), self.setup())
 
@@ -223,12 +236,12 @@ class StateDir:
         `items` may be a generator that makes the namespaces as they are asked for)."""
         done: list[str] = []
         with self.locked():
-            mounted = mount_points()  # read once: with many sandboxes mountinfo is long
+            mounted, entry = mount_table(self.path)  # read once: with many sandboxes mountinfo is long
             cleaned = self.recover(mounted)
             self.report(cleaned)
             if cleaned:
                 mounted = mount_points()
-            setup = self.setup()
+            setup = _setup(entry)
             for name, nsfd in items:
                 done.append(self._persist_one(plan, name, nsfd, meta, replace, mounted, setup, bool(done)))
                 mounted.add(done[-1])
@@ -237,6 +250,8 @@ class StateDir:
 
     def _persist_one(self, plan: Plan | None, name: str, nsfd: int, meta: dict[str, object], replace: bool,
                      mounted: set[str], setup: str, fast_json: bool = False) -> str:
+        from builder.plan.persist import Pin
+
         target = self.ns_path(name)
         stacked = target in mounted
         if (stacked or os.path.exists(self.meta_path(name))) and not replace:
@@ -265,7 +280,6 @@ class StateDir:
         """Pin a namespace as `pin` says, by the persist segment of `plan` (of a plan of nothing
         else, without one). A failure leaves nothing of it: the segment unwinds."""
         from builder.plan import executor
-        from builder.plan.failure import persist_error
         from builder.plan.persist import pin_only, with_persist
 
         plan = with_persist(plan, pin) if plan else pin_only(pin)
@@ -276,6 +290,8 @@ class StateDir:
         try:
             executor.pin(plan, nsfd, after)
         except BuildError as e:
+            from builder.plan.failure import persist_error
+
             name = os.path.basename(pin.target)[:-4]
             if pin.stacked and _mounts_on(pin.target) != 1:  # the new one is beneath the old one
                 self._remove(name)
@@ -292,6 +308,8 @@ class StateDir:
 
     def pin_template(self, nsfd: int, plan: Plan | None = None) -> str:
         """Pin `nsfd` (made by `plan`) as the template namespace, unless one is pinned already."""
+        from builder.plan.persist import Pin
+
         with self.locked():
             if self.template_path not in mount_points():
                 self._bind(plan, nsfd, Pin(self.template_path, False, self.setup()))
@@ -341,7 +359,7 @@ class StateDir:
                 except FileNotFoundError:
                     pass
             shutil.rmtree(os.path.join(self.path, ".plans"), ignore_errors=True)
-        while is_mount_point(self.path):  # the self-bind that prepare() made (once, but be thorough)
+        while is_mount_point(self.path):  # the self-bind of the first persist segment (once, but be thorough)
             sc.umount2(self.path, sc.FLAGS["MNT_DETACH"])
         try:
             os.rmdir(self.path)
