@@ -6,7 +6,7 @@ import marshal
 import pytest
 
 from builder.plan import calls, render
-from builder.plan.persist import Pin, pin_only, with_persist
+from builder.plan.steps import Pin, pin_only, with_persist
 from builder.plan.planner import make_plan
 from builder.plan.steps import NAMESPACE, PERSIST, RETRY, Fd, Flags, Plan
 from builder.recipe.load import load

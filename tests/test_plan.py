@@ -11,7 +11,7 @@ import pytest
 from builder.plan import render
 from builder.errors import UsageError
 from builder.kernel.features import STRATEGIES, Features, pick_strategy, supported
-from builder.plan.persist import Pin
+from builder.plan.steps import Pin
 from builder.plan.planner import make_plan
 from builder.recipe.load import load
 

@@ -12,7 +12,7 @@ import pytest
 
 from builder.kernel.features import probe
 from builder.plan import render
-from builder.plan.persist import Pin
+from builder.plan.steps import Pin
 from builder.plan.planner import make_template_plan
 
 from conftest import RECIPES, needs_root, nsbuild_cmd

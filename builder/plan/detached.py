@@ -7,10 +7,8 @@ import posixpath
 from dataclasses import dataclass, field
 
 from builder.kernel.features import Features
-from builder.plan import persist
 from builder.plan.calls import CALLS
-from builder.plan.persist import Pin
-from builder.plan.steps import HOST, NAMESPACE, RETRY, Fd, FdPath, Flags, LoopPath, Plan, Step
+from builder.plan.steps import HOST, NAMESPACE, RETRY, Fd, FdPath, Flags, LoopPath, Pin, Plan, Step, with_persist
 from builder.recipe.model import Layer, Mount, Recipe
 
 TYPE_CHECKING = False
@@ -86,7 +84,7 @@ class Detached:
                        if end > start)
         plan = Plan(recipe=recipe, name=name, strategy=strategy, kernel=self.features.release,
                     steps=tuple(self.steps), result=result, notes=tuple(self.notes), blocks=blocks)
-        return persist.with_persist(plan, pin) if pin else plan
+        return with_persist(plan, pin) if pin else plan
 
     # -- 1. detached filesystems -------------------------------------------------
 

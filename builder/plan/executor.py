@@ -71,7 +71,7 @@ def _compiled(plan: Plan, start: int, end: int) -> list[tuple]:
     """Each step as (function, argument specs, errnos that count as success, out), made once per
     plan and only for the steps that run (the persist segment alone, in a batch's parent): flags
     OR-ed, AT_FDCWD resolved, only symbolic fds left to look up when the step runs. A plan with a
-    new persist segment (persist.with_persist) keeps the compiled steps before it."""
+    new persist segment (steps.with_persist) keeps the compiled steps before it."""
     done = plan.compiled
     if done is None or len(done) != len(plan.steps):
         done = plan.compiled = ((done or []) + [None] * len(plan.steps))[:len(plan.steps)]

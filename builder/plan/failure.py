@@ -73,9 +73,10 @@ def persist_error(e: BuildError, nsfd: int) -> BuildError:
         except OSError:
             ours = theirs = 0
         if theirs and theirs < ours:
+            name = errno.errorcode.get(e.errno, e.errno)  # type: ignore[attr-defined]
             error = BuildError(
                 f"cannot persist the namespace: its id {theirs} is lower than that of the namespace "
-                f"nsbuild runs in ({ours}), which the kernel refuses ({errno.errorcode.get(e.errno, e.errno)})",  # type: ignore[attr-defined]
+                f"nsbuild runs in ({ours}), which the kernel refuses ({name})",
                 "a retry can help, made on another CPU: run nsbuild from the initial mount namespace, or let it "
                 "use more CPUs (taskset): ids come from per-CPU ranges")
             error.step, error.errno, error.retry = e.step, e.errno, True  # type: ignore[attr-defined]

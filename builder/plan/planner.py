@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from builder.kernel.features import Features
 from builder.plan.detached import (AT_FDCWD, DEV_LINKS, DEV_NODES, RESOLVE, Detached,  # noqa: F401 - tree.py's
                                    _rel, _Unit)
-from builder.plan.persist import Pin
+from builder.plan.steps import Pin
 from builder.plan.steps import NAMESPACE, Fd, Flags, Plan
 from builder.recipe.model import Recipe, parent_mount
 

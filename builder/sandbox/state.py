@@ -24,7 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from builder.plan.persist import Pin
+    from builder.plan.steps import Pin
     from builder.plan.steps import Plan
 
 DEFAULT_STATE_DIR = "/run/nsbuild"
@@ -93,7 +93,7 @@ def mount_table(path: str) -> tuple[set[str], list[str] | None]:
 
 
 def _setup(entry: list[str] | None) -> str:
-    """What a state directory with mountinfo `entry` still needs before it can pin (persist.Pin.setup)."""
+    """What a state directory with mountinfo `entry` still needs before it can pin (steps.Pin.setup)."""
     if entry is None:
         return "bind"
     return "" if "unbindable" in entry[6:entry.index("-")] else "unbindable"
@@ -135,13 +135,13 @@ class StateDir:
                                "use --state-dir or NSBUILD_STATE_DIR to choose another") from None
 
     def setup(self) -> str:
-        """What the directory still needs before a namespace can be pinned in it (persist.Pin.setup)."""
+        """What the directory still needs before a namespace can be pinned in it (steps.Pin.setup)."""
         return _setup(_mountinfo_entry(self.path) if os.path.isdir(self.path) else None)
 
     def pin_for(self, name: str) -> Pin:
         """How a build would persist sandbox `name` now (`nsbuild plan` shows it; a build derives it
         again under the lock)."""
-        from builder.plan.persist import Pin  # not on the `run` path
+        from builder.plan.steps import Pin  # not on the `run` path
 
         target = self.ns_path(name)
         return Pin(target, os.path.isdir(self.path) and target in mount_points(), self.setup())
@@ -250,7 +250,7 @@ class StateDir:
 
     def _persist_one(self, plan: Plan | None, name: str, nsfd: int, meta: dict[str, object], replace: bool,
                      mounted: set[str], setup: str, fast_json: bool = False) -> str:
-        from builder.plan.persist import Pin
+        from builder.plan.steps import Pin
 
         target = self.ns_path(name)
         stacked = target in mounted
@@ -280,7 +280,7 @@ class StateDir:
         """Pin a namespace as `pin` says, by the persist segment of `plan` (of a plan of nothing
         else, without one). A failure leaves nothing of it: the segment unwinds."""
         from builder.plan import executor
-        from builder.plan.persist import pin_only, with_persist
+        from builder.plan.steps import pin_only, with_persist
 
         plan = with_persist(plan, pin) if plan else pin_only(pin)
         after = {}
@@ -308,7 +308,7 @@ class StateDir:
 
     def pin_template(self, nsfd: int, plan: Plan | None = None) -> str:
         """Pin `nsfd` (made by `plan`) as the template namespace, unless one is pinned already."""
-        from builder.plan.persist import Pin
+        from builder.plan.steps import Pin
 
         with self.locked():
             if self.template_path not in mount_points():
