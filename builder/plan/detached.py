@@ -64,7 +64,7 @@ class Detached:
     where: str = "host"
     dirs: dict[str, str] = field(default_factory=dict)  # sandbox dir -> fd opened on it
     template: str | None = None  # unshare strategy: namespace file to unshare from
-    pin: Pin | None = None  # where the result is persisted (persist.py): the plan's last segment
+    pin: Pin | None = None  # where the result is persisted (steps.Pin): the plan's last segment
     blocks: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=lambda: [(HOST, 0, ())])
 
     def emit(self, call: str, *args: Arg, out: str | None = None, origin: str = "",

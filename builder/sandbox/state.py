@@ -126,7 +126,7 @@ class StateDir:
 
     def prepare(self) -> None:
         """Create the directory (0700). Making it a private, unbindable mount of its own is the
-        work of the first persist segment that pins a namespace here (plan/persist.py)."""
+        work of the first persist segment that pins a namespace here (steps.Pin)."""
         try:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             os.chmod(self.path, 0o700)
