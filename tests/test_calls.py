@@ -42,8 +42,10 @@ def test_a_call_checks_its_arguments() -> None:
         mkdirat.check(("%root", "etc", 0o755))
     ioctl = calls.CALLS["ioctl"]  # its parameters depend on the request
     ioctl.check((Fd("%loop-control"), "LOOP_CTL_GET_FREE"))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"ioctl\(\) takes 5 arguments, the planner gave 3"):
         ioctl.check((Fd("%loop0"), "LOOP_CONFIGURE", Fd("%image0")))
+    with pytest.raises(TypeError, match="unknown request 'LOOP_SET_FD'"):
+        ioctl.check((Fd("%loop0"), "LOOP_SET_FD"))
 
 
 def test_each_call_owns_its_rendering() -> None:

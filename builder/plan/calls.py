@@ -105,9 +105,12 @@ class Call:
     def params_for(self, args: tuple) -> tuple[tuple[str, str], ...]:
         """(name, kind) of each parameter; parsed when asked (a warm build only runs calls)."""
         params = _params(self.spec)
-        if not self.more:
+        if not self.more or len(args) < len(params):
             return params
-        return params + _params(self.more[args[len(params) - 1]])  # type: ignore[index]
+        request = args[len(params) - 1]
+        if request not in self.more:
+            raise TypeError(f"{self.name}(): unknown request {request!r}")
+        return params + _params(self.more[request])  # type: ignore[index]
 
     def check(self, args: tuple) -> None:
         """A planner mistake, caught when the step is made, not when it runs."""

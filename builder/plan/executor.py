@@ -20,15 +20,13 @@ import struct  # fd arrays for SCM_RIGHTS (array.array would import collections.
 
 from builder.kernel import syscalls as sc
 from builder.plan.calls import CALLS
-from builder.plan.steps import HOST, NAMESPACE, PERSIST, RETRY, Fd, FdPath, Flags, LoopPath, Plan, Step
+from builder.plan.steps import HOST, NAMESPACE, PERSIST, RETRIES, RETRY, Fd, FdPath, Flags, LoopPath, Plan, Step
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
     Undo = Callable[[], None]
-
-RETRIES = 8  # rounds of a RETRY block
 
 
 class StepFailed(Exception):

@@ -7,7 +7,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 from builder.plan import calls
-from builder.plan.steps import NAMESPACE, PERSIST, RETRY, Plan, Step
+from builder.plan.steps import NAMESPACE, PERSIST, RETRIES, RETRY, Plan, Step
 
 
 def strace_line(step: Step) -> str:
@@ -22,7 +22,7 @@ def block_note(plan: Plan, kind: str, start: int, end: int, detail: tuple[str, .
         return (f"{steps} run in the new namespace: by this process, which then returns to its own, or by "
                 f"a forked child if it has threads; handed back: {back}")
     if kind == RETRY:
-        return f"{steps} run again (up to 8 times) while step {end} fails with {detail[0]}: a race lost"
+        return f"{steps} run again (up to {RETRIES} times) while step {end} fails with {detail[0]}: a race lost"
     if kind == PERSIST:
         return f"{steps} persist: pin {plan.result} in the state directory (under its lock)"
     return ""

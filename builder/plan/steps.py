@@ -47,6 +47,7 @@ RETRY = "retry"          # host steps run again as a group while the last one fa
 PERSIST = "persist"      # pin the result in the state directory: run by executor.pin() under the
                          # state dir's lock, after execute() made the namespace
 KINDS = (HOST, NAMESPACE, RETRY, PERSIST)
+RETRIES = 8  # rounds of a RETRY block
 
 if TYPE_CHECKING:
     Block = tuple[str, int, int, tuple[str, ...]]
