@@ -55,6 +55,7 @@ def as_dict(plan: Plan) -> dict[str, Any]:
 
 def table(plan: Plan) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=f"{plan.name}: {plan.strategy} on {plan.kernel} ({len(plan.steps)} syscalls)")
     t.add_column("#", justify="right")
@@ -64,6 +65,6 @@ def table(plan: Plan) -> Any:
     notes = {block[1]: block_note(plan, *block) for block in plan.blocks}
     for i, s in enumerate(plan.steps, 1):
         if notes.get(i - 1):
-            t.add_row("", "", f"[dim]{notes[i - 1]}[/dim]", "")
+            t.add_row("", "", Text(notes[i - 1], style="dim"), "")
         t.add_row(str(i), s.where, strace_line(s), s.origin)
     return t
