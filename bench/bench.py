@@ -21,7 +21,8 @@ from builder.plan import executor
 from builder.kernel import syscalls as sc
 from builder.sandbox.build import build_many, ensure_template, plan_for, resolve_layers
 from builder.kernel.features import probe
-from builder.plan.planner import Fd, FdPath, Flags, Plan
+from builder.plan.calls import CALLS
+from builder.plan.steps import Plan
 from builder.recipe.load import load
 from builder.sandbox.state import StateDir
 
@@ -108,35 +109,16 @@ def row(results: dict, key: str, ms: list[float], note: str = "") -> None:
 
 
 def floor_plan(plan: Plan, path: Path) -> None:
-    """Export a plan for floor.c: same steps, flags resolved to numbers, fds as slot numbers."""
+    """Export a plan's build (not its persist segment) for floor.c: same steps, flags resolved to
+    numbers, fds as slot numbers; each call's export is its entry in the calls table."""
     slots: dict[str, int] = {}
 
     def slot(name: str) -> int:
         return -100 if name == "AT_FDCWD" else slots.setdefault(name, len(slots))
 
     lines = []
-    for step in plan.steps:
-        args = []
-        if step.call == "fork":
-            args.append("r:" + ",".join(str(slot(f)) for f in step.args[0]))  # type: ignore[union-attr]
-        elif step.call == "mknodat":
-            dfd, name, kind, mode, major, minor = step.args
-            args = [f"f:{slot(dfd)}", "s:" + name.encode().hex(), f"i:{sc.flags(kind) | mode}",  # type: ignore
-                    f"i:{os.makedev(major, minor)}"]  # type: ignore[arg-type]
-        else:
-            for a in step.args:
-                if isinstance(a, Fd):
-                    args.append(f"f:{slot(a)}")
-                elif isinstance(a, FdPath):
-                    args.append(f"p:{slot(a)}")
-                elif isinstance(a, Flags):
-                    args.append(f"i:{sc.flags(a)}")
-                elif a is None:
-                    args.append("n")
-                elif isinstance(a, (str, bytes)):
-                    args.append("s:" + (a.encode() if isinstance(a, str) else a).hex())
-                else:
-                    args.append(f"i:{a}")
+    for step in plan.steps[:plan.persist_start()]:
+        args = CALLS[step.call].floor_args(step.args, slot)
         out = slot(step.out) if step.out else -1
         ok = {"EEXIST": 17, "ENOENT": 2}.get(step.ok[0], 0) if step.ok else 0
         lines.append("\t".join([step.where, step.call, str(out), str(ok)] + args))

@@ -4,9 +4,10 @@
  *
  * Line: where \t call \t out-slot \t ok-errno \t args...   (tab-separated)
  * Args: f:N fd slot (-100 = AT_FDCWD), i:N integer, s:HEX string, n NULL,
- *       p:N "/proc/self/fd/<fd of slot N>", r:A,B,.. fd slots a fork returns.
- * A "fork" step's child steps run in this process, which then goes back to its own mount
- * namespace (setns) and cwd, as the executor does: fewer syscalls than forking a child.
+ *       p:N "/proc/self/fd/<fd of slot N>".
+ * A block of "child" steps (the plan's namespace block) runs in this process, which then goes
+ * back to its own mount namespace (setns) and cwd, as the executor does: fewer syscalls than
+ * forking a child.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -62,7 +63,6 @@ static void load(const char *file) {
             struct arg *a = &s->a[s->nargs++];
             a->kind = tok[0];
             if (a->kind == 's') a->str = unhex(tok + 2);
-            else if (a->kind == 'r') a->str = strdup(tok + 2);
             else if (a->kind != 'n') a->num = strtol(tok + 2, NULL, 10);
         }
     }
@@ -127,14 +127,14 @@ static void step(int i) {
     if (steps[i].out >= 0) slot[steps[i].out] = r;
 }
 
-/* Runs steps [i+1, end) (the namespace steps) in this process, then goes back to its own
+/* Runs steps [i, end) (the namespace block) in this process, then goes back to its own
  * mount namespace and cwd, as nsbuild's executor does in a single-threaded process. */
 static int inline_block(int i) {
-    int end = i + 1;
+    int end = i;
     while (end < nsteps && steps[end].child) end++;
     int ns = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
     int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC), cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    for (int k = i + 1; k < end; k++) step(k);
+    for (int k = i; k < end; k++) step(k);
     if (setns(ns, CLONE_NEWNS) < 0) { perror("setns home"); exit(1); }
     struct stat here, r;
     stat("/", &here);
@@ -156,7 +156,7 @@ int main(int argc, char **argv) {
         for (int k = 0; k < MAXSLOTS; k++) slot[k] = -1;
         clock_gettime(CLOCK_MONOTONIC, &a);
         for (int i = 0; i < nsteps;) {
-            if (!strcmp(steps[i].call, "fork")) i = inline_block(i);
+            if (steps[i].child) i = inline_block(i);
             else step(i++);
         }
         for (int k = 0; k < MAXSLOTS; k++) if (slot[k] >= 0) close(slot[k]);  /* result included */

@@ -11,6 +11,7 @@ import pytest
 from builder.plan import render
 from builder.errors import UsageError
 from builder.kernel.features import STRATEGIES, Features, pick_strategy, supported
+from builder.plan.steps import Pin
 from builder.plan.planner import make_plan
 from builder.layers.resolved import Resolved
 from builder.recipe.load import load
@@ -67,7 +68,9 @@ def image_recipe(name: str, tmp: Path) -> Path:
 def plan_text(name: str, strategy: str, features: Features, tmp: Path | None = None) -> str:
     path = image_recipe(name, tmp) if name.startswith("image") and tmp else RECIPES / f"{name}.toml"
     recipe = resolved(str(path), cwd=CWD)
-    text = render.strace(make_plan(recipe, features, strategy))
+    # persisted as the first build in a fresh state directory does (the default one)
+    pin = Pin(f"/run/nsbuild/{recipe.name}.mnt", setup="bind")
+    text = render.strace(make_plan(recipe, features, strategy, pin=pin))
     return text.replace(str(RECIPES), "$RECIPES").replace(str(tmp), "$IMAGES") if tmp else \
         text.replace(str(RECIPES), "$RECIPES")
 

@@ -153,7 +153,7 @@ def plan(
         chosen = strategy
     else:
         chosen = feat.pick_strategy(features, strategy)
-    p = make_plan(r, features, chosen, session.state.template())
+    p = make_plan(r, features, chosen, session.state.template(), session.state.pin_for(r.name))  # ends with persisting
     run_rows = _run_origins(r)
     if fmt == "json":
         doc = render.as_dict(p)

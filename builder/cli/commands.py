@@ -47,7 +47,7 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
             try:
                 b = build_cached(plan, meta, session, name, replace)
             except NsbuildError as e:
-                if getattr(e, "step", None) is None:
+                if getattr(e, "step", None) is None or getattr(e, "persisting", False):
                     raise  # not the plan's fault (e.g. the name exists): the same without the cache
                 plancache.drop(session.state, path)  # a host path changed under the plan: plan again
     if b is None:

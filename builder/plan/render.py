@@ -1,83 +1,53 @@
-"""Plans rendered for people and programs: strace-like lines, a table, JSON."""
+"""Plans rendered for people and programs: strace-like lines, a table, JSON. Each call's own
+rendering is its entry in calls.py; here the plan around them: blocks, origins, where steps run."""
 from __future__ import annotations
-
-from _json import encode_basestring as _quote  # json.dumps's own quoting, without importing json (re)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-from builder.plan.steps import Fd, FdPath, Flags, LoopPath, Plan, Step
-
-
-def _arg(arg: object) -> str:
-    if isinstance(arg, Fd):
-        return str(arg)
-    if isinstance(arg, FdPath):
-        return f'"/proc/self/fd/{arg}"'
-    if isinstance(arg, LoopPath):
-        return f'"/dev/loop{arg}"'
-    if isinstance(arg, Flags):
-        return "|".join(arg) if arg else "0"
-    if arg is None:
-        return "NULL"
-    if isinstance(arg, bytes):
-        more = "..." if len(arg) > 40 else ""
-        return _quote(arg[:40].decode(errors="replace")) + f"{more} ({len(arg)} bytes)"
-    if isinstance(arg, str):
-        return _quote(arg)
-    if isinstance(arg, int) and arg > 7:
-        return oct(arg).replace("0o", "0")  # modes read best in octal; small ints are the same
-    return str(arg)
+from builder.plan import calls
+from builder.plan.steps import NAMESPACE, PERSIST, RETRIES, RETRY, Plan, Step
 
 
 def strace_line(step: Step) -> str:
-    if step.call == "fork":
-        returns = ", ".join(step.args[0]) if step.args and step.args[0] else "nothing"  # type: ignore[arg-type]
-        return f"fork() = child  /* sends back {returns} */"
-    args = step.args
-    if step.call == "mknodat":  # mknodat(dfd, name, S_IFCHR|0666, makedev(1, 3))
-        dfd, name, kind, mode, major, minor = args
-        text = f"mknodat({_arg(dfd)}, {_arg(name)}, {_arg(kind)}|{mode:04o}, makedev({major!r}, {minor!r}))"  # type: ignore[str-bytes-safe]
-    elif step.call == "mount_setattr":
-        dfd, path, flags, aset, aclr, prop = args
-        attr = f"{{attr_set={_arg(aset)}, attr_clr={_arg(aclr)}, propagation={_arg(prop)}}}"
-        text = f"mount_setattr({_arg(dfd)}, {_arg(path)}, {_arg(flags)}, {attr})"
-    else:
-        text = f"{step.call}({', '.join(_arg(a) for a in args)})"
-    text = f"{text} = {step.out}" if step.out else text
-    return text + f" /* {'|'.join(step.ok)} ok */" if step.ok else text
+    return calls.strace_line(step.call, step.args, step.out, step.ok)
+
+
+def block_note(plan: Plan, kind: str, start: int, end: int, detail: tuple[str, ...]) -> str:
+    """What a block of steps is for, where it is not plain host steps run in order (or "")."""
+    steps = f"steps {start + 1}-{end}"
+    if kind == NAMESPACE:
+        back = ", ".join(detail) if detail else "nothing"
+        return (f"{steps} run in the new namespace: by this process, which then returns to its own, or by "
+                f"a forked child if it has threads; handed back: {back}")
+    if kind == RETRY:
+        return f"{steps} run again (up to {RETRIES} times) while step {end} fails with {detail[0]}: a race lost"
+    if kind == PERSIST:
+        return f"{steps} persist: pin {plan.result} in the state directory (under its lock)"
+    return ""
 
 
 def strace(plan: Plan) -> str:
     lines = [f"# {plan.name}: strategy {plan.strategy}, kernel {plan.kernel}, result {plan.result}"]
     lines += [f"# note: {n}" for n in plan.notes]
-    for step in plan.steps:
+    notes = {block[1]: block_note(plan, *block) for block in plan.blocks}
+    for i, step in enumerate(plan.steps):
+        if notes.get(i):
+            lines.append(f"# {notes[i]}")
         prefix = "[child] " if step.where == "child" else ""
         origin = f"  # {step.origin}" if step.origin else ""
         lines.append(f"{prefix}{strace_line(step)}{origin}")
     return "\n".join(lines) + "\n"
 
 
-def _json_arg(arg: object) -> Any:
-    if isinstance(arg, Fd):
-        return {"fd": str(arg)}
-    if isinstance(arg, FdPath):
-        return {"fd_path": str(arg)}
-    if isinstance(arg, LoopPath):
-        return {"loop_path": str(arg)}
-    if isinstance(arg, Flags):
-        return {"flags": list(arg)}
-    if isinstance(arg, bytes):
-        return {"bytes": arg.decode(errors="replace")}
-    return arg
-
-
 def as_dict(plan: Plan) -> dict[str, Any]:
     return {
         "recipe": plan.recipe, "name": plan.name, "strategy": plan.strategy, "kernel": plan.kernel,
         "result": plan.result, "notes": list(plan.notes),
-        "steps": [{"index": i, "call": s.call, "args": [_json_arg(a) for a in s.args], "out": s.out,
+        "blocks": [{"kind": kind, "steps": [start, end], "detail": list(detail),
+                    "text": block_note(plan, kind, start, end, detail)} for kind, start, end, detail in plan.blocks],
+        "steps": [{"index": i, "call": s.call, "args": calls.CALLS[s.call].json(s.args), "out": s.out,
                    "origin": s.origin, "where": s.where, "ok_errno": list(s.ok), "text": strace_line(s)}
                   for i, s in enumerate(plan.steps)],
     }
@@ -85,12 +55,16 @@ def as_dict(plan: Plan) -> dict[str, Any]:
 
 def table(plan: Plan) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=f"{plan.name}: {plan.strategy} on {plan.kernel} ({len(plan.steps)} syscalls)")
     t.add_column("#", justify="right")
     t.add_column("in")
     t.add_column("syscall", overflow="fold")
     t.add_column("recipe entry")
+    notes = {block[1]: block_note(plan, *block) for block in plan.blocks}
     for i, s in enumerate(plan.steps, 1):
+        if notes.get(i - 1):
+            t.add_row("", "", Text(notes[i - 1], style="dim"), "")
         t.add_row(str(i), s.where, strace_line(s), s.origin)
     return t

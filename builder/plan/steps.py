@@ -1,9 +1,12 @@
-"""The plan's data: steps (one syscall each), their symbolic arguments, and the plan itself.
+"""The plan's data: steps (one syscall each), their symbolic arguments, the plan itself and its
+blocks, and where its result is persisted (Pin, the plan's last segment).
 
 Plain classes, not dataclasses: a warm build runs a cached plan (plancache.py) and must not pay
 ~12 ms to import dataclasses (and inspect, ast, dis) for types it only reads.
 """
 from __future__ import annotations
+
+import posixpath
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,21 +37,36 @@ _TAGS = {Fd: "F", FdPath: "P", Flags: "L", LoopPath: "O"}
 _TYPES = {tag: kind for kind, tag in _TAGS.items()}
 
 
+# A plan's control flow, as blocks of consecutive steps: (kind, start, end, detail).
+HOST = "host"            # run by the nsbuild process
+NAMESPACE = "namespace"  # run inside the new mount namespace; detail: the fds handed back to the host.
+                         # The executor runs them itself and goes back home, or (a process with
+                         # threads cannot change namespaces) in a forked child that sends the fds back
+RETRY = "retry"          # host steps run again as a group while the last one fails with detail[0]
+                         # (EBUSY: another process took the free loop device first), up to 8 times
+PERSIST = "persist"      # pin the result in the state directory: run by executor.pin() under the
+                         # state dir's lock, after execute() made the namespace
+KINDS = (HOST, NAMESPACE, RETRY, PERSIST)
+RETRIES = 8  # rounds of a RETRY block
+
+if TYPE_CHECKING:
+    Block = tuple[str, int, int, tuple[str, ...]]
+
+
 class Step:
-    __slots__ = ("call", "args", "out", "origin", "where", "ok", "again")
+    __slots__ = ("call", "args", "out", "origin", "where", "ok")
 
     def __init__(self, call: str, args: tuple[Arg, ...], out: str | None = None, origin: str = "",
-                 where: str = "host", ok: tuple[str, ...] = (), again: int = 0) -> None:
-        self.call = call
+                 where: str = "host", ok: tuple[str, ...] = ()) -> None:
+        self.call = call          # a name in calls.CALLS
         self.args = args
         self.out = out            # symbolic fd ("%x") or value ("#x") the call returns
         self.origin = origin      # recipe key path
-        self.where = where        # "host" (the nsbuild process) or "child" (a forked child)
+        self.where = where        # "host" (the nsbuild process) or "child" (a NAMESPACE block)
         self.ok = ok              # errno names that count as success (EEXIST for mkdir -p)
-        self.again = again        # on EBUSY (a race for a free loop device): rerun from this many steps back
 
     def _key(self) -> tuple:
-        return (self.call, self.args, self.out, self.origin, self.where, self.ok, self.again)
+        return (self.call, self.args, self.out, self.origin, self.where, self.ok)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Step) and self._key() == other._key()
@@ -62,26 +80,28 @@ class Step:
     def dump(self) -> tuple:
         args = tuple((_TAGS[type(a)], tuple(a) if isinstance(a, Flags) else str(a)) if type(a) in _TAGS else a
                      for a in self.args)
-        return (self.call, args, self.out, self.origin, self.where, self.ok, self.again)
+        return (self.call, args, self.out, self.origin, self.where, self.ok)
 
     @classmethod
     def load(cls, data: tuple) -> Step:
-        call, args, out, origin, where, ok, again = data
+        call, args, out, origin, where, ok = data
         return cls(call, tuple(_TYPES[a[0]](a[1]) if isinstance(a, tuple) else a for a in args),
-                   out, origin, where, ok, again)
+                   out, origin, where, ok)
 
 
 class Plan:
-    __slots__ = ("recipe", "name", "strategy", "kernel", "steps", "result", "notes", "compiled")
+    __slots__ = ("recipe", "name", "strategy", "kernel", "steps", "result", "notes", "blocks", "compiled")
 
     def __init__(self, recipe: str, name: str, strategy: str, kernel: str, steps: tuple[Step, ...],
-                 result: str = "%ns", notes: tuple[str, ...] = ()) -> None:
+                 result: str = "%ns", notes: tuple[str, ...] = (), blocks: tuple[Block, ...] | None = None) -> None:
         self.recipe, self.name, self.strategy, self.kernel = recipe, name, strategy, kernel
         self.steps, self.result, self.notes = steps, result, notes
+        self.blocks = ((HOST, 0, len(steps), ()),) if blocks is None else blocks
         self.compiled: list | None = None  # the executor's ready-to-run form of the steps, made once
 
     def _key(self) -> tuple:
-        return (self.recipe, self.name, self.strategy, self.kernel, self.steps, self.result, self.notes)
+        return (self.recipe, self.name, self.strategy, self.kernel, self.steps, self.result, self.notes,
+                self.blocks)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self._key() == other._key()
@@ -89,11 +109,94 @@ class Plan:
     def __repr__(self) -> str:
         return f"Plan({self.name!r}, {self.strategy!r}, {len(self.steps)} steps)"
 
+    def persist_start(self) -> int:
+        """Where the PERSIST block starts (the number of steps if there is none)."""
+        return next((start for kind, start, _, _ in self.blocks if kind == PERSIST), len(self.steps))
+
     def dump(self) -> tuple:
         return (self.recipe, self.name, self.strategy, self.kernel, tuple(s.dump() for s in self.steps),
-                self.result, self.notes)
+                self.result, self.notes, self.blocks)
 
     @classmethod
     def load(cls, data: tuple) -> Plan:
-        recipe, name, strategy, kernel, steps, result, notes = data
-        return cls(recipe, name, strategy, kernel, tuple(Step.load(s) for s in steps), result, notes)
+        recipe, name, strategy, kernel, steps, result, notes, blocks = data
+        return cls(recipe, name, strategy, kernel, tuple(Step.load(s) for s in steps), result, notes, blocks)
+
+
+AT_FDCWD = Fd("AT_FDCWD")
+
+
+class Pin:
+    """Where and how a plan's result is persisted: its last segment (PERSIST).
+
+    Which steps depend on the state directory as it is when the build persists (under its lock):
+    a new sandbox gets a fresh mount point; a replaced one gets the new namespace slid beneath the
+    old one, which is then detached, so the path always holds a namespace; the first build in a
+    state directory makes it a private, unbindable mount of its own first (a mount-namespace file
+    cannot be bound on a shared mount, and recursive binds of a parent directory must not carry
+    the nsfs mounts into sandboxes). A build derives the segment again under the lock
+    (with_persist), so a cached plan, or one printed a while ago, persists into the directory as
+    it is then.
+    """
+
+    __slots__ = ("target", "stacked", "setup")
+
+    def __init__(self, target: str, stacked: bool = False, setup: str = "") -> None:
+        self.target = target    # NAME.mnt in the state directory
+        self.stacked = stacked  # a namespace is pinned there already: replace it
+        self.setup = setup      # what the state directory still needs: "" (nothing), "bind" (a mount
+        #                         of its own, then unbindable) or "unbindable" (it is a mount already)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pin) and (self.target, self.stacked, self.setup) == (other.target, other.stacked,
+                                                                                      other.setup)
+
+    def __repr__(self) -> str:
+        return f"Pin({self.target!r}, stacked={self.stacked}, setup={self.setup!r})"
+
+
+def persist_steps(result: str, pin: Pin) -> list[Step]:
+    """The persist steps that pin `result` (a namespace fd) as `pin` says."""
+    out: list[Step] = []
+
+    def emit(call: str, *args: object, ret: str | None = None) -> None:
+        out.append(Step(call, args, ret, "persist"))  # type: ignore[arg-type]
+
+    state = posixpath.dirname(pin.target)
+    if pin.setup == "bind":  # bound onto itself, so that its propagation can be its own
+        emit("open_tree", AT_FDCWD, state, Flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC")), ret="%state")
+        emit("move_mount", Fd("%state"), "", AT_FDCWD, state, Flags(("MOVE_MOUNT_F_EMPTY_PATH",)))
+    if pin.setup:
+        # unbindable (which is also private): a recursive bind of a parent directory, such as $CWD
+        # at /work, then leaves the nsfs mounts out instead of failing with ELOOP
+        emit("mount_setattr", AT_FDCWD, state, Flags(), Flags(), Flags(), Flags(("MS_UNBINDABLE",)))
+    if not pin.stacked:
+        emit("mknodat", AT_FDCWD, pin.target, Flags(("S_IFREG",)), 0o600, 0, 0)
+    emit("open_tree", Fd(result), "", Flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH")), ret="%pin")
+    beneath = ("MOVE_MOUNT_BENEATH",) if pin.stacked else ()
+    emit("move_mount", Fd("%pin"), "", AT_FDCWD, pin.target, Flags(("MOVE_MOUNT_F_EMPTY_PATH",) + beneath))
+    if pin.stacked:
+        emit("umount2", pin.target, Flags(("MNT_DETACH",)))  # the namespace it replaces, on top
+    return out
+
+
+def with_persist(plan: Plan, pin: Pin | None) -> Plan:
+    """`plan` ending with the persist segment for `pin` (none: without one); the executor's compiled
+    form of the steps before it is kept."""
+    start = plan.persist_start()
+    new = persist_steps(plan.result, pin) if pin else []
+    if start < len(plan.steps) and list(plan.steps[start:]) == new:
+        return plan
+    blocks = tuple(b for b in plan.blocks if b[0] != PERSIST)
+    if new:
+        blocks += ((PERSIST, start, start + len(new), ()),)
+    out = Plan(plan.recipe, plan.name, plan.strategy, plan.kernel, plan.steps[:start] + tuple(new), plan.result,
+               plan.notes, blocks or ((HOST, 0, 0, ()),))
+    out.compiled = plan.compiled[:start] if plan.compiled else None
+    return out
+
+
+def pin_only(pin: Pin, result: str = "%ns") -> Plan:
+    """A plan of nothing but the persist segment, for a namespace made elsewhere."""
+    new = persist_steps(result, pin)
+    return Plan("", "", "", "", tuple(new), result, blocks=((PERSIST, 0, len(new), ()),))

@@ -50,7 +50,7 @@ def build(recipe: Resolved, state: StateDir, strategy: str = "auto", replace: bo
 def build_many(recipe: Resolved, state: StateDir, count: int, strategy: str = "auto", replace: bool = False,
                name: str | None = None, check: bool = True, session: Session | None = None) -> list[Built]:
     """`count` sandboxes NAME-0 ... NAME-<count-1> from one plan, made by one worker
-    (executor.execute_many) and persisted under one lock. All or nothing: if one fails, the
+    (batch.execute_many) and persisted under one lock. All or nothing: if one fails, the
     sandboxes this batch made are removed again."""
     session = session or Session(state)
     try:
@@ -74,15 +74,16 @@ def _planned(recipe: Resolved, session: Session, strategy: str, check: bool,
              name: str) -> tuple[feat.Features, Plan, dict[str, Any]]:
     """Features, plan and metadata for a build; the pre-flight check done (as sandbox `name`)."""
     features = session.features(recipe)
-    plan = plan_for(recipe, strategy, features, session.state, session)
+    plan = plan_for(recipe, strategy, features, session.state, session, name)
     checked = preflight(recipe, features, session.state, name) if check else None
     return features, plan, dict(metadata(recipe, plan), checked=checked)
 
 
 def plan_for(recipe: Recipe | Resolved, strategy: str = "auto", features: feat.Features | None = None,
-             state: StateDir | None = None, session: Session | None = None) -> Plan:
-    """The plan a build runs: with the state dir's template namespace where there is one. A recipe
-    not yet resolved is resolved first (see Session.resolve)."""
+             state: StateDir | None = None, session: Session | None = None, name: str | None = None) -> Plan:
+    """The plan a build runs: with the state dir's template namespace where there is one, and (with
+    `name`) ending with the segment that persists sandbox `name` in `state`. A recipe not yet
+    resolved is resolved first (see Session.resolve)."""
     from builder.kernel import features as feat
     from builder.layers.resolved import Resolved
     from builder.plan.planner import make_plan
@@ -90,7 +91,9 @@ def plan_for(recipe: Recipe | Resolved, strategy: str = "auto", features: feat.F
     session = session or Session(state)
     resolved = recipe if isinstance(recipe, Resolved) else session.resolve(recipe)
     features = features or session.features(resolved)
-    return make_plan(resolved, features, feat.pick_strategy(features, strategy), state.template() if state else None)
+    pin = state.pin_for(name) if state and name else None
+    return make_plan(resolved, features, feat.pick_strategy(features, strategy), state.template() if state else None,
+                     pin)
 
 
 def metadata(recipe: Resolved, plan: Plan) -> dict[str, Any]:
@@ -141,7 +144,7 @@ def execute_and_persist(plan: Plan, meta: dict[str, Any], session: Session, name
         session.state.prepare()  # only after a successful build: a failed one changes nothing
         if register:
             session.register(meta)
-        return session.state.persist(name, nsfd, meta, replace)
+        return session.state.persist(name, nsfd, meta, replace, plan)
 
     return retrying_on_each_cpu(lambda: executor.execute(plan), persist)
 
@@ -153,7 +156,9 @@ def _build_many(recipe: Resolved, session: Session, count: int, strategy: str, r
     features, plan, meta = _planned(recipe, session, strategy, check, f"{base}-0")
     names = [f"{base}-{i}" for i in range(count)]
     made: list[str] = []
-    nsfds = executor.execute_many(plan, count)
+    from builder.plan import batch
+
+    nsfds = batch.execute_many(plan, count)
 
     def items() -> Iterator[tuple[str, int]]:
         for n, nsfd in zip(names, nsfds):
@@ -168,7 +173,7 @@ def _build_many(recipe: Resolved, session: Session, count: int, strategy: str, r
         first = next(pairs)  # as for one build: a batch that fails at once changes nothing, not even the state dir
         state.prepare()
         session.register(meta)
-        paths = state.persist_many(itertools.chain([first], pairs), meta, replace)
+        paths = state.persist_many(itertools.chain([first], pairs), meta, replace, plan)
     except BaseException:
         pairs.close()  # closes the fd in hand
         nsfds.close()  # ends the workers, drops what they sent and nobody took
@@ -216,8 +221,9 @@ def ensure_template(state: StateDir, features: feat.Features) -> str:
     """Pin the unshare strategy's template namespace in `state` (see plan.unshare_into_root)."""
     from builder.plan.planner import make_template_plan
 
-    return state.template() or retrying_on_each_cpu(lambda: executor.execute(make_template_plan(features)),
-                                                     state.pin_template)
+    plan = make_template_plan(features)
+    return state.template() or retrying_on_each_cpu(lambda: executor.execute(plan),
+                                                     lambda nsfd: state.pin_template(nsfd, plan))
 
 
 def resolve_layers(recipe: Recipe, unpack: bool = True, session: Session | None = None) -> Resolved:

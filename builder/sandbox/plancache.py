@@ -20,7 +20,8 @@ import stat
 
 from builder.plan.steps import Plan
 
-VERSION = 2  # bump whenever the planner emits other steps: an older cached plan is not reused (2: binds made private)
+VERSION = 3  # bump whenever the planner emits other steps: an older cached plan is not reused (2: binds made
+# private; 3: blocks of steps instead of fork and again, and the persist segment)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from builder.recipe.model import Recipe

@@ -12,18 +12,20 @@ a parent directory must not carry the nsfs mounts into sandboxes):
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import marshal
 import os
 import sys
 
 from builder.kernel import syscalls as sc
-from builder.errors import NsbuildError
+from builder.errors import BuildError, NsbuildError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from builder.plan.steps import Pin
+    from builder.plan.steps import Plan
 
 DEFAULT_STATE_DIR = "/run/nsbuild"
 _NOT_YOURS = "the state directory is root's (mode 0700): run nsbuild as root (sudo), or use --state-dir"
@@ -55,13 +57,7 @@ def to_json(value: object, indent: str = "") -> str:
 
 def _mountinfo_entry(path: str) -> list[str] | None:
     """The last (topmost) mountinfo line whose mount point is `path`."""
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if _unescape(fields[4]) == path:
-                found = fields
-    return found
+    return mount_table(path)[1]
 
 
 def _unescape(field: str) -> str:
@@ -73,9 +69,34 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def mount_points() -> set[str]:
+def _mounts_on(path: str) -> int:
     with open("/proc/self/mountinfo") as f:
-        return {_unescape(line.split()[4]) for line in f}
+        return sum(_unescape(line.split()[4]) == path for line in f)
+
+
+def mount_points() -> set[str]:
+    return mount_table("")[0]
+
+
+def mount_table(path: str) -> tuple[set[str], list[str] | None]:
+    """Every mount point, and the topmost mountinfo entry of `path`: one read of a table that is long
+    where there are many sandboxes."""
+    points, entry = set(), None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = _unescape(fields[4])
+            points.add(point)
+            if point == path:
+                entry = fields
+    return points, entry
+
+
+def _setup(entry: list[str] | None) -> str:
+    """What a state directory with mountinfo `entry` still needs before it can pin (steps.Pin.setup)."""
+    if entry is None:
+        return "bind"
+    return "" if "unbindable" in entry[6:entry.index("-")] else "unbindable"
 
 
 def is_mount_point(path: str) -> bool:
@@ -104,29 +125,26 @@ class StateDir:
         return _Lock(os.path.join(self.path, ".lock"))
 
     def prepare(self) -> None:
-        """Create the directory and make it an unbindable mount of its own (once)."""
+        """Create the directory (0700). Making it a private, unbindable mount of its own is the
+        work of the first persist segment that pins a namespace here (steps.Pin)."""
         try:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
+            os.chmod(self.path, 0o700)
         except OSError as e:
             raise NsbuildError(f"cannot create the state directory {self.path}: {e.strerror}",
                                "use --state-dir or NSBUILD_STATE_DIR to choose another") from None
-        dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(dfd, fcntl.LOCK_EX)  # serializes concurrent first-time set-up
-            entry = _mountinfo_entry(self.path)
-            if entry is None:
-                tree = sc.open_tree(sc.AT_FDCWD, self.path, sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC")))
-                try:
-                    sc.move_mount(tree, "", sc.AT_FDCWD, self.path, sc.FLAGS["MOVE_MOUNT_F_EMPTY_PATH"])
-                finally:
-                    os.close(tree)
-            # unbindable (which is also private): a recursive bind of a parent directory, such as
-            # $CWD at /work, then leaves the nsfs mounts out instead of failing with ELOOP
-            if entry is None or "unbindable" not in entry[6:entry.index("-")]:
-                sc.mount_setattr(sc.AT_FDCWD, self.path, 0, propagation=sc.FLAGS["MS_UNBINDABLE"])
-            os.chmod(self.path, 0o700)
-        finally:
-            os.close(dfd)
+
+    def setup(self) -> str:
+        """What the directory still needs before a namespace can be pinned in it (steps.Pin.setup)."""
+        return _setup(_mountinfo_entry(self.path) if os.path.isdir(self.path) else None)
+
+    def pin_for(self, name: str) -> Pin:
+        """How a build would persist sandbox `name` now (`nsbuild plan` shows it; a build derives it
+        again under the lock)."""
+        from builder.plan.steps import Pin  # not on the `run` path
+
+        target = self.ns_path(name)
+        return Pin(target, os.path.isdir(self.path) and target in mount_points(), self.setup())
 
     def ns_path(self, name: str) -> str:
         return os.path.join(self.path, name + ".mnt")
@@ -207,37 +225,41 @@ class StateDir:
                 cleaned.append(f"removed sandbox {entry[:-5]}: its namespace was gone")
         return cleaned
 
-    def persist(self, name: str, nsfd: int, meta: dict[str, object], replace: bool) -> str:
-        """Bind `nsfd` onto NAME.mnt and write NAME.json; atomic with respect to readers."""
-        return self.persist_many(((name, nsfd),), meta, replace)[0]
+    def persist(self, name: str, nsfd: int, meta: dict[str, object], replace: bool, plan: Plan | None = None) -> str:
+        """Run `plan`'s persist segment (made for this directory as it is now) to pin `nsfd` on
+        NAME.mnt, and write NAME.json; atomic with respect to readers."""
+        return self.persist_many(((name, nsfd),), meta, replace, plan)[0]
 
-    def persist_many(self, items: Iterable[tuple[str, int]], meta: dict[str, object], replace: bool) -> list[str]:
+    def persist_many(self, items: Iterable[tuple[str, int]], meta: dict[str, object], replace: bool,
+                     plan: Plan | None = None) -> list[str]:
         """persist() for each (name, nsfd), under one lock and one read of the mount table (a batch:
         `items` may be a generator that makes the namespaces as they are asked for)."""
         done: list[str] = []
         with self.locked():
-            mounted = mount_points()  # read once: with many sandboxes mountinfo is long
+            mounted, entry = mount_table(self.path)  # read once: with many sandboxes mountinfo is long
             cleaned = self.recover(mounted)
             self.report(cleaned)
             if cleaned:
                 mounted = mount_points()
+            setup = _setup(entry)
             for name, nsfd in items:
-                done.append(self._persist_one(name, nsfd, meta, replace, mounted, fast_json=bool(done)))
+                done.append(self._persist_one(plan, name, nsfd, meta, replace, mounted, setup, bool(done)))
                 mounted.add(done[-1])
+                setup = ""
         return done
 
-    def _persist_one(self, name: str, nsfd: int, meta: dict[str, object], replace: bool, mounted: set[str],
-                     fast_json: bool = False) -> str:
+    def _persist_one(self, plan: Plan | None, name: str, nsfd: int, meta: dict[str, object], replace: bool,
+                     mounted: set[str], setup: str, fast_json: bool = False) -> str:
+        from builder.plan.steps import Pin
+
         target = self.ns_path(name)
         stacked = target in mounted
         if (stacked or os.path.exists(self.meta_path(name))) and not replace:
             raise NsbuildError(f"a sandbox named '{name}' exists already",
                                f"use --replace, or remove it with `nsbuild rm {name}`")
-        self._bind(nsfd, target, stacked)
+        self._bind(plan, nsfd, Pin(target, stacked, setup))
         _test_kill("after-mount")
         try:
-            if stacked:
-                sc.umount2(target, sc.FLAGS["MNT_DETACH"])
             import time
 
             meta = dict(meta, name=name, nsfs=target, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -254,23 +276,27 @@ class StateDir:
             raise
         return target
 
-    @staticmethod
-    def _bind(nsfd: int, target: str, stacked: bool) -> None:
-        """Pin a namespace on `target`. Replacing (stacked): slide the new one under the old one,
-        which the caller then detaches, so the path always holds a namespace."""
-        if not stacked:
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        _test_kill("after-create")
-        tree = sc.open_tree(nsfd, "", sc.flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH")))
+    def _bind(self, plan: Plan | None, nsfd: int, pin: Pin) -> None:
+        """Pin a namespace as `pin` says, by the persist segment of `plan` (of a plan of nothing
+        else, without one). A failure leaves nothing of it: the segment unwinds."""
+        from builder.plan import executor
+        from builder.plan.steps import pin_only, with_persist
+
+        plan = with_persist(plan, pin) if plan else pin_only(pin)
+        after = {}
+        if os.environ.get("NSBUILD_TEST_KILL") == "after-create":
+            after = {i: lambda: _test_kill("after-create") for i, s in enumerate(plan.steps)
+                     if s.call == "mknodat" and s.origin == "persist"}
         try:
-            flag = sc.flags(("MOVE_MOUNT_F_EMPTY_PATH",) + (("MOVE_MOUNT_BENEATH",) if stacked else ()))
-            sc.move_mount(tree, "", sc.AT_FDCWD, target, flag)
-        except sc.SyscallError as e:
-            if not stacked:
-                os.unlink(target)
-            raise _persist_error(e, nsfd) from None
-        finally:
-            os.close(tree)
+            executor.pin(plan, nsfd, after)
+        except BuildError as e:
+            from builder.plan.failure import persist_error
+
+            name = os.path.basename(pin.target)[:-4]
+            if pin.stacked and _mounts_on(pin.target) != 1:  # the new one is beneath the old one
+                self._remove(name)
+                e.args = (f"{e}; the sandbox '{name}' it was to replace is gone as well",)
+            raise persist_error(e, nsfd) from None
 
     @property
     def template_path(self) -> str:
@@ -280,11 +306,13 @@ class StateDir:
         """The template namespace file, if one is pinned here (see plan.unshare_into_root)."""
         return self.template_path if os.path.isdir(self.path) and self.template_path in mount_points() else None
 
-    def pin_template(self, nsfd: int) -> str:
-        """Pin `nsfd` as the template namespace, unless one is pinned already."""
+    def pin_template(self, nsfd: int, plan: Plan | None = None) -> str:
+        """Pin `nsfd` (made by `plan`) as the template namespace, unless one is pinned already."""
+        from builder.plan.steps import Pin
+
         with self.locked():
             if self.template_path not in mount_points():
-                self._bind(nsfd, self.template_path, stacked=False)
+                self._bind(plan, nsfd, Pin(self.template_path, False, self.setup()))
         return self.template_path
 
     @staticmethod
@@ -331,7 +359,7 @@ class StateDir:
                 except FileNotFoundError:
                     pass
             shutil.rmtree(os.path.join(self.path, ".plans"), ignore_errors=True)
-        while is_mount_point(self.path):  # the self-bind that prepare() made (once, but be thorough)
+        while is_mount_point(self.path):  # the self-bind of the first persist segment (once, but be thorough)
             sc.umount2(self.path, sc.FLAGS["MNT_DETACH"])
         try:
             os.rmdir(self.path)
@@ -364,22 +392,3 @@ def _test_kill(point: str) -> None:
         import signal  # here, not at the top: it imports enum (~4 ms) on the `run` path
 
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _persist_error(e: sc.SyscallError, nsfd: int) -> NsbuildError:
-    if e.errno in (errno.ELOOP, errno.EINVAL):
-        try:
-            with open("/proc/self/ns/mnt") as own:
-                ours, theirs = sc.mntns_id(own.fileno()), sc.mntns_id(nsfd)
-        except OSError:
-            ours = theirs = 0
-        if theirs and theirs < ours:
-            err = NsbuildError(
-                f"cannot persist the namespace: its id {theirs} is lower than that of the namespace "
-                f"nsbuild runs in ({ours}), which the kernel refuses ({e.errname})",
-                "run nsbuild from the initial mount namespace, or let it use more CPUs (taskset): "
-                "ids come from per-CPU ranges")
-            err.retry = True  # type: ignore[attr-defined]
-            return err
-    return NsbuildError(f"cannot persist the namespace: {e}",
-                        "the state directory must be a private mount; see `nsbuild doctor`")
