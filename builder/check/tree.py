@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from builder.check.view import HostView, Node, Resolved, SymlinkLoop, View, node_from_stat
 from builder.errors import UsageError
-from builder.plan.planner import DEV_LINKS, DEV_NODES
+from builder.plan.detached import DEV_LINKS, DEV_NODES
 from builder.recipe.model import Mount, PathEntry, Recipe, is_under
 
 OPAQUE_XATTR = "trusted.overlay.opaque"

@@ -24,11 +24,9 @@ import posixpath
 from dataclasses import dataclass
 
 from builder.kernel.features import Features
-from builder.plan.detached import (AT_FDCWD, DEV_LINKS, DEV_NODES, RESOLVE, Detached,  # noqa: F401 - tree.py's
-                                   _rel, _Unit)
-from builder.plan.steps import Pin
-from builder.plan.steps import NAMESPACE, Fd, Flags, Plan
 from builder.layers.resolved import Resolved
+from builder.plan.detached import AT_FDCWD, RESOLVE, Detached, _rel, _Unit
+from builder.plan.steps import NAMESPACE, Fd, Flags, Pin, Plan
 from builder.recipe.model import parent_mount
 
 
