@@ -19,7 +19,7 @@ import struct  # fd arrays for SCM_RIGHTS (array.array would import collections.
 
 from builder.kernel import syscalls as sc
 from builder.errors import BuildError
-from builder.plan.steps import Fd, FdPath, Flags, LoopPath, Plan, Step
+from builder.plan.steps import Fd, FdPath, Flags, LoopPath, Plan, ProcPath, Step, Value
 from builder.plan.render import strace_line
 
 TYPE_CHECKING = False
@@ -45,7 +45,7 @@ def _fault() -> tuple[int, int] | None:
     return int(index), getattr(errnos, name or "EIO")
 
 
-_CONST, _FD, _FDPATH, _LOOP = range(4)
+_CONST, _FD, _FDPATH, _LOOP, _VALUE, _PROC = range(6)
 
 
 def _compiled(plan: Plan) -> list[tuple]:
@@ -65,6 +65,10 @@ def _compiled(plan: Plan) -> list[tuple]:
                     spec.append((_FDPATH, str(a)))
                 elif isinstance(a, LoopPath):
                     spec.append((_LOOP, str(a)))
+                elif isinstance(a, Value):
+                    spec.append((_VALUE, str(a)))
+                elif isinstance(a, ProcPath):
+                    spec.append((_PROC, tuple(a.split("/", 1))))
                 elif isinstance(a, Flags):
                     spec.append((_CONST, sc.flags(a)))
                 else:
@@ -119,6 +123,7 @@ class _Run:
         self.home: _Home | None = None
         self.fds: dict[str, int] = {}
         self.values: dict[str, int] = {}  # results that are not fds ("#loop0": a loop device number)
+        self.children: dict[int, int] = {}  # pid -> the fd that keeps it waiting, of clone steps not yet reaped
         self.undo: list[Undo] = []
         self.fault = _fault()
         self.compiled = _compiled(plan)
@@ -128,8 +133,10 @@ class _Run:
             raise StepFailed(index, sc.SyscallError(step.call, "injected fault", self.fault[1]))
         call, spec, ok, out = self.compiled[index]
         fds = self.fds
+        values = self.values
         args = [v if k == _CONST else fds[v] if k == _FD else f"/proc/self/fd/{fds[v]}" if k == _FDPATH
-                else f"/dev/loop{self.values[v]}" for k, v in spec]
+                else f"/dev/loop{values[v]}" if k == _LOOP else values[v] if k == _VALUE
+                else f"/proc/{values[v[0]]}/{v[1]}" for k, v in spec]
         try:
             result = call(self, *args)
         except OSError as e:
@@ -285,6 +292,24 @@ def remove_tree(path: str, dir_fd: int | None = None, dev: int | None = None) ->
     os.rmdir(path, dir_fd=dir_fd)  # fails if a mount stayed inside: left alone, not crossed
 
 
+def _clone(r: _Run, flags: int) -> int:
+    """A child in new namespaces, waiting (kernel/userns.py); reaped by a waitpid step, or on failure."""
+    from builder.kernel import userns
+
+    pid, hold = userns.spawn(flags)
+    r.children[pid] = hold
+    r.undo.append(lambda: _reap(r, pid, kill=True))
+    return pid
+
+
+def _reap(r: _Run, pid: int, kill: bool = False) -> None:
+    if pid in r.children:  # an unreaped child keeps its pid: it cannot have gone to another process
+        if kill:
+            os.kill(pid, sc.FLAGS["SIGKILL"])
+        os.waitpid(pid, 0)
+        os.close(r.children.pop(pid))
+
+
 def _dirfd(fd: int) -> int | None:
     return None if fd == sc.AT_FDCWD else fd
 
@@ -340,7 +365,8 @@ CALLS: dict[str, Callable[..., object]] = {  # type: ignore[name-defined]
     "fsmount": lambda r, fd, fl, attrs: sc.fsmount(fd, fl, attrs),
     "open_tree": lambda r, dfd, path, fl: sc.open_tree(dfd, path, fl),
     "move_mount": lambda r, f, fp, t, tp, fl: sc.move_mount(f, fp, t, tp, fl),
-    "mount_setattr": lambda r, dfd, path, fl, aset, aclr, prop: sc.mount_setattr(dfd, path, fl, aset, aclr, prop),
+    "mount_setattr": lambda r, dfd, path, fl, aset, aclr, prop, userns=0: sc.mount_setattr(dfd, path, fl, aset, aclr,
+                                                                                           prop, userns),
     "openat": lambda r, dfd, path, fl, mode: os.open(path, fl, mode, dir_fd=_dirfd(dfd)),
     "openat2": lambda r, dfd, path, fl, resolve: sc.openat2(dfd, path, fl, resolve),
     "mkdirat": _mkdirat,
@@ -359,6 +385,9 @@ CALLS: dict[str, Callable[..., object]] = {  # type: ignore[name-defined]
     "chdir": lambda r, path: os.chdir(path),
     "pivot_root": lambda r, new, old: sc.pivot_root(new, old),
     "umount2": lambda r, target, fl: sc.umount2(target, fl),
+    "clone": _clone,
+    "kill": lambda r, pid, sig: os.kill(pid, sig),
+    "waitpid": lambda r, pid, options: _reap(r, pid),
 }
 
 
@@ -399,6 +428,12 @@ def _hint(step: Step, err: sc.SyscallError) -> str:
         return "image layers need loop devices: load the driver with `modprobe loop`"
     if step.call == "openat2" and name == "ENOENT":
         return "the mount point does not exist inside the sandbox and cannot be created there"
+    if step.call == "mount_setattr" and len(step.args) > 6 and name in ("EINVAL", "EPERM"):  # idmapped
+        return ("the filesystem of this bind's source (or, with recursive, of a mount under it) cannot be idmapped: "
+                "ext4, xfs, btrfs, tmpfs and overlayfs can; drop idmap, or set recursive = false" if name == "EINVAL"
+                else "the source is an idmapped mount already, or this user may not idmap its filesystem")
+    if step.call == "clone" and name in ("ENOSPC", "EPERM", "EUSERS"):
+        return "user namespaces are limited here: see sysctl user.max_user_namespaces"
     if name == "EPERM":
         return "nsbuild needs root (CAP_SYS_ADMIN)"
     if name == "ENODEV":

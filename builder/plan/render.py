@@ -7,7 +7,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-from builder.plan.steps import Fd, FdPath, Flags, LoopPath, Plan, Step
+from builder.plan.steps import Fd, FdPath, Flags, LoopPath, Plan, ProcPath, Step, Value
 
 
 def _arg(arg: object) -> str:
@@ -17,6 +17,10 @@ def _arg(arg: object) -> str:
         return f'"/proc/self/fd/{arg}"'
     if isinstance(arg, LoopPath):
         return f'"/dev/loop{arg}"'
+    if isinstance(arg, ProcPath):
+        return f'"/proc/{arg}"'
+    if isinstance(arg, Value):
+        return str(arg)
     if isinstance(arg, Flags):
         return "|".join(arg) if arg else "0"
     if arg is None:
@@ -40,8 +44,9 @@ def strace_line(step: Step) -> str:
         dfd, name, kind, mode, major, minor = args
         text = f"mknodat({_arg(dfd)}, {_arg(name)}, {_arg(kind)}|{mode:04o}, makedev({major!r}, {minor!r}))"  # type: ignore[str-bytes-safe]
     elif step.call == "mount_setattr":
-        dfd, path, flags, aset, aclr, prop = args
-        attr = f"{{attr_set={_arg(aset)}, attr_clr={_arg(aclr)}, propagation={_arg(prop)}}}"
+        dfd, path, flags, aset, aclr, prop, *userns = args
+        idmap = f", userns_fd={_arg(userns[0])}" if userns else ""
+        attr = f"{{attr_set={_arg(aset)}, attr_clr={_arg(aclr)}, propagation={_arg(prop)}{idmap}}}"
         text = f"mount_setattr({_arg(dfd)}, {_arg(path)}, {_arg(flags)}, {attr})"
     else:
         text = f"{step.call}({', '.join(_arg(a) for a in args)})"
@@ -66,6 +71,10 @@ def _json_arg(arg: object) -> Any:
         return {"fd_path": str(arg)}
     if isinstance(arg, LoopPath):
         return {"loop_path": str(arg)}
+    if isinstance(arg, ProcPath):
+        return {"proc_path": str(arg)}
+    if isinstance(arg, Value):
+        return {"value": str(arg)}
     if isinstance(arg, Flags):
         return {"flags": list(arg)}
     if isinstance(arg, bytes):

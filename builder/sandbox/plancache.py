@@ -21,7 +21,8 @@ import stat
 from builder.layers import gclock
 from builder.plan.steps import Plan
 
-VERSION = 2  # bump whenever the planner emits other steps: an older cached plan is not reused (2: binds made private)
+VERSION = 3  # bump whenever the planner emits other steps: an older cached plan is not reused (2: binds made private,
+             # 3: idmapped binds)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from builder.recipe.model import Recipe
@@ -45,7 +46,7 @@ def _identity(path: str) -> tuple[int, ...] | None:
         return None
     if stat.S_ISREG(st.st_mode):  # content: ctime changes with every write, and cannot be set back
         return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    return (st.st_dev, st.st_ino, st.st_mode)
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid)  # the owner: idmap = true maps it
 
 
 def key(state: StateDir, recipe_path: str, options: tuple) -> tuple:
