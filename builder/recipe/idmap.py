@@ -38,7 +38,7 @@ def parse(text: str) -> Maps:
     gids: list[Extent] = []
     entries = text.split()
     if not entries:
-        raise ValueError("is empty")
+        raise ValueError("is empty: give true or a mapping")
     for entry in entries:
         m = _ENTRY.fullmatch(entry)
         if not m:
@@ -126,7 +126,7 @@ def recipe_key(c: Checker, t: dict[str, Any], where: str, fstype: str | None) ->
     try:
         parse(value)
     except ValueError as e:
-        c.add(key, f"'{value}' {e}", EXAMPLE)
+        c.add(key, str(e), EXAMPLE)
         return ""
     return " ".join(value.split())
 
