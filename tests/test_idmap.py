@@ -374,3 +374,17 @@ def test_a_child_that_cannot_make_its_namespace_is_reported(tmp_path: Path) -> N
         said = f.read().decode()
     os.waitpid(pid, 0)
     assert said == "clone EPERM reaped"
+
+
+@needs_root
+def test_a_cached_plan_is_not_reused_once_the_source_has_another_owner(nsbuild, state_dir: Path, tmp_path: Path,
+                                                                      project: Path) -> None:
+    """idmap = true puts the owner into the plan: the plan cache keys on the owner of bind sources."""
+    recipe = tmp_path / "idm.toml"
+    recipe.write_text(HEAD + BASE + bind(str(project)))
+    for owner in (OWNER, OWNER, 4321):  # the second build runs the cached plan, the third may not
+        os.chown(project, owner, owner)
+        nsbuild("build", str(recipe))
+        assert nsbuild("run", "idm", "--", "stat", "-c", "%u:%g", "/work").stdout == "0:0\n"
+        nsbuild("rm", "idm")
+    assert len(list((state_dir / ".plans").iterdir())) == 1
