@@ -32,11 +32,11 @@ EXAMPLE = ('e.g. idmap = "u:1000:0:1 g:1000:0:1": FROM:TO:COUNT, ids FROM.. of t
            'in the sandbox (mount(8)\'s X-mount.idmap)')
 
 
-def parse(text: str) -> Maps:
+def parse(mapping: str) -> Maps:
     """The uid and gid extents of a mapping; ValueError saying what is wrong."""
     uids: list[Extent] = []
     gids: list[Extent] = []
-    entries = text.split()
+    entries = mapping.split()
     if not entries:
         raise ValueError("is empty: give true or a mapping")
     for entry in entries:
