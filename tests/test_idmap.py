@@ -179,6 +179,15 @@ def test_plan_makes_the_user_namespace_step_by_step(strategy: str) -> None:
     assert "kill(#userns0, SIGKILL)" in console.export_text()
 
 
+def test_binds_with_one_mapping_share_one_user_namespace() -> None:
+    second = '[[mount]]\ntarget = "/other"\ntype = "bind"\nsource = "/tmp"\nidmap = "0:0:1"\n'
+    third = '[[mount]]\ntarget = "/third"\ntype = "bind"\nsource = "/tmp"\nidmap = "0:5:1"\n'
+    plan = make_plan(load_text(HEAD + BASE + bind("/tmp") + second + third), K72, "unshare")
+    assert [s.out for s in plan.steps if s.call == "clone"] == ["#userns0", "#userns1"]
+    usernses = [s.args[6] for s in plan.steps if s.call == "mount_setattr" and len(s.args) > 6]
+    assert usernses == ["%userns0", "%userns0", "%userns1"]  # /tmp is root's: true is 0:0:1 too
+
+
 def test_plan_round_trips_through_the_plan_cache_format() -> None:
     import marshal
 

@@ -78,6 +78,7 @@ class _Planner:
     where: str = "host"
     dirs: dict[str, str] = field(default_factory=dict)  # sandbox dir -> fd opened on it
     template: str | None = None  # unshare strategy: namespace file to unshare from
+    usernses: dict[tuple, str] = field(default_factory=dict)  # id mapping -> fd of a user namespace with it
 
     def emit(self, call: str, *args: Arg, out: str | None = None, origin: str = "",
              ok: tuple[str, ...] = (), again: int = 0) -> str:
@@ -121,7 +122,9 @@ class _Planner:
         from builder.recipe import idmap
 
         uids, gids = idmap.maps_of(m, self.recipe)
-        n = sum(1 for s in self.steps if s.call == "clone")
+        if (uids, gids) in self.usernses:  # binds with the same mapping share one namespace (~3 ms each)
+            return self.usernses[uids, gids]
+        n = len(self.usernses)
         pid = self.emit("clone", Flags(("CLONE_NEWUSER",)), out=f"#userns{n}", origin=m.origin)
         for name, ids in (("uid_map", uids), ("gid_map", gids)):
             fd = self.emit("openat", AT_FDCWD, ProcPath(f"{pid}/{name}"), Flags(("O_WRONLY", "O_CLOEXEC")), 0,
@@ -131,6 +134,7 @@ class _Planner:
                        out=f"%userns{n}", origin=m.origin)
         self.emit("kill", Value(pid), Flags(("SIGKILL",)), origin=m.origin)
         self.emit("waitpid", Value(pid), 0, origin=m.origin)
+        self.usernses[uids, gids] = ns
         return ns
 
     def set_propagation(self, fd: str, propagation: str, origin: str) -> None:
