@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -193,6 +194,8 @@ def test_concurrent_builds_race_for_loop_devices(tmp_path: Path) -> None:
             try:
                 os.close(executor.execute(plan))
                 code = 0
+            except BaseException as e:  # shown with the failure: which step, which errno
+                print(f"builder {os.getpid()}: {e}", file=sys.stderr)
             finally:
                 os._exit(code)
         pids.append(pid)

@@ -71,6 +71,7 @@ FLAGS: dict[str, int] = {
     "MOUNT_ATTR_STRICTATIME": 0x20,
     "MOUNT_ATTR_NODIRATIME": 0x80,
     "MOUNT_ATTR_NOSYMFOLLOW": 0x200000,
+    "MOUNT_ATTR_IDMAP": 0x100000,
     "MS_PRIVATE": 1 << 18,
     "MS_SLAVE": 1 << 19,
     "MS_SHARED": 1 << 20,
@@ -102,6 +103,7 @@ FLAGS: dict[str, int] = {
     "LO_FLAGS_AUTOCLEAR": 4,
     "S_IFCHR": 0o020000,
     "S_IFREG": 0o100000,
+    "SIGKILL": 9,
 }
 
 # fsconfig commands

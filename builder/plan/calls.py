@@ -10,7 +10,7 @@ import os
 from _json import encode_basestring as _quote  # json.dumps's own quoting, without importing json (re)
 
 from builder.kernel import syscalls as sc
-from builder.plan.steps import Fd, FdPath, Flags, LoopPath
+from builder.plan.steps import Fd, FdPath, Flags, LoopPath, ProcPath, Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 
     from builder.plan.steps import Arg
 
-# What each kind of parameter takes. Values are matched by exact type: Fd, FdPath and LoopPath
-# are str subclasses, resolved by the executor when the step runs.
+# What each kind of parameter takes. Values are matched by exact type: Fd, FdPath, LoopPath, Value
+# and ProcPath are str subclasses, resolved by the executor when the step runs.
 KINDS: dict[str, tuple[type, ...]] = {
     "fd": (Fd,),                            # a symbolic fd ("%root") or AT_FDCWD
-    "path": (str, FdPath, LoopPath),        # a path; "/proc/self/fd/N" or "/dev/loopN" of a symbolic value
+    "path": (str, FdPath, LoopPath, ProcPath),  # a path; "/proc/self/fd/N", "/dev/loopN", "/proc/PID/..."
+    "pid": (Value,),                        # a process an earlier step made ("#userns0")
     "str": (str,),
     "str?": (str, type(None), FdPath, LoopPath),  # fsconfig's key and value
     "flags": (Flags,),                      # flag names, OR-ed
@@ -42,6 +43,10 @@ def show(value: object, kind: str = "") -> str:
         return f'"/proc/self/fd/{value}"'
     if t is LoopPath:
         return f'"/dev/loop{value}"'
+    if t is ProcPath:
+        return f'"/proc/{value}"'
+    if t is Value:
+        return str(value)
     if t is Flags:
         return "|".join(value) if value else "0"  # type: ignore[arg-type]
     if value is None:
@@ -64,6 +69,10 @@ def as_json(value: object) -> Any:
         return {"fd_path": str(value)}
     if t is LoopPath:
         return {"loop_path": str(value)}
+    if t is ProcPath:
+        return {"proc_path": str(value)}
+    if t is Value:
+        return {"value": str(value)}
     if t is Flags:
         return {"flags": list(value)}  # type: ignore[call-overload]
     if t is bytes:
@@ -84,8 +93,8 @@ def floor_arg(value: object, slot: Callable[[str], int]) -> str:
         return "n"
     if t in (str, bytes):
         return "s:" + (value.encode() if t is str else value).hex()  # type: ignore[union-attr]
-    if t is LoopPath:
-        raise ValueError("floor.c takes no loop devices")
+    if t in (LoopPath, Value, ProcPath):
+        raise ValueError("floor.c takes no loop devices or child processes")
     return f"i:{value}"
 
 
@@ -115,7 +124,8 @@ class Call:
     def check(self, args: tuple) -> None:
         """A planner mistake, caught when the step is made, not when it runs."""
         params = self.params_for(args)
-        if len(args) != len(params):
+        least = len(params) - self.spec.count("[")  # "[name:kind]": a last parameter that may be left out
+        if not least <= len(args) <= len(params):
             raise TypeError(f"{self.name}() takes {len(params)} arguments, the planner gave {len(args)}")
         for (name, kind), arg in zip(params, args):
             if type(arg) not in KINDS[kind]:
@@ -139,7 +149,7 @@ _PARSED: dict[str, tuple[tuple[str, str], ...]] = {}
 
 def _params(spec: str) -> tuple[tuple[str, str], ...]:
     if spec not in _PARSED:
-        _PARSED[spec] = tuple(tuple(p.split(":")) for p in spec.split())  # type: ignore[misc]
+        _PARSED[spec] = tuple(tuple(p.strip("[]").split(":")) for p in spec.split())  # type: ignore[misc]
     return _PARSED[spec]
 
 
@@ -192,6 +202,24 @@ def _fsconfig(r: Any, fd: int, cmd: int, key: str | None, value: str | None, aux
     return None
 
 
+def _clone(r: Any, flags: int) -> int:
+    """A child in new namespaces, waiting (kernel/userns.py); reaped by a waitpid step, or on failure."""
+    from builder.kernel import userns
+
+    pid, hold = userns.spawn(flags)
+    r.children[pid] = hold
+    r.undo.append(lambda: _reap(r, pid, kill=True))
+    return pid
+
+
+def _reap(r: Any, pid: int, kill: bool = False) -> None:
+    if pid in r.children:  # an unreaped child keeps its pid: it cannot have gone to another process
+        if kill:
+            os.kill(pid, sc.FLAGS["SIGKILL"])
+        os.waitpid(pid, 0)
+        os.close(r.children.pop(pid))
+
+
 def _move_mount(r: Any, f: int, fp: str, t: int, tp: str, fl: int) -> None:
     sc.move_mount(f, fp, t, tp, fl)
     # the persist segment attaches to host paths: detached again if a later step fails. Not a
@@ -214,8 +242,9 @@ def _mknodat_floor(args: tuple, slot: Callable[[str], int]) -> list[str]:
 
 
 def _mount_setattr_text(args: tuple) -> str:
-    dfd, path, flags, aset, aclr, prop = args
-    attr = f"{{attr_set={show(aset)}, attr_clr={show(aclr)}, propagation={show(prop)}}}"
+    dfd, path, flags, aset, aclr, prop, *userns = args
+    idmap = f", userns_fd={show(userns[0])}" if userns else ""  # MOUNT_ATTR_IDMAP
+    attr = f"{{attr_set={show(aset)}, attr_clr={show(aclr)}, propagation={show(prop)}{idmap}}}"
     return f"mount_setattr({show(dfd)}, {show(path)}, {show(flags)}, {attr})"
 
 
@@ -225,8 +254,8 @@ CALLS: dict[str, Call] = {c.name: c for c in (
     Call("fsmount", "fd:fd flags:flags attrs:flags", lambda r, fd, fl, attrs: sc.fsmount(fd, fl, attrs)),
     Call("open_tree", "dfd:fd path:path flags:flags", lambda r, dfd, path, fl: sc.open_tree(dfd, path, fl)),
     Call("move_mount", "from:fd from_path:path to:fd to_path:path flags:flags", _move_mount),
-    Call("mount_setattr", "dfd:fd path:path flags:flags attr_set:flags attr_clr:flags propagation:flags",
-         lambda r, dfd, path, fl, aset, aclr, prop: sc.mount_setattr(dfd, path, fl, aset, aclr, prop),
+    Call("mount_setattr", "dfd:fd path:path flags:flags attr_set:flags attr_clr:flags propagation:flags [userns_fd:fd]",
+         lambda r, dfd, path, fl, aset, aclr, prop, userns=0: sc.mount_setattr(dfd, path, fl, aset, aclr, prop, userns),
          text=_mount_setattr_text),
     Call("openat", "dfd:fd path:path flags:flags mode:mode",
          lambda r, dfd, path, fl, mode: os.open(path, fl, mode, dir_fd=_dirfd(dfd))),
@@ -251,6 +280,9 @@ CALLS: dict[str, Call] = {c.name: c for c in (
     Call("chdir", "path:path", lambda r, path: os.chdir(path)),
     Call("pivot_root", "new_root:path put_old:path", lambda r, new, old: sc.pivot_root(new, old)),
     Call("umount2", "target:path flags:flags", lambda r, target, fl: sc.umount2(target, fl)),
+    Call("clone", "flags:flags", _clone),
+    Call("kill", "pid:pid signal:flags", lambda r, pid, sig: os.kill(pid, sig)),
+    Call("waitpid", "pid:pid options:int", lambda r, pid, options: _reap(r, pid)),
 )}
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from builder.kernel.features import Features
 from builder.plan.calls import CALLS
-from builder.plan.steps import HOST, NAMESPACE, RETRY, Fd, FdPath, Flags, LoopPath, Pin, Plan, Step, with_persist
+from builder.plan.steps import (HOST, NAMESPACE, RETRY, Fd, FdPath, Flags, LoopPath, Pin, Plan, ProcPath, Step, Value,
+                                with_persist)
 from builder.layers.resolved import Resolved, ResolvedLayer
 from builder.recipe.model import Mount
 
@@ -64,6 +65,7 @@ class Detached:
     notes: list[str] = field(default_factory=list)
     where: str = "host"
     dirs: dict[str, str] = field(default_factory=dict)  # sandbox dir -> fd opened on it
+    usernses: dict[tuple, str] = field(default_factory=dict)  # id mapping -> fd of a user namespace with it
     template: str | None = None  # unshare strategy: namespace file to unshare from
     pin: Pin | None = None  # where the result is persisted (steps.Pin): the plan's last segment
     blocks: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=lambda: [(HOST, 0, ())])
@@ -106,13 +108,38 @@ class Detached:
         return self.emit("fsmount", Fd(fs), Flags(mflags), _attr_flags(attrs), out=out, origin=origin)
 
     def setattr(self, fd: str, attrs: tuple[str, ...], recursive: bool, origin: str,
-                propagation: str | None = None) -> None:
-        """Attributes (and propagation) of a detached mount, before it is attached anywhere."""
+                propagation: str | None = None, userns: str | None = None) -> None:
+        """Attributes (and propagation) of a detached mount, before it is attached anywhere; with
+        `userns`, an fd of a user namespace, the mount is idmapped by its mapping too."""
         clear = ("MOUNT_ATTR__ATIME",) if any(a in attrs for a in ("noatime", "strictatime", "relatime")) else ()
         flags = ("AT_EMPTY_PATH", "AT_RECURSIVE") if recursive else ("AT_EMPTY_PATH",)
         prop = Flags((PROPAGATION_FLAG[propagation],)) if propagation else Flags()
-        self.emit("mount_setattr", Fd(fd), "", Flags(flags), _attr_flags(attrs), Flags(clear), prop,
+        aset = _attr_flags(attrs) + (("MOUNT_ATTR_IDMAP",) if userns else ())
+        idmapped = (Fd(userns),) if userns else ()
+        self.emit("mount_setattr", Fd(fd), "", Flags(flags), Flags(aset), Flags(clear), prop, *idmapped,
                   origin=origin)
+
+    def userns(self, m: Mount) -> str:
+        """An fd of a user namespace that carries the bind's id mapping (MOUNT_ATTR_IDMAP takes one):
+        a child born in it, whose uid_map and gid_map are written from here, its ns/user opened,
+        then the child killed and reaped (kernel/userns.py). The namespace lives on in the fd."""
+        from builder.recipe import idmap
+
+        uids, gids = idmap.maps_of(m, self.recipe)
+        if (uids, gids) in self.usernses:  # binds with the same mapping share one namespace (~3 ms each)
+            return self.usernses[uids, gids]
+        n = len(self.usernses)
+        pid = self.emit("clone", Flags(("CLONE_NEWUSER",)), out=f"#userns{n}", origin=m.origin)
+        for name, ids in (("uid_map", uids), ("gid_map", gids)):
+            fd = self.emit("openat", AT_FDCWD, ProcPath(f"{pid}/{name}"), Flags(("O_WRONLY", "O_CLOEXEC")), 0,
+                           out=f"%{name}{n}", origin=m.origin)
+            self.emit("write", Fd(fd), idmap.text(ids), origin=m.origin)
+        ns = self.emit("openat", AT_FDCWD, ProcPath(f"{pid}/ns/user"), Flags(("O_RDONLY", "O_CLOEXEC")), 0,
+                       out=f"%userns{n}", origin=m.origin)
+        self.emit("kill", Value(pid), Flags(("SIGKILL",)), origin=m.origin)
+        self.emit("waitpid", Value(pid), 0, origin=m.origin)
+        self.usernses[uids, gids] = ns
+        return ns
 
     def set_propagation(self, fd: str, propagation: str, origin: str) -> None:
         """A new filesystem has no peers and is private already: only other choices need a call."""
@@ -213,12 +240,14 @@ class Detached:
         units: list[_Unit] = []
         for m in self.recipe.mounts:
             if m.type == "bind":
+                userns = self.userns(m) if m.idmap else None
                 flags = ("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC") + (("AT_RECURSIVE",) if m.recursive else ())
                 fd = self.emit("open_tree", AT_FDCWD, m.source, Flags(flags), out=f"%mnt:{m.target}",
                                origin=m.origin)
                 # the clone (each mount of its subtree, if recursive) is still a peer of the host's mount:
-                # its propagation is set before it is attached, so no mount event crosses unasked
-                self.setattr(fd, m.attrs, m.recursive, m.origin, m.propagation)
+                # its propagation is set before it is attached, so no mount event crosses unasked;
+                # an idmap too can only be set on a mount not yet attached
+                self.setattr(fd, m.attrs, m.recursive, m.origin, m.propagation, userns)
                 units.append(_Unit(m, m.target, fd, file=m.source_kind == "file"))
             elif m.type == "dev":
                 units.extend(self.dev(m))

@@ -20,7 +20,8 @@ import struct  # fd arrays for SCM_RIGHTS (array.array would import collections.
 
 from builder.kernel import syscalls as sc
 from builder.plan.calls import CALLS
-from builder.plan.steps import HOST, NAMESPACE, PERSIST, RETRIES, RETRY, Fd, FdPath, Flags, LoopPath, Plan, Step
+from builder.plan.steps import (HOST, NAMESPACE, PERSIST, RETRIES, RETRY, Fd, FdPath, Flags, LoopPath, Plan, ProcPath,
+                                Step, Value)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def _fault() -> tuple[int, int] | None:
     return int(index), getattr(errnos, name or "EIO")
 
 
-_CONST, _FD, _FDPATH, _LOOP = range(4)
+_CONST, _FD, _FDPATH, _LOOP, _VALUE, _PROC = range(6)
 
 
 def _compile(step: Step) -> tuple:
@@ -58,6 +59,10 @@ def _compile(step: Step) -> tuple:
             spec.append((_FDPATH, str(a)))
         elif t is LoopPath:
             spec.append((_LOOP, str(a)))
+        elif t is Value:
+            spec.append((_VALUE, str(a)))
+        elif t is ProcPath:
+            spec.append((_PROC, tuple(a.split("/", 1))))
         elif t is Flags:
             spec.append((_CONST, sc.flags(a)))  # type: ignore[arg-type]
         else:
@@ -123,6 +128,7 @@ class Run:
         self.home: _Home | None = None
         self.fds: dict[str, int] = {}
         self.values: dict[str, int] = {}  # results that are not fds ("#loop0": a loop device number)
+        self.children: dict[int, int] = {}  # pid -> the fd that keeps it waiting, of clone steps not yet reaped
         self.undo: list[Undo] = []
         self.persisting = False  # in the PERSIST block: mounts attached to host paths are undone too
         self.fault = _fault()
@@ -132,9 +138,10 @@ class Run:
         if self.fault and self.fault[0] == index:
             raise StepFailed(index, sc.SyscallError(self.plan.steps[index].call, "injected fault", self.fault[1]))
         call, spec, ok, out = self.compiled[index]
-        fds = self.fds
+        fds, values = self.fds, self.values
         args = [v if k == _CONST else fds[v] if k == _FD else f"/proc/self/fd/{fds[v]}" if k == _FDPATH
-                else f"/dev/loop{self.values[v]}" for k, v in spec]
+                else f"/dev/loop{values[v]}" if k == _LOOP else values[v] if k == _VALUE
+                else f"/proc/{values[v[0]]}/{v[1]}" for k, v in spec]
         try:
             result = call(self, *args)
         except OSError as e:

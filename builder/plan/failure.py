@@ -52,6 +52,12 @@ def _hint(step: Step, err: sc.SyscallError) -> str:
         return "image layers need loop devices: load the driver with `modprobe loop`"
     if step.call == "openat2" and name == "ENOENT":
         return "the mount point does not exist inside the sandbox and cannot be created there"
+    if step.call == "mount_setattr" and len(step.args) > 6 and name in ("EINVAL", "EPERM"):  # idmapped
+        return ("the filesystem of this bind's source (or, with recursive, of a mount under it) cannot be idmapped: "
+                "ext4, xfs, btrfs, tmpfs and overlayfs can; drop idmap, or set recursive = false" if name == "EINVAL"
+                else "the source is an idmapped mount already, or this user may not idmap its filesystem")
+    if step.call == "clone" and name in ("ENOSPC", "EPERM", "EUSERS"):
+        return "user namespaces are limited here: see sysctl user.max_user_namespaces"
     if name == "EPERM":
         return "nsbuild needs root (CAP_SYS_ADMIN)"
     if name == "ENODEV":

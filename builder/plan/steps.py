@@ -29,11 +29,19 @@ class LoopPath(str):
     """"/dev/loopN", N being the value a LOOP_CTL_GET_FREE step returned ("#loop0")."""
 
 
+class Value(str):
+    """A value an earlier step returned ("#userns0": the pid of a clone step's child)."""
+
+
+class ProcPath(str):
+    """"/proc/PID/REST" of a value an earlier step returned, written "#userns0/uid_map"."""
+
+
 if TYPE_CHECKING:
-    Arg = Union[int, str, bytes, None, Fd, FdPath, Flags, LoopPath]
+    Arg = Union[int, str, bytes, None, Fd, FdPath, Flags, LoopPath, Value, ProcPath]
 
 # how each argument type is stored in a cached plan (marshal knows no str subclasses)
-_TAGS = {Fd: "F", FdPath: "P", Flags: "L", LoopPath: "O"}
+_TAGS = {Fd: "F", FdPath: "P", Flags: "L", LoopPath: "O", Value: "V", ProcPath: "R"}
 _TYPES = {tag: kind for kind, tag in _TAGS.items()}
 
 

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from builder.errors import Problem, RecipeError
-from builder.recipe import checker as ck
+from builder.recipe import checker as ck, idmap
 from builder.recipe.checker import PATH_MAX
 from builder.recipe.model import (DEFAULT_ATTRS, DEFAULT_PATH, FSTYPE_RE, MAX_FILE_CONTENT, NAME_RE,
                                   OTHER_DEFAULT_ATTRS, PROPAGATIONS, PSEUDO_TYPES, SPECIAL_TYPES, Layer, Mount,
@@ -68,6 +68,7 @@ def parse(doc: dict[str, Any], file: str, sha256: str, cwd: str, shown: str | No
     mounts = _mounts(c, doc, base, cwd)
     paths = _paths(c, doc, root, mounts)
     run = _run(c, doc)
+    idmap.check_run_user(c, mounts, run, paths, image_may_set=bool(layers) and layers[-1].kind == "oci")
 
     if c.problems:
         raise RecipeError(shown or file, c.problems)
@@ -152,7 +153,7 @@ def _mounts(c: ck.Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Mou
     seen: dict[str, str] = {}
     for where, t in ck.array_of_tables(c, doc, "mount"):
         c.keys(t, ("target", "type", "source", "options", "attrs", "propagation", "recursive",
-                   "optional", "rw"), where)
+                   "optional", "rw", "idmap"), where)
         target = c.typed(t, "target", str, where)
         fstype = c.typed(t, "type", str, where)
         if target is None and "target" not in t:
@@ -214,6 +215,7 @@ def _mounts(c: ck.Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Mou
                 continue
         elif source_raw is not None:
             source = source_raw  # e.g. a device for ext4; handed to fsconfig as "source"
+        mapping = idmap.recipe_key(c, t, where, fstype)
         if target is None or fstype is None:
             continue
         implied = (target + "/pts", target + "/shm") if fstype == "dev" else ()
@@ -222,8 +224,10 @@ def _mounts(c: ck.Checker, doc: dict[str, Any], base: str, cwd: str) -> list[Mou
                 c.add(f"{where}.target", f"'{t_}' is already mounted by {seen[t_]}",
                       "mount each target once")
             seen[t_] = where
+        st = os.stat(source) if mapping == "owner" and source else None  # idmap = true: the owner appears as [run] user
+        owner = (st.st_uid, st.st_gid) if st else (0, 0)
         mounts.append(Mount(where, target, fstype, source, source_kind, options, attrs, propagation,
-                            True if recursive is None else recursive))
+                            True if recursive is None else recursive, mapping, owner))
     for m in mounts:
         holder = parent_mount(mounts, m.target)
         if holder is not None and holder.propagation == "shared" and holder.type == "bind":

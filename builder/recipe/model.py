@@ -69,6 +69,8 @@ class Mount:
     attrs: tuple[str, ...] = ()
     propagation: str = "private"
     recursive: bool = True
+    idmap: str = ""  # binds: "" (none), "owner" (idmap = true) or a mapping "u:FROM:TO:COUNT ..." (idmap.py)
+    owner: tuple[int, int] = (0, 0)  # uid and gid of the bind source, when the recipe was loaded
 
 
 @dataclass(frozen=True)

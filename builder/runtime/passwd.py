@@ -39,6 +39,11 @@ def _read_db(path: str, host_proc: int | None) -> list[list[str]]:
             os.close(data_fd)
     except OSError:
         return []
+    return rows(data)
+
+
+def rows(data: bytes) -> list[list[str]]:
+    """The entries of a passwd or group file, split at ':'."""
     return [line.split(":") for line in data.decode(errors="replace").splitlines()
             if line and not line.startswith("#")]
 
@@ -54,26 +59,33 @@ def _id(text: str) -> int | None:
 def resolve_user(user: str, where: str, host_proc: int | None) -> tuple[int, int, list[int], str | None, str | None]:
     """'root', a NAME of the sandbox's /etc/passwd or 'UID[:GID]' -> uid, gid, groups, home, name.
     Total: the sandbox's files are hostile input, and nothing after setns may raise unplanned."""
-    passwd = [e for e in _read_db("/etc/passwd", host_proc) if len(e) >= 7 and _id(e[2]) is not None
-              and _id(e[3]) is not None]
-    uid_text, colon, gid_text = user.partition(":")
-    uid_given, gid_given = _id(uid_text), _id(gid_text)
-    if uid_given is not None and (not colon or gid_given is not None):
-        entry = next((e for e in passwd if _id(e[2]) == uid_given), None)
-        gid = gid_given if gid_given is not None else _id(entry[3]) if entry else uid_given
-        uid, name, home = uid_given, entry[0] if entry else None, entry[5] if entry else None
-    else:
-        entry = next((e for e in passwd if e[0] == user), None)
-        if entry is None:
-            if user == "root":
-                return 0, 0, [0], "/root", "root"
-            raise UsageError(f"{where}: no user '{user}' in the sandbox's /etc/passwd",
-                             "name a user the sandbox has, or give UID[:GID]")
-        uid, gid, name, home = _id(entry[2]), _id(entry[3]), entry[0], entry[5]
+    found = account(user, _read_db("/etc/passwd", host_proc))
+    if found is None:
+        if user == "root":
+            return 0, 0, [0], "/root", "root"
+        raise UsageError(f"{where}: no user '{user}' in the sandbox's /etc/passwd",
+                         "name a user the sandbox has, or give UID[:GID]")
+    uid, gid, name, home = found
     groups = [gid]
     if name:
         for e in _read_db("/etc/group", host_proc):
             group = _id(e[2]) if len(e) >= 4 else None
             if group is not None and name in e[3].split(",") and group not in groups and len(groups) < 65536:
                 groups.append(group)
-    return uid, gid, groups, home, name  # type: ignore[return-value]
+    return uid, gid, groups, home, name
+
+
+def account(user: str, passwd: list[list[str]]) -> tuple[int, int, str | None, str | None] | None:
+    """uid, gid, name and home of 'root', a NAME or 'UID[:GID]' in the entries of a passwd file;
+    None for a name it lacks. Shared with the build (idmap.run_ids), which resolves [run] user too."""
+    valid = [e for e in passwd if len(e) >= 7 and _id(e[2]) is not None and _id(e[3]) is not None]
+    uid_text, colon, gid_text = user.partition(":")
+    uid_given, gid_given = _id(uid_text), _id(gid_text)
+    if uid_given is not None and (not colon or gid_given is not None):
+        entry = next((e for e in valid if _id(e[2]) == uid_given), None)
+        gid = gid_given if gid_given is not None else _id(entry[3]) if entry else uid_given
+        return uid_given, gid, entry[0] if entry else None, entry[5] if entry else None  # type: ignore[return-value]
+    entry = next((e for e in valid if e[0] == user), None)
+    if entry is None:
+        return None
+    return _id(entry[2]), _id(entry[3]), entry[0], entry[5]  # type: ignore[return-value]

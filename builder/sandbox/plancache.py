@@ -20,8 +20,8 @@ import stat
 
 from builder.plan.steps import Plan
 
-VERSION = 3  # bump whenever the planner emits other steps: an older cached plan is not reused (2: binds made
-# private; 3: blocks of steps instead of fork and again, and the persist segment)
+VERSION = 4  # bump whenever the planner emits other steps: an older cached plan is not reused (2: binds made
+# private; 3: blocks of steps instead of fork and again, and the persist segment; 4: idmapped binds)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from builder.recipe.model import Recipe
@@ -45,7 +45,7 @@ def _identity(path: str) -> tuple[int, ...] | None:
         return None
     if stat.S_ISREG(st.st_mode):  # content: ctime changes with every write, and cannot be set back
         return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    return (st.st_dev, st.st_ino, st.st_mode)
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid)  # the owner: idmap = true maps it
 
 
 def key(state: StateDir, recipe_path: str, options: tuple) -> tuple:
