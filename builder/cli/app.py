@@ -58,6 +58,15 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _join(state_dir: Optional[str], start: bool = True, fork: bool = True) -> None:
+    """Rootless: go on in the holder's namespaces (sandbox/holder.py), where the user's sandboxes
+    are pinned and the store's owners are mapped; root stays where it is."""
+    from builder.sandbox import holder
+    from builder.sandbox.state import state_dir as resolve
+
+    holder.join(resolve(state_dir), start=start, fork=fork)
+
+
 def _load(path: Optional[str]):  # -> Recipe
     from builder.recipe import load as recipe
     from builder.sandbox.build import default_recipe
@@ -209,6 +218,7 @@ def check(
     r = _load(recipe)
     if any(layer.kind == "image" for layer in r.layers):
         need_root("checking a recipe with image layers (they are mounted to be read)")
+    _join(None)
     r = resolve_layers(r)
     found = preflight.problems(r, features_for(r))
     if found:
@@ -233,6 +243,7 @@ def lock(
     from builder import progress
 
     progress.QUIET = quiet or as_json
+    _join(None)
     path = lk.write(_load(recipe))
     if as_json:
         print(json.dumps({"lock": path}, indent=2))
@@ -255,6 +266,7 @@ def export(
 
     progress.QUIET = quiet
     ex.parse_dest(dest)  # a bad destination is a usage error before anything is unpacked
+    _join(state_dir)
     need_root()
     digest, report = ex.export(target, dest, state_dir)
     if as_json:
@@ -274,6 +286,7 @@ def gc(
     """Remove store entries that no lock file and no persisted sandbox references."""
     from builder.layers.store import Store, store_dir
 
+    _join(None)
     store = Store(store_dir())
     if not dry_run:
         need_root("removing store entries")
@@ -299,6 +312,7 @@ def list_(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
     from builder.sandbox.state import StateDir, mount_points, state_dir as resolve
 
     sd = StateDir(resolve(state_dir))
+    _join(sd.path, start=False, fork=False)  # rootless: the pins are in the holder's mount namespace
     mounted = mount_points()
     rows = []
     for name in sd.names():
@@ -341,6 +355,8 @@ def rm(
     if all_ == bool(names):
         raise UsageError("give sandbox names or --all" if not all_ else "--all takes no sandbox names",
                          "e.g. `nsbuild rm dev`, or `nsbuild rm --all`")
+    if os.path.isdir(sd.path):
+        _join(sd.path)
     if all_:
         return _rm_all(sd, as_json)
     for name in names:

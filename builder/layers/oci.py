@@ -49,6 +49,7 @@ _MACHINES = {"x86_64": ("amd64", ""), "aarch64": ("arm64", ""), "arm64": ("arm64
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
+USER_OPAQUE_XATTR = "user.overlay.opaque"  # what overlayfs reads in a user namespace (userxattr)
 
 MemberFilter = Callable[[tarfile.TarInfo, str], "tarfile.TarInfo | None"]
 Descriptor = dict[str, Any]
@@ -388,7 +389,7 @@ def _apply_whiteout(root: int, name: str) -> None:
     try:
         before = os.fstat(fd)
         if marker == OPAQUE:
-            os.setxattr(fd, OPAQUE_XATTR, b"y")
+            os.setxattr(fd, _opaque_xattr(), b"y")
         elif marker.startswith(WHITEOUT + WHITEOUT):
             pass  # other .wh..wh. names are aufs metadata, nothing to delete
         else:
@@ -396,6 +397,13 @@ def _apply_whiteout(root: int, name: str) -> None:
         os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))  # keep the directory's mtime from the layer
     finally:
         os.close(fd)
+
+
+def _opaque_xattr() -> str:
+    """trusted.* for root's overlayfs; a rootless one (mounted with userxattr) reads user.*."""
+    from builder.sandbox.paths import initial_userns
+
+    return OPAQUE_XATTR if initial_userns() else USER_OPAQUE_XATTR
 
 
 def _whiteout(parent: int, target: str, name: str) -> None:
@@ -411,7 +419,7 @@ def _whiteout(parent: int, target: str, name: str) -> None:
     if stat.S_ISDIR(st.st_mode):
         fd = _open_dir(parent, target, name)
         try:
-            os.setxattr(fd, OPAQUE_XATTR, b"y")
+            os.setxattr(fd, _opaque_xattr(), b"y")
         finally:
             os.close(fd)
 

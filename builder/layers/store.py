@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -46,7 +47,12 @@ DEFAULT_STORE = "/var/lib/nsbuild/store"
 
 
 def store_dir() -> str:
-    return os.path.abspath(os.environ.get("NSBUILD_STORE") or DEFAULT_STORE)
+    chosen = os.environ.get("NSBUILD_STORE")
+    if chosen:
+        return os.path.abspath(chosen)
+    from builder.sandbox.paths import default_store_dir
+
+    return default_store_dir()
 
 
 def sha256_of(path: str) -> str:
@@ -60,8 +66,10 @@ def sha256_of(path: str) -> str:
 
 
 # xattrs restored from archives: ACLs, file capabilities and user data. Never trusted.* (overlayfs
-# keeps whiteouts, redirects and metacopy there: a layer must not forge them) nor security labels.
+# keeps whiteouts, redirects and metacopy there: a layer must not forge them), nor user.overlay.*
+# (where a rootless overlayfs, mounted with userxattr, keeps them), nor security labels.
 XATTRS = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
+OVERLAY_USER_XATTRS = "user.overlay."
 PAX_XATTR = "SCHILY.xattr."
 
 
@@ -74,7 +82,8 @@ class Xattrs:
 
     def note(self, member: tarfile.TarInfo) -> None:
         found = {k[len(PAX_XATTR):]: v.encode("utf-8", "surrogateescape") for k, v in member.pax_headers.items()
-                 if k.startswith(PAX_XATTR) and k[len(PAX_XATTR):].startswith(XATTRS)}
+                 if k.startswith(PAX_XATTR) and k[len(PAX_XATTR):].startswith(XATTRS)
+                 and not k[len(PAX_XATTR):].startswith(OVERLAY_USER_XATTRS)}
         if found and not member.issym():
             self.pending.append((member.name, found))
 
@@ -176,7 +185,17 @@ def _copy_host_paths(paths: list[str], dest: str) -> None:
                 advance(st.st_size)
             else:
                 continue  # sockets, fifos, devices: not programs
-            os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+            _chown(target, st, follow_symlinks=False)
+
+
+def _chown(path: str, st: os.stat_result, follow_symlinks: bool = True) -> None:
+    """The host file's owner; in a user namespace that does not map it (rootless with a single
+    mapping: host root shows as nobody), the file stays the user's."""
+    try:
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=follow_symlinks)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # EINVAL: an id this user namespace does not map
+            raise
 
 
 def _copy_parents(path: str, dest: str) -> None:
@@ -186,7 +205,7 @@ def _copy_parents(path: str, dest: str) -> None:
     st = os.stat(path)
     os.mkdir(dest + path)
     os.chmod(dest + path, stat.S_IMODE(st.st_mode))
-    os.chown(dest + path, st.st_uid, st.st_gid)
+    _chown(dest + path, st)
 
 
 class Store:

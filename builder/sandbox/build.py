@@ -34,7 +34,14 @@ class Built:
 def features_for(recipe: Recipe) -> feat.Features:
     from builder.kernel import features as feat
 
-    return feat.probe(erofs=any(layer.kind == "image" and layer.fstype == "erofs" for layer in recipe.layers))
+    f = feat.probe(erofs=any(layer.kind == "image" and layer.fstype == "erofs" for layer in recipe.layers))
+    if not f.userns and os.geteuid() != 0:  # `plan` for a user: the build runs in the holder's user namespace
+        import dataclasses
+
+        from builder.sandbox.userns import mapping
+
+        f = dataclasses.replace(f, userns=mapping())
+    return f
 
 
 def resolve_layers(recipe: Recipe, unpack: bool = True, store: Store | None = None) -> Recipe:
@@ -83,6 +90,10 @@ def plan_for(recipe: Recipe, strategy: str = "auto", features: feat.Features | N
     from builder.plan.planner import make_plan
 
     features = features or features_for(recipe)
+    if features.userns:
+        from builder.sandbox.userns import refuse_unbuildable
+
+        refuse_unbuildable(recipe)
     return make_plan(recipe, features, feat.pick_strategy(features, strategy), state.template() if state else None)
 
 
@@ -272,8 +283,9 @@ def default_recipe() -> str:
 
 
 def need_root(action: str = "building a sandbox") -> None:
+    """Root, or root of the holder's user namespace (a rootless command has joined it by now)."""
     if os.geteuid() != 0:
-        raise NsbuildError(f"{action} needs root (CAP_SYS_ADMIN)",
+        raise NsbuildError(f"{action} needs root (CAP_SYS_ADMIN), here or in a user namespace",
                            "run it with sudo; `nsbuild plan` works without root")
 
 
@@ -286,6 +298,9 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
 
     path = os.path.abspath(recipe or default_recipe())
     state = StateDir(resolve(state_dir))
+    from builder.sandbox import holder
+
+    holder.join(state.path, start=True, fork=True)  # rootless: in the holder's namespaces from here on
     if count is not None:
         return _batch_command(path, state, strategy, replace, name, locked, quiet, check, count, as_json)
     options = (strategy, name, check)
