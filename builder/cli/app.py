@@ -67,6 +67,12 @@ def _join(state_dir: Optional[str], start: bool = True, fork: bool = True) -> No
     holder.join(resolve(state_dir), start=start, fork=fork)
 
 
+def _join_for_store(r: Recipe) -> None:
+    """_join() when the recipe has layers that the content store unpacks (their owners need the mapping)."""
+    if any(layer.kind in ("archive", "oci", "binaries") for layer in r.layers):
+        _join(None)
+
+
 def _load(path: Optional[str]):  # -> Recipe
     from builder.recipe import load as recipe
     from builder.sandbox.build import default_recipe
@@ -218,7 +224,7 @@ def check(
     r = _load(recipe)
     if any(layer.kind == "image" for layer in r.layers):
         need_root("checking a recipe with image layers (they are mounted to be read)")
-    _join(None)
+    _join_for_store(r)
     r = resolve_layers(r)
     found = preflight.problems(r, features_for(r))
     if found:
@@ -243,8 +249,9 @@ def lock(
     from builder import progress
 
     progress.QUIET = quiet or as_json
-    _join(None)
-    path = lk.write(_load(recipe))
+    r = _load(recipe)
+    _join_for_store(r)
+    path = lk.write(r)
     if as_json:
         print(json.dumps({"lock": path}, indent=2))
         return

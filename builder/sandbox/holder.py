@@ -91,7 +91,12 @@ def enter(state: str, start: bool = True, fork: bool = False) -> bool:
         _make_dir(state)
     elif not os.path.isdir(state):
         return False
-    lock = _lock(state, fcntl.LOCK_EX)
+    try:
+        lock = _lock(state, fcntl.LOCK_EX)
+    except PermissionError:
+        raise NsbuildError(f"cannot use the state directory {state}: permission denied",
+                           "it is another user's: use your own (the default, see `nsbuild doctor`), "
+                           "or run nsbuild as that user") from None
     try:
         pid = running(state)
         if pid is None and start:
