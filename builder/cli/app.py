@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from functools import wraps
 from typing import Any, Callable, List, Optional
@@ -399,6 +400,31 @@ def _rm_all(sd, as_json: bool) -> None:  # sd: StateDir
               f"released {sd.path} (kept the directory: it holds files that are not nsbuild's)")
 
 
+def _rootless_report(state: str) -> dict[str, Any]:
+    """Which ids a rootless build maps, and how to get a range of them (doctor)."""
+    from builder.sandbox import holder, userns
+
+    if not holder.wanted():
+        return {"mapping": None, "summary": "none: root builds in the initial user namespace", "hint": "",
+                "uids": [], "gids": [], "holder": None}
+    mapping = userns.mapping()
+    uids, gids = userns.subordinate_ranges("uid"), userns.subordinate_ranges("gid")
+    if mapping == "range":
+        summary = ("range: you are root of the user namespace, subordinate ids 1... are "
+                   + ", ".join(f"{a}-{a + n - 1}" for a, n in uids) + " (newuidmap/newgidmap)")
+        hint = ""
+    else:
+        summary = ("single: only you are mapped (as root): files of other owners appear as nobody, "
+                   "chown to other ids fails")
+        missing = [f for f, r in (("/etc/subuid", uids), ("/etc/subgid", gids)) if not r]
+        hint = ("for multi-owner trees get a range: sudo usermod --add-subuids 100000-165535 "
+                f"--add-subgids 100000-165535 {userns.user_name()}"
+                + (f" (none in {' and '.join(missing)})" if missing else "")
+                + ("" if missing or shutil.which("newuidmap") else "; and install uidmap (newuidmap, newgidmap)"))
+    return {"mapping": mapping, "summary": summary, "hint": hint, "uids": uids, "gids": gids,
+            "holder": holder.running(state)}
+
+
 def _libseccomp() -> str:
     from builder.kernel import syscalls
 
@@ -422,6 +448,8 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
     except NsbuildError as e:
         auto = f"none ({e})"
     path = resolve(state_dir)
+    rootless = _rootless_report(path)
+    _join(path, start=False, fork=False)  # rootless: the state directory's mounts are the holder's
     entry = _mountinfo_entry(path) if os.path.isdir(path) else None
     tags = entry[6:entry.index("-")] if entry else []
     report = {
@@ -435,6 +463,7 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
         "seccomp": _libseccomp(),
         "state_dir": {"path": path, "exists": os.path.isdir(path), "mount_point": entry is not None,
                       "unbindable": "unbindable" in tags, "template": StateDir(path).template() is not None},
+        "user_namespace": rootless,
     }
     if as_json:
         print(json.dumps(report, indent=2))
@@ -453,7 +482,12 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
     t.add_row("overlay layers as fds (6.13+)", "yes" if f.overlay_fd_layers else "no")
     t.add_row("erofs images straight from files", "yes" if f.erofs_file else
               "no: loop devices" if os.geteuid() == 0 else "unknown (needs root)")
-    t.add_row("running as root", "yes" if report["root"] else "no (builds need root)")
+    t.add_row("running as root", "yes" if report["root"] else "no: rootless, in a user namespace")
+    t.add_row("user namespace mapping", rootless["summary"])
+    if rootless["hint"]:
+        t.add_row("", rootless["hint"])
+    if rootless["mapping"]:
+        t.add_row("holder", f"pid {rootless['holder']}" if rootless["holder"] else "not running (started by a build)")
     t.add_row("syscall layer", str(report["ffi"]))
     t.add_row("contained runs (libseccomp)", str(report["seccomp"]))
     sd = report["state_dir"]

@@ -227,6 +227,7 @@ def _spawn(state: str) -> int:
     from builder.sandbox import userns
 
     ranged = userns.mapping() == "range"
+    uid, gid = os.geteuid(), os.getegid()
     up_r, up_w = os.pipe()      # the new process -> us
     down_r, down_w = os.pipe()  # us -> the new process
     pid = os.fork()
@@ -237,7 +238,7 @@ def _spawn(state: str) -> int:
             os.setsid()  # no controlling terminal: Ctrl-C at the user's shell does not reach it
             sc.unshare(sc.FLAGS["CLONE_NEWUSER"])
             if not ranged:
-                userns.write_single_maps()
+                userns.write_single_maps(uid, gid)
             os.write(up_w, b"u")
             if os.read(down_r, 1) != b"m":
                 os._exit(1)

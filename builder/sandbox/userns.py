@@ -22,6 +22,15 @@ SUBID_FILES = {"uid": "/etc/subuid", "gid": "/etc/subgid"}
 HELPERS = {"uid": "newuidmap", "gid": "newgidmap"}
 
 
+def user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
 def _names() -> tuple[str, ...]:
     """How the user may be named in /etc/subuid and /etc/subgid: by login name or by uid."""
     import pwd
@@ -77,9 +86,9 @@ def write_range_maps(pid: int) -> None:
                                f"check your ranges in {SUBID_FILES[kind]}, or remove them to map only yourself")
 
 
-def write_single_maps() -> None:
-    """Map only the user, as root, into this process's new user namespace (what `unshare -Ur` does)."""
-    uid, gid = os.geteuid(), os.getegid()  # still the outer ids: nothing is mapped yet
+def write_single_maps(uid: int, gid: int) -> None:
+    """Map only the user (outer ids `uid`, `gid`, taken before the unshare: after it they read as
+    nobody), as root, into this process's new user namespace (what `unshare -Ur` does)."""
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")  # the kernel's condition for an unprivileged gid_map
     with open("/proc/self/uid_map", "w") as f:
