@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent  # not from conftest: bench/rootless_rows.py imports this too
 
 
 def _readable_by_others(path: str) -> bool:

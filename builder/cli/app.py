@@ -449,7 +449,10 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
         auto = f"none ({e})"
     path = resolve(state_dir)
     rootless = _rootless_report(path)
-    _join(path, start=False, fork=False)  # rootless: the state directory's mounts are the holder's
+    try:
+        _join(path, start=False, fork=False)  # rootless: the state directory's mounts are the holder's
+    except NsbuildError as e:
+        rootless["hint"] = " ".join(filter(None, (rootless["hint"], str(e))))  # doctor reports, it does not fail
     entry = _mountinfo_entry(path) if os.path.isdir(path) else None
     tags = entry[6:entry.index("-")] if entry else []
     report = {
