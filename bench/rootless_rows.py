@@ -1,7 +1,7 @@
 """Rootless rows of bench/bench.py: `nsbuild build --replace` and `nsbuild run NAME -- /bin/true` by a
 user who is not root (a throwaway user with subordinate ids, made with useradd and removed again),
 beside the same commands by root, interleaved round by round in the same run. Both start the same
-way (`python -s -m builder` with the same interpreter and packages, through setpriv), so the
+way (`python -S -m builder` with the same interpreter and packages, through setpriv; -S: without the base interpreter's site-packages, as a venv starts), so the
 difference is what rootless costs: joining the holder's namespaces (and, for a build, the fork into
 its PID namespace), the user namespace's own overheads. Target: at most 1.25x root's medians.
 """
@@ -22,16 +22,21 @@ def rows(top: Path, recipe: Path, interleaved, row, results: dict) -> None:  # t
     interpreter = Interpreter()
     user = make_user("nsbbench", True, interpreter.python)
     root_state = top / "root-state"
+    runtime = top / "run-user"  # the user's XDG_RUNTIME_DIR: a tmpfs, as /run/user/UID is (fsync is free there)
     try:
         os.chmod(top, 0o755)  # the fixtures: readable by the user, as a project directory would be
+        runtime.mkdir(mode=0o700)
+        shutil.chown(runtime, user.uid, user.gid)
+        # bytecode for the packages' copy (as an install has it): neither user may write it there
+        subprocess.run([interpreter.python, "-m", "compileall", "-q", user.site], check=True)
         def cmd(uid: int, gid: int, state: str, *args: str) -> list[str]:
             env = ["env", "-i", f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}", f"HOME={user.home}",
                    "LANG=C.UTF-8", f"PYTHONPATH={user.site}", f"NSBUILD_STATE_DIR={state}"]
             return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *env,
-                    interpreter.python, "-s", "-m", "builder", *args]
+                    interpreter.python, "-S", "-m", "builder", *args]
 
         as_root = lambda *a: cmd(0, 0, str(root_state), *a)  # noqa: E731
-        as_user = lambda *a: cmd(user.uid, user.gid, str(user.state), *a)  # noqa: E731
+        as_user = lambda *a: cmd(user.uid, user.gid, str(runtime / "nsbuild"), *a)  # noqa: E731
         for c in (as_root, as_user):
             subprocess.run(c("build", "-q", str(recipe)), check=True, cwd=top)
         build = {"rootless: nsbuild build --replace, root": as_root("build", "-q", "--replace", str(recipe)),

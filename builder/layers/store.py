@@ -47,12 +47,9 @@ DEFAULT_STORE = "/var/lib/nsbuild/store"
 
 
 def store_dir() -> str:
-    chosen = os.environ.get("NSBUILD_STORE")
-    if chosen:
-        return os.path.abspath(chosen)
-    from builder.sandbox.paths import default_store_dir
+    from builder.sandbox.paths import store_dir as chosen
 
-    return default_store_dir()
+    return chosen()
 
 
 def sha256_of(path: str) -> str:

@@ -86,7 +86,7 @@ def enter(state: str, start: bool = True, fork: bool = False) -> bool:
     fork: the rest of the command runs in a child that is in the holder's PID namespace too (a
     build mounts proc, which the kernel allows only there); this process waits for it, stops the
     holder if the user has no sandbox left, and exits with the child's status."""
-    store = _store()
+    store = paths.store_dir()
     if start:
         _make_dir(state)
     elif not os.path.isdir(state):
@@ -138,12 +138,6 @@ def enter(state: str, start: bool = True, fork: bool = False) -> bool:
         return True
     _fork_and_wait(state, lock, pid)
     return True
-
-
-def _store() -> str:
-    from builder.layers.store import store_dir
-
-    return store_dir()
 
 
 def _make_dir(state: str) -> None:

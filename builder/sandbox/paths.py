@@ -44,6 +44,13 @@ def default_state_dir() -> str:
     return path
 
 
+def store_dir() -> str:
+    """The content store: NSBUILD_STORE, else the default (no import of the store's module: `run` needs
+    only the path)."""
+    chosen = os.environ.get("NSBUILD_STORE")
+    return os.path.abspath(chosen) if chosen else default_store_dir()
+
+
 def default_store_dir() -> str:
     if host_root():
         return ROOT_STORE
