@@ -330,7 +330,13 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
         return
     print(f"built {b.name} in {b.seconds * 1000:.1f} ms (strategy {b.strategy})")
     print(f"  namespace: {b.nsfs}")
-    print(f"  enter:     nsbuild run {b.name} [-- CMD]   or   nsenter --mount={b.nsfs} CMD")
+    from builder.sandbox.paths import initial_userns
+
+    nsenter = f"nsenter --mount={b.nsfs} CMD"
+    if not initial_userns():  # rootless: the pin is in the holder's namespaces
+        pid = os.path.join(state.path, ".holder.pid")
+        nsenter = f'nsenter -t "$(cat {pid})" -U --preserve-credentials -m -p {nsenter}'
+    print(f"  enter:     nsbuild run {b.name} [-- CMD]   or   {nsenter}")
 
 
 def _batch_command(path: str, state: StateDir, strategy: str, replace: bool, name: str | None, locked: bool,
