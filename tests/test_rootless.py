@@ -47,6 +47,8 @@ def _user(prefix: str, subids: bool, python: str):
 
 @pytest.fixture(scope="module")
 def ranged(python):
+    if not shutil.which("newuidmap") or not shutil.which("newgidmap"):
+        pytest.fail("newuidmap/newgidmap are missing: apt-get install uidmap (README set-up 2)")
     yield from _user("nsbrr", True, python)
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from functools import wraps
 from typing import Any, Callable, List, Optional
@@ -400,31 +399,6 @@ def _rm_all(sd, as_json: bool) -> None:  # sd: StateDir
               f"released {sd.path} (kept the directory: it holds files that are not nsbuild's)")
 
 
-def _rootless_report(state: str) -> dict[str, Any]:
-    """Which ids a rootless build maps, and how to get a range of them (doctor)."""
-    from builder.sandbox import holder, userns
-
-    if not holder.wanted():
-        return {"mapping": None, "summary": "none: root builds in the initial user namespace", "hint": "",
-                "uids": [], "gids": [], "holder": None}
-    mapping = userns.mapping()
-    uids, gids = userns.subordinate_ranges("uid"), userns.subordinate_ranges("gid")
-    if mapping == "range":
-        summary = ("range: you are root of the user namespace, subordinate ids 1... are "
-                   + ", ".join(f"{a}-{a + n - 1}" for a, n in uids) + " (newuidmap/newgidmap)")
-        hint = ""
-    else:
-        summary = ("single: only you are mapped (as root): files of other owners appear as nobody, "
-                   "chown to other ids fails")
-        missing = [f for f, r in (("/etc/subuid", uids), ("/etc/subgid", gids)) if not r]
-        hint = ("for multi-owner trees get a range: sudo usermod --add-subuids 100000-165535 "
-                f"--add-subgids 100000-165535 {userns.user_name()}"
-                + (f" (none in {' and '.join(missing)})" if missing else "")
-                + ("" if missing or shutil.which("newuidmap") else "; and install uidmap (newuidmap, newgidmap)"))
-    return {"mapping": mapping, "summary": summary, "hint": hint, "uids": uids, "gids": gids,
-            "holder": holder.running(state)}
-
-
 def _libseccomp() -> str:
     from builder.kernel import syscalls
 
@@ -448,7 +422,9 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
     except NsbuildError as e:
         auto = f"none ({e})"
     path = resolve(state_dir)
-    rootless = _rootless_report(path)
+    from builder.sandbox import holder, userns
+
+    rootless = userns.report(holder.running(path) if holder.wanted() else None, holder.wanted())
     try:
         _join(path, start=False, fork=False)  # rootless: the state directory's mounts are the holder's
     except NsbuildError as e:

@@ -81,7 +81,8 @@ def _lock(state: str, how: int) -> int:
 
 
 def enter(state: str, start: bool = True, fork: bool = False) -> bool:
-    """Join the holder of `state` (started if `start`); False when there is none to join.
+    """Join the holder of `state` (started if `start`; the directory exists otherwise); False when
+    there is none to join.
 
     fork: the rest of the command runs in a child that is in the holder's PID namespace too (a
     build mounts proc, which the kernel allows only there); this process waits for it, stops the
@@ -89,8 +90,6 @@ def enter(state: str, start: bool = True, fork: bool = False) -> bool:
     store = paths.store_dir()
     if start:
         _make_dir(state)
-    elif not os.path.isdir(state):
-        return False
     try:
         lock = _lock(state, fcntl.LOCK_EX)
     except PermissionError:
@@ -133,8 +132,7 @@ def enter(state: str, start: bool = True, fork: bool = False) -> bool:
         raise NsbuildError(f"cannot change to {cwd} in the holder's mount namespace: {e.strerror}",
                            "run nsbuild from a directory that existed when the holder started") from None
     if not fork:
-        if not start:
-            os.close(lock)  # joined: the namespaces are held by this process now
+        os.close(lock)  # joined: the namespaces are held by this process now
         return True
     _fork_and_wait(state, lock, pid)
     return True

@@ -117,3 +117,23 @@ def refuse_unbuildable(recipe: Recipe) -> None:
                  for m in recipe.mounts if m.type in ("sysfs", "mqueue")]
     if problems:
         raise RecipeError(recipe.file, problems)
+
+
+def report(holder: int | None, rootless: bool) -> dict[str, object]:
+    """`nsbuild doctor`: which ids a rootless build maps, how to get a range of them, the holder's pid."""
+    if not rootless:
+        return {"mapping": None, "summary": "none: root builds in the initial user namespace", "hint": "",
+                "uids": [], "gids": [], "holder": None}
+    uids, gids = subordinate_ranges("uid"), subordinate_ranges("gid")
+    if mapping() == "range":
+        summary = ("range: you are root of the user namespace, subordinate ids 1... are "
+                   + ", ".join(f"{a}-{a + n - 1}" for a, n in uids) + " (newuidmap/newgidmap)")
+        hint = ""
+    else:
+        summary = ("single: only you are mapped (as root): files of other owners appear as nobody, "
+                   "chown to other ids fails")
+        missing = [f for f, r in (("/etc/subuid", uids), ("/etc/subgid", gids)) if not r]
+        hint = ("for multi-owner trees get a range: sudo usermod --add-subuids 100000-165535 "
+                f"--add-subgids 100000-165535 {user_name()}"
+                + (f" (none in {' and '.join(missing)})" if missing else "; and install uidmap (newuidmap, newgidmap)"))
+    return {"mapping": mapping(), "summary": summary, "hint": hint, "uids": uids, "gids": gids, "holder": holder}
