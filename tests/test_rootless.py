@@ -290,3 +290,31 @@ def test_escape_attempts_fail_rootless(user: RootlessUser, tmp_path: Path) -> No
     assert not list(host.glob("pwned")) and not (project / "mnt-attack").is_mount()
     user.run("rm", "dev")
     tally("escape attempts from a rootless contained run, all refused", len(results))
+
+
+def test_fault_at_every_step_leaves_nothing(user: RootlessUser) -> None:
+    """The fault sweep, rootless: a build whose plan step K fails (NSBUILD_TEST_FAULT) ends in one
+    clear error, leaves no sandbox, and its holder goes again (the user has none)."""
+    plan = json.loads(user.run("plan", "--json", "recipes/layers.toml").stdout)
+    steps = [s["index"] for s in plan["steps"] if s["call"] != "fork"]  # a fork is no syscall of its own
+    assert len(steps) > 20
+    for k in steps:
+        proc = user.run("build", "-q", "recipes/layers.toml", env={"NSBUILD_TEST_FAULT": f"{k}:EIO"}, check=False)
+        assert proc.returncode == 1 and proc.stderr.count("nsbuild: error:") == 1, (k, proc.stderr)
+        assert json.loads(user.run("ls", "--json").stdout) == [], k
+        assert user.wait_no_processes() == [], f"step {k}: the holder stayed without a sandbox"
+    tally("rootless builds failed at a plan step, nothing left", len(steps))
+
+
+def test_racing_builds_of_one_name_one_wins(ranged: RootlessUser) -> None:
+    procs = [subprocess.Popen(ranged.popen_args("build", "-q", "recipes/layers.toml"), cwd=ranged.home,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    assert sorted(code for code, _ in results) == [0, 1, 1], results
+    assert all("exists already" in err for code, err in results if code), results
+    assert ranged.run("run", "layers").stdout == RUNS["layers"]
+    ranged.run("rm", "--all")
+    assert ranged.wait_no_processes() == []
