@@ -97,13 +97,6 @@ def write_single_maps(uid: int, gid: int) -> None:
         f.write(f"0 {gid} 1")
 
 
-def in_force() -> str:
-    """The mapping of the user namespace this process is in: "" (the initial one), "single" or "range"."""
-    from builder.kernel.features import userns_mapping
-
-    return userns_mapping()
-
-
 def refuse_unbuildable(recipe: Recipe) -> None:
     """What the kernel will not mount in a user namespace: one clear error (exit 2) naming each entry."""
     problems = [Problem(layer.origin, f"an {layer.fstype or 'image'} image cannot be mounted by a user who is "
