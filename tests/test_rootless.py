@@ -19,6 +19,7 @@ import pytest
 from conftest import RECIPES, _umount_all_under, needs_root, nsbuild_cmd, tally
 from builder.kernel.features import pick_strategy, probe
 from rootless_users import Interpreter, RootlessUser, make_user, remove_user
+from test_e2e import strategies
 
 pytestmark = needs_root
 AUTO = pick_strategy(probe())  # what a rootless build picks: unshare on 6.x, fsmount-namespace on 7.1+
@@ -318,3 +319,20 @@ def test_racing_builds_of_one_name_one_wins(ranged: RootlessUser) -> None:
     assert ranged.run("run", "layers").stdout == RUNS["layers"]
     ranged.run("rm", "--all")
     assert ranged.wait_no_processes() == []
+
+
+@pytest.mark.parametrize("strategy", strategies())
+def test_every_strategy_rootless(ranged: RootlessUser, strategy: str) -> None:
+    """Each strategy the kernel has builds rootless (on 7.x: fsmount-namespace and open-tree-namespace in
+    the holder's user namespace), and gives the tree the unshare strategy gives."""
+    u = ranged
+    u.run("build", "-q", "--strategy", "unshare", "--name", "ref", "recipes/layers.toml")
+    built = json.loads(u.run("build", "--json", "--strategy", strategy, "recipes/layers.toml").stdout)
+    assert built["strategy"] == strategy
+    assert u.run("run", "layers").stdout == RUNS["layers"]
+    listing = "find / -xdev -printf '%p %y %m %U:%G\\n' | sort"
+    assert in_sandbox(u, "layers", listing) == in_sandbox(u, "ref", listing)
+    mounts = "findmnt -rno TARGET,FSTYPE | sort"
+    assert in_sandbox(u, "layers", mounts) == in_sandbox(u, "ref", mounts)
+    u.run("rm", "--all")
+    assert u.wait_no_processes() == []
