@@ -123,13 +123,14 @@ class RootlessUser:
         return left
 
 
-def _subids(name: str, kind: str) -> list[str]:
+def _subids(name: str | None, kind: str) -> list[str]:
+    """name's lines of /etc/subuid or /etc/subgid (None: every well-formed line)."""
     path = "/etc/subuid" if kind == "uid" else "/etc/subgid"
     try:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
         return []
-    return [line for line in lines if line.split(":")[0] == name]
+    return [line for line in lines if line.count(":") == 2 and (name is None or line.split(":")[0] == name)]
 
 
 def make_user(prefix: str, subids: bool, python: str) -> RootlessUser:
@@ -145,14 +146,15 @@ def make_user(prefix: str, subids: bool, python: str) -> RootlessUser:
         shutil.copytree(REPO / "recipes", home / "recipes")
         subprocess.run(["chown", "-R", f"{name}:", str(home)], check=True)
         os.chmod(home, 0o755)
-        for kind, flag in (("uid", "--del-subuids"), ("gid", "--del-subgids")):  # useradd may have added some
-            for line in _subids(name, kind):
-                _, first, count = line.split(":")
-                subprocess.run(["usermod", flag, f"{first}-{int(first) + int(count) - 1}", name], check=True)
-        if subids:
-            first = 300000 + (os.getpid() % 1000) * 65536  # a range of this test run's own
-            for flag in ("--add-subuids", "--add-subgids"):
-                subprocess.run(["usermod", flag, f"{first}-{first + 65535}", name], check=True)
+        for kind, delete, add in (("uid", "--del-subuids", "--add-subuids"), ("gid", "--del-subgids", "--add-subgids")):
+            mine = _subids(name, kind)  # useradd allocates a range where /etc/subuid exists: keep it or drop it
+            if not subids:
+                for line in mine:
+                    _, first, count = line.split(":")
+                    subprocess.run(["usermod", delete, f"{first}-{int(first) + int(count) - 1}", name], check=True)
+            elif not mine:  # above every range in use, so that no other user's ids are shared
+                first = max([100000] + [int(f) + int(c) for _, f, c in (line.split(":") for line in _subids(None, kind))])
+                subprocess.run(["usermod", add, f"{first}-{first + 65535}", name], check=True)
         return RootlessUser(name, home, python, str(site))
     except BaseException:
         remove_user(name, home)
