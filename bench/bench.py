@@ -236,6 +236,10 @@ def main() -> int:
         for key, ms in interleaved(cmds, env=env).items():
             row(results, key, ms)
         row(results, "enter: nsenter --mount=FILE /bin/true", times(["nsenter", f"--mount={nsfs}", "/bin/true"]))
+        if os.environ.get("BENCH_ROOTLESS", "1") == "1":  # a throwaway user with subordinate ids
+            import rootless_rows
+
+            rootless_rows.rows(top, recipe, interleaved, row, results)
 
         # 3. in process
         in_process(plan, 10)
@@ -311,6 +315,9 @@ def report(results: dict) -> None:
                 ratio = f"{r['median_ms'] / bwrap:.2f}x bwrap"
             elif key.startswith("enter: nsbuild run bench") and unconfined:
                 ratio = f"{r['median_ms'] / unconfined:.2f}x unconfined"  # target: at most 1.3x
+            elif key.startswith("rootless: ") and key.endswith(", user"):
+                root = results.get(key[:-len("user")] + "root", {}).get("median_ms")
+                ratio = f"{r['median_ms'] / root:.2f}x root" if root else ""  # target: at most 1.25x
             print(f"{key:58} {r['median_ms']:8.2f}ms {r['min_ms']:8.2f}ms {r['max_ms']:8.2f}ms  {ratio}")
         else:
             print(f"{key:58} {r['value']:9.1f}")

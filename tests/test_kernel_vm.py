@@ -13,7 +13,7 @@ from conftest import IN_VM, NOT_RUN, REPO, TALLY_PREFIX, needs_root, tally
 
 KERNEL_VM = REPO.parent / "shared" / "tools" / "kernel-vm"
 SUITES = ["tests/test_e2e.py", "tests/test_propagation.py", "tests/test_contain.py", "tests/test_same_tree.py",
-          "tests/test_executor.py", "tests/test_images.py"]
+          "tests/test_executor.py", "tests/test_images.py", "tests/test_rootless.py"]
 # test-only: other suites for the guest (tests/test_setup.py runs a quick one from a clone under /tmp)
 SUITES = os.environ.get("NSBUILD_KVM_SUITES", "").split() or SUITES
 

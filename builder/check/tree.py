@@ -48,10 +48,13 @@ def _whiteout(st: os.stat_result) -> bool:
 
 
 def _opaque(host: str) -> bool:
-    try:
-        return os.getxattr(host, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+    for name in (OPAQUE_XATTR, "user.overlay.opaque"):  # root's store, a rootless one's (userxattr)
+        try:
+            if os.getxattr(host, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            pass
+    return False
 
 
 class SandboxTree(View):

@@ -20,6 +20,7 @@ from builder.errors import NsbuildError, UsageError, os_error
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from builder.layers.resolved import Resolved
+    from builder.recipe.model import Recipe
 
 app = typer.Typer(
     help="Build root filesystems from TOML recipes into persisted Linux mount namespaces.",
@@ -58,6 +59,23 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
     return wrapper
+
+
+def _join(state_dir: Optional[str], start: bool = True, fork: bool = True) -> None:
+    """Rootless: go on in the holder's namespaces (sandbox/holder.py), where the user's sandboxes
+    are pinned and the store's owners are mapped; root stays where it is."""
+    from builder.sandbox import holder
+    from builder.sandbox.state import state_dir as resolve
+
+    holder.join(resolve(state_dir), start=start, fork=fork)
+
+
+def _join_for_store(r: Recipe) -> None:
+    """_join() when the recipe has layers that the content store unpacks (their owners need the mapping)."""
+    from builder.layers import kinds
+
+    if any(kinds.of(layer).needs_store(layer) for layer in r.layers):
+        _join(None)
 
 
 def _load(path: Optional[str]):  # -> Recipe
@@ -201,6 +219,7 @@ def check(
     if any(layer.kind == "image" for layer in r.layers):
         need_root("checking a recipe with image layers (they are mounted to be read)")
     session = Session()
+    _join_for_store(r)
     r = session.resolve(r)
     found = preflight.problems(r, session.features(r))
     if found:
@@ -227,7 +246,9 @@ def lock(
     progress.QUIET = quiet or as_json
     from builder.sandbox.session import Session
 
-    path = lk.write(_load(recipe), Session().layers)
+    r = _load(recipe)
+    _join_for_store(r)
+    path = lk.write(r, Session().layers)
     if as_json:
         print(json.dumps({"lock": path}, indent=2))
         return
@@ -249,6 +270,7 @@ def export(
 
     progress.QUIET = quiet
     destination.parse_dest(dest)  # a bad destination is a usage error before anything is unpacked
+    _join(state_dir)
     need_root()
     digest, report = ex.export(target, dest, state_dir)
     if as_json:
@@ -268,6 +290,7 @@ def gc(
     """Remove store entries that no lock file and no persisted sandbox references."""
     from builder.sandbox.session import Session
 
+    _join(None)
     store = Session().store
     if not dry_run:
         need_root("removing store entries")
@@ -291,6 +314,7 @@ def list_(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
     from builder.sandbox.state import StateDir, mount_points, state_dir as resolve
 
     sd = StateDir(resolve(state_dir))
+    _join(sd.path, start=False, fork=False)  # rootless: the pins are in the holder's mount namespace
     mounted = mount_points()
     rows = []
     for name in sd.names():
@@ -333,6 +357,8 @@ def rm(
     if all_ == bool(names):
         raise UsageError("give sandbox names or --all" if not all_ else "--all takes no sandbox names",
                          "e.g. `nsbuild rm dev`, or `nsbuild rm --all`")
+    if os.path.isdir(sd.path):
+        _join(sd.path)
     if all_:
         return _rm_all(sd, as_json)
     for name in names:
@@ -391,6 +417,13 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
     except NsbuildError as e:
         auto = f"none ({e})"
     path = resolve(state_dir)
+    from builder.sandbox import holder, userns
+
+    rootless = userns.report(holder.running(path) if holder.wanted() else None, holder.wanted())
+    try:
+        _join(path, start=False, fork=False)  # rootless: the state directory's mounts are the holder's
+    except NsbuildError as e:
+        rootless["hint"] = " ".join(filter(None, (rootless["hint"], str(e))))  # doctor reports, it does not fail
     entry = _mountinfo_entry(path) if os.path.isdir(path) else None
     tags = entry[6:entry.index("-")] if entry else []
     report = {
@@ -404,6 +437,7 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
         "seccomp": _libseccomp(),
         "state_dir": {"path": path, "exists": os.path.isdir(path), "mount_point": entry is not None,
                       "unbindable": "unbindable" in tags, "template": StateDir(path).template() is not None},
+        "user_namespace": rootless,
     }
     if as_json:
         print(json.dumps(report, indent=2))
@@ -422,7 +456,12 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
     t.add_row("overlay layers as fds (6.13+)", "yes" if f.overlay_fd_layers else "no")
     t.add_row("erofs images straight from files", "yes" if f.erofs_file else
               "no: loop devices" if os.geteuid() == 0 else "unknown (needs root)")
-    t.add_row("running as root", "yes" if report["root"] else "no (builds need root)")
+    t.add_row("running as root", "yes" if report["root"] else "no: rootless, in a user namespace")
+    t.add_row("user namespace mapping", rootless["summary"])
+    if rootless["hint"]:
+        t.add_row("", rootless["hint"])
+    if rootless["mapping"]:
+        t.add_row("holder", f"pid {rootless['holder']}" if rootless["holder"] else "not running (started by a build)")
     t.add_row("syscall layer", str(report["ffi"]))
     t.add_row("contained runs (libseccomp)", str(report["seccomp"]))
     sd = report["state_dir"]

@@ -29,6 +29,9 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
 
     path = os.path.abspath(recipe or default_recipe())
     session = Session(StateDir(resolve(state_dir)))
+    from builder.sandbox import holder
+
+    holder.join(session.state.path, start=True, fork=True)  # rootless: in the holder's namespaces from here on
     if count is not None:
         return _batch_command(path, session, strategy, replace, name, locked, quiet, check, count, as_json)
     options = (strategy, name, check)
@@ -61,7 +64,13 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
         return
     print(f"built {b.name} in {b.seconds * 1000:.1f} ms (strategy {b.strategy})")
     print(f"  namespace: {b.nsfs}")
-    print(f"  enter:     nsbuild run {b.name} [-- CMD]   or   nsenter --mount={b.nsfs} CMD")
+    from builder.sandbox.paths import initial_userns
+
+    nsenter = f"nsenter --mount={b.nsfs} CMD"
+    if not initial_userns():  # rootless: the pin is in the holder's namespaces
+        pid = os.path.join(session.state.path, ".holder.pid")
+        nsenter = f'nsenter -t "$(cat {pid})" -U --preserve-credentials -m -p {nsenter}'
+    print(f"  enter:     nsbuild run {b.name} [-- CMD]   or   {nsenter}")
 
 
 def _build_from_recipe(path: str, session: Session, strategy: str, replace: bool, name: str | None,
@@ -120,8 +129,9 @@ def _batch_command(path: str, session: Session, strategy: str, replace: bool, na
 
 
 def need_root(action: str = "building a sandbox") -> None:
+    """Root, or root of the holder's user namespace (a rootless command has joined it by now)."""
     if os.geteuid() != 0:
-        raise NsbuildError(f"{action} needs root (CAP_SYS_ADMIN)",
+        raise NsbuildError(f"{action} needs root (CAP_SYS_ADMIN), here or in a user namespace",
                            "run it with sudo; `nsbuild plan` works without root")
 
 

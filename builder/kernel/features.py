@@ -18,6 +18,7 @@ class Features:
     fsmount_namespace: bool    # FSMOUNT_NAMESPACE (7.1+)
     open_tree_namespace: bool  # OPEN_TREE_NAMESPACE (7.0+)
     erofs_file: bool = False   # erofs mounts a regular file, no loop device (CONFIG_EROFS_FS_BACKED_BY_FILE)
+    userns: str = ""           # built in a user namespace (rootless): "single" or "range" mapping, "" not
     probes: tuple[tuple[str, str], ...] = ()  # probe -> errno name, for `doctor`
 
     @property
@@ -61,8 +62,22 @@ def probe(erofs: bool = False) -> Features:
         open_tree_namespace=api and results["open-tree-namespace"] in (errno.EBADF, errno.EPERM),
         # EINVAL: the file was read (and is no erofs image); ENOTBLK: only block devices
         erofs_file=erofs and results["erofs-file"] == errno.EINVAL,
+        userns=userns_mapping(),
         probes=names,
     )
+
+
+def userns_mapping() -> str:
+    """The mapping of this process's user namespace: "" (the initial one), "single" (one id, as
+    `unshare -Ur`) or "range" (subordinate ids too)."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            lines = [line.split() for line in f]
+    except OSError:
+        return ""
+    if lines == [["0", "0", "4294967295"]]:
+        return ""
+    return "single" if sum(int(line[2]) for line in lines) == 1 else "range"
 
 
 def supported(features: Features, strategy: str) -> bool:

@@ -31,11 +31,12 @@ from builder import progress
 from builder.errors import NsbuildError
 from builder.plan.executor import remove_tree
 
-DEFAULT_STORE = "/var/lib/nsbuild/store"
 
 
 def store_dir() -> str:
-    return os.path.abspath(os.environ.get("NSBUILD_STORE") or DEFAULT_STORE)
+    from builder.sandbox.paths import store_dir as chosen  # root's, or the user's (XDG)
+
+    return chosen()
 
 
 def sha256_of(path: str) -> str:

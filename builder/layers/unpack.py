@@ -27,11 +27,14 @@ if TYPE_CHECKING:
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
+USER_OPAQUE_XATTR = "user.overlay.opaque"  # what overlayfs reads in a user namespace (userxattr)
 MemberFilter = Callable[[tarfile.TarInfo, str], "tarfile.TarInfo | None"]
 
 # xattrs restored from archives: ACLs, file capabilities and user data. Never trusted.* (overlayfs
-# keeps whiteouts, redirects and metacopy there: a layer must not forge them) nor security labels.
+# keeps whiteouts, redirects and metacopy there: a layer must not forge them), nor user.overlay.*
+# (where a rootless overlayfs, mounted with userxattr, keeps them), nor security labels.
 XATTRS = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
+OVERLAY_USER_XATTRS = "user.overlay."
 PAX_XATTR = "SCHILY.xattr."
 
 
@@ -44,7 +47,8 @@ class Xattrs:
 
     def note(self, member: tarfile.TarInfo) -> None:
         found = {k[len(PAX_XATTR):]: v.encode("utf-8", "surrogateescape") for k, v in member.pax_headers.items()
-                 if k.startswith(PAX_XATTR) and k[len(PAX_XATTR):].startswith(XATTRS)}
+                 if k.startswith(PAX_XATTR) and k[len(PAX_XATTR):].startswith(XATTRS)
+                 and not k[len(PAX_XATTR):].startswith(OVERLAY_USER_XATTRS)}
         if found and not member.issym():
             self.pending.append((member.name, found))
 
@@ -206,7 +210,7 @@ def _apply_whiteout(root: int, name: str) -> None:
     try:
         before = os.fstat(fd)
         if marker == OPAQUE:
-            os.setxattr(fd, OPAQUE_XATTR, b"y")
+            os.setxattr(fd, _opaque_xattr(), b"y")
         elif marker.startswith(WHITEOUT + WHITEOUT):
             pass  # other .wh..wh. names are aufs metadata, nothing to delete
         else:
@@ -214,6 +218,13 @@ def _apply_whiteout(root: int, name: str) -> None:
         os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))  # keep the directory's mtime from the layer
     finally:
         os.close(fd)
+
+
+def _opaque_xattr() -> str:
+    """trusted.* for root's overlayfs; a rootless one (mounted with userxattr) reads user.*."""
+    from builder.sandbox.paths import initial_userns
+
+    return OPAQUE_XATTR if initial_userns() else USER_OPAQUE_XATTR
 
 
 def _whiteout(parent: int, target: str, name: str) -> None:
@@ -229,7 +240,7 @@ def _whiteout(parent: int, target: str, name: str) -> None:
     if stat.S_ISDIR(st.st_mode):
         fd = _open_dir(parent, target, name)
         try:
-            os.setxattr(fd, OPAQUE_XATTR, b"y")
+            os.setxattr(fd, _opaque_xattr(), b"y")
         finally:
             os.close(fd)
 

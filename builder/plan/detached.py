@@ -227,6 +227,8 @@ class Detached:
         if upper and work:
             give("upperdir", upper, "root.upper")
             give("workdir", work, "root.upper")
+        if self.features.userns:  # in a user namespace overlayfs keeps whiteouts etc. in user.overlay.*
+            self.emit("fsconfig", Fd(fs), Flags(("FSCONFIG_SET_FLAG",)), "userxattr", None, 0, origin="root")
         if r.upper not in ("tmpfs", "none"):
             # a kept upper may meet changed lowers: without these, overlayfs says ESTALE
             for key in ("index", "metacopy"):
@@ -261,17 +263,31 @@ class Detached:
         dev = self.new_fs("tmpfs", m.target, m.origin, (("mode", "0755"),) + m.options, m.attrs)
         self.set_propagation(dev, m.propagation, m.origin)
         for name, major, minor in DEV_NODES:
-            self.emit("mknodat", Fd(dev), name, Flags(("S_IFCHR",)), 0o666, major, minor, origin=m.origin)
+            if self.features.userns:
+                self.host_node(dev, name, m.origin)
+            else:
+                self.emit("mknodat", Fd(dev), name, Flags(("S_IFCHR",)), 0o666, major, minor, origin=m.origin)
         for name, link in DEV_LINKS:
             self.emit("symlinkat", link, Fd(dev), name, origin=m.origin)
         self.emit("mkdirat", Fd(dev), "pts", 0o755, origin=m.origin)
         self.emit("mkdirat", Fd(dev), "shm", 0o1777, origin=m.origin)
+        # gid 5 (tty) exists in a user namespace only with a range of subordinate gids
+        tty = (("gid", "5"),) if self.features.userns != "single" else ()
         pts = self.new_fs("devpts", m.target + "/pts", m.origin,
-                          (("ptmxmode", "0666"), ("mode", "0620"), ("gid", "5")), ("nosuid", "noexec"))
+                          (("ptmxmode", "0666"), ("mode", "0620")) + tty, ("nosuid", "noexec"))
         shm = self.new_fs("tmpfs", m.target + "/shm", m.origin, (("mode", "1777"),), ("nosuid", "nodev"))
         return [_Unit(m, m.target, dev),
                 _Unit(m, m.target + "/pts", pts, makes_point=False),
                 _Unit(m, m.target + "/shm", shm, makes_point=False)]
+
+    def host_node(self, dev: str, name: str, origin: str) -> None:
+        """Rootless: a user namespace may not mknod devices, so the host's node is bound onto an empty
+        file, as bwrap does (the bind is private, like every bind)."""
+        self.emit("mknodat", Fd(dev), name, Flags(("S_IFREG",)), 0o666, 0, 0, origin=origin)
+        node = self.emit("open_tree", AT_FDCWD, f"/dev/{name}", Flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC")),
+                         out=f"%node:{name}", origin=origin)
+        self.setattr(node, (), False, origin, "private")
+        self.emit("move_mount", Fd(node), "", Fd(dev), name, Flags(("MOVE_MOUNT_F_EMPTY_PATH",)), origin=origin)
 
 
 def workdir_for(upper: str) -> str:

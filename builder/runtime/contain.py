@@ -316,7 +316,15 @@ def _become(spec: Spec, keep: int = -1) -> None:
             except OSError:
                 break  # EINVAL: past the kernel's last capability
     sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
-    os.setgroups(spec.groups)
+    try:
+        os.setgroups(spec.groups)
+    except PermissionError:
+        if set(spec.groups) - {spec.gid}:
+            raise NsbuildError(f"cannot give the run its supplementary groups {spec.groups}: this user namespace "
+                               "maps one id only and denies setgroups",
+                               "get a range of subordinate ids (see `nsbuild doctor`), or run as root") from None
+        # a user namespace that maps one id denies setgroups (the kernel's condition for its gid_map):
+        # the caller's groups stay, shown as nobody, as under `unshare -Ur`
     if spec.uid != 0 and caps:
         sc.prctl(sc.PR_SET_KEEPCAPS, 1)  # else setresuid drops every capability
     os.setresgid(spec.gid, spec.gid, spec.gid)

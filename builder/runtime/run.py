@@ -112,6 +112,10 @@ def _contained(command: list[str], env: dict[str, str], s: dict, programs: dict[
 def run_persisted(name: str, command: list[str], state: str | None = None, opts: Options | None = None) -> None:
     """Enter a persisted sandbox and exec; does not return."""
     sd = StateDir(state_dir(state))
+    if os.geteuid() != 0:  # rootless: the sandbox is pinned in the holder's namespaces
+        from builder.sandbox import holder
+
+        holder.join(sd.path, start=False)
     run: dict = sd.read_run(name) or {}  # type: ignore[type-arg]
     if not run:  # no fast cache: the metadata says why (missing, corrupt, foreign)
         meta = sd.read(name)
@@ -135,13 +139,15 @@ def run_recipe(path: str, command: list[str], strategy: str = "auto", state: str
     """Build an ephemeral sandbox, enter it: it is gone when the command exits."""
     from builder.plan import executor
     from builder.recipe import load as rcp
+    from builder.sandbox import holder
     from builder.sandbox.build import plan_for, run_metadata
     from builder.sandbox.session import Session
 
     session = Session(StateDir(state_dir(state)))
+    sd = session.state
+    holder.join(sd.path, start=True, fork=True)  # rootless: build and run in the holder's namespaces
     r = session.resolve(rcp.load(path))
     s = _settings(run_metadata(r), r.name, opts or Options())
-    sd = session.state
     nsfd = executor.execute(plan_for(r, strategy, state=sd, session=session))
     _enter(nsfd, command or list(r.run.command), s, sd.path if os.path.isdir(sd.path) else None)
 

@@ -91,6 +91,10 @@ def plan_for(recipe: Recipe | Resolved, strategy: str = "auto", features: feat.F
     session = session or Session(state)
     resolved = recipe if isinstance(recipe, Resolved) else session.resolve(recipe)
     features = features or session.features(resolved)
+    if features.userns:
+        from builder.sandbox.userns import refuse_unbuildable
+
+        refuse_unbuildable(resolved)
     pin = state.pin_for(name) if state and name else None
     return make_plan(resolved, features, feat.pick_strategy(features, strategy), state.template() if state else None,
                      pin)

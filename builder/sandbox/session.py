@@ -70,9 +70,18 @@ class Session:
         """The running kernel's features, probed once (erofs only where a layer is an erofs image)."""
         erofs = any(layer.kind == "image" and layer.fstype == "erofs" for layer in recipe.layers)
         if erofs not in self._features:
+            import os
+
             from builder.kernel import features as feat
 
-            self._features[erofs] = feat.probe(erofs=erofs)
+            f = feat.probe(erofs=erofs)
+            if not f.userns and os.geteuid() != 0:  # `plan` for a user: the build runs in the holder's user namespace
+                import dataclasses
+
+                from builder.sandbox.userns import mapping
+
+                f = dataclasses.replace(f, userns=mapping())
+            self._features[erofs] = f
         return self._features[erofs]
 
     def hold(self, store: str | None = None) -> None:

@@ -24,15 +24,19 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from builder.plan.steps import Pin
-    from builder.plan.steps import Plan
+    from builder.plan.steps import Pin, Plan
 
-DEFAULT_STATE_DIR = "/run/nsbuild"
-_NOT_YOURS = "the state directory is root's (mode 0700): run nsbuild as root (sudo), or use --state-dir"
+_NOT_YOURS = ("the state directory is another user's (mode 0700): use your own (the default), "
+              "or run nsbuild as that user")
 
 
 def state_dir(option: str | None = None) -> str:
-    return os.path.abspath(option or os.environ.get("NSBUILD_STATE_DIR") or DEFAULT_STATE_DIR)
+    chosen = option or os.environ.get("NSBUILD_STATE_DIR")
+    if chosen:
+        return os.path.abspath(chosen)
+    from builder.sandbox.paths import default_state_dir
+
+    return default_state_dir()
 
 
 def to_json(value: object, indent: str = "") -> str:
@@ -353,7 +357,7 @@ class StateDir:
                 self._remove(name)
             while is_mount_point(self.template_path):
                 sc.umount2(self.template_path, sc.FLAGS["MNT_DETACH"])
-            for entry in (".template.mnt", ".seccomp", ".lock"):
+            for entry in (".template.mnt", ".seccomp", ".lock", ".holder.pid", ".holder.lock"):  # holder.py
                 try:
                     os.unlink(os.path.join(self.path, entry))
                 except FileNotFoundError:

@@ -2,6 +2,7 @@
 and host files, copied into the content store ("-bin" entries)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -153,7 +154,17 @@ def copy_host_paths(paths: list[str], dest: str) -> None:
                 advance(st.st_size)
             else:
                 continue  # sockets, fifos, devices: not programs
-            os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+            _chown(target, st, follow_symlinks=False)
+
+
+def _chown(path: str, st: os.stat_result, follow_symlinks: bool = True) -> None:
+    """The host file's owner; in a user namespace that does not map it (rootless with a single
+    mapping: host root shows as nobody), the file stays the user's."""
+    try:
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=follow_symlinks)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # EINVAL: an id this user namespace does not map
+            raise
 
 
 def _copy_parents(path: str, dest: str) -> None:
@@ -163,4 +174,4 @@ def _copy_parents(path: str, dest: str) -> None:
     st = os.stat(path)
     os.mkdir(dest + path)
     os.chmod(dest + path, stat.S_IMODE(st.st_mode))
-    os.chown(dest + path, st.st_uid, st.st_gid)
+    _chown(dest + path, st)
