@@ -92,7 +92,7 @@ def plan_for(recipe: Recipe | Resolved, strategy: str = "auto", features: feat.F
     resolved = recipe if isinstance(recipe, Resolved) else session.resolve(recipe)
     features = features or session.features(resolved)
     if features.userns:
-        from builder.sandbox.userns import refuse_unbuildable
+        from builder.sandbox.rootless import refuse_unbuildable
 
         refuse_unbuildable(resolved)
     pin = state.pin_for(name) if state and name else None

@@ -216,9 +216,9 @@ def stop(state: str, pid: int) -> None:
 
 def _spawn(state: str) -> int:
     """Start a holder for `state` (the caller holds .holder.lock exclusively); its pid."""
-    from builder.sandbox import userns
+    from builder.sandbox import rootless
 
-    ranged = userns.mapping() == "range"
+    ranged = rootless.mapping() == "range"
     uid, gid = os.geteuid(), os.getegid()
     up_r, up_w = os.pipe()      # the new process -> us
     down_r, down_w = os.pipe()  # us -> the new process
@@ -230,7 +230,7 @@ def _spawn(state: str) -> int:
             os.setsid()  # no controlling terminal: Ctrl-C at the user's shell does not reach it
             sc.unshare(sc.FLAGS["CLONE_NEWUSER"])
             if not ranged:
-                userns.write_single_maps(uid, gid)
+                rootless.write_single_maps(uid, gid)
             os.write(up_w, b"u")
             if os.read(down_r, 1) != b"m":
                 os._exit(1)
@@ -253,7 +253,7 @@ def _spawn(state: str) -> int:
         if said == b"u":
             try:
                 if ranged:
-                    userns.write_range_maps(pid)
+                    rootless.write_range_maps(pid)
             finally:
                 os.write(down_w, b"m")
             said = b""

@@ -78,7 +78,7 @@ class Session:
             if not f.userns and os.geteuid() != 0:  # `plan` for a user: the build runs in the holder's user namespace
                 import dataclasses
 
-                from builder.sandbox.userns import mapping
+                from builder.sandbox.rootless import mapping
 
                 f = dataclasses.replace(f, userns=mapping())
             self._features[erofs] = f
