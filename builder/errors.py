@@ -117,10 +117,15 @@ class BuildError(NsbuildError):
         return dict(super().as_dict(), step=self.step, errno=self.errno)
 
 
-class PersistError(NsbuildError):
-    """The namespace was built but could not be persisted. retry: whether building it again (on another
-    CPU) can succeed, as it can when the kernel refused the namespace's id."""
+class PersistError(BuildError):
+    """A step of the plan's persist segment failed: the namespace was built but is not pinned. retry:
+    whether building it again (on another CPU) can succeed, as it can when the kernel refused the
+    namespace's id, or was short of resources for a moment."""
 
-    def __init__(self, message: str, hint: str = "", retry: bool = False) -> None:
-        super().__init__(message, hint)
+    def __init__(self, message: str, hint: str = "", step: int | None = None, errno: int | None = None,
+                 retry: bool = False) -> None:
+        super().__init__(message, hint, step, errno)
         self.retry = retry
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(super().as_dict(), retry=self.retry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from builder.errors import NsbuildError
+from builder.errors import BuildError, NsbuildError, PersistError
 from builder.sandbox.build import Built, build, build_cached, build_many
 from builder.sandbox.session import Session
 from builder.sandbox.state import StateDir
@@ -50,7 +50,7 @@ def build_command(recipe: str | None, strategy: str, replace: bool, name: str | 
             try:
                 b = build_cached(plan, meta, session, name, replace)
             except NsbuildError as e:
-                if getattr(e, "step", None) is None or getattr(e, "persisting", False):
+                if not isinstance(e, BuildError) or e.step is None or isinstance(e, PersistError):
                     raise  # not the plan's fault (e.g. the name exists): the same without the cache
                 plancache.drop(session.state, path)  # a host path changed under the plan: plan again
     if b is None:

@@ -258,7 +258,15 @@ def _json_blob(work: str, doc: dict[str, Any], media_type: str) -> Blob:
 
 
 def export(target: str, dest_text: str, state_dir: str | None = None) -> tuple[str, list[str]]:
-    """Write the image; returns the manifest digest and a line per blob saying what happened to it."""
+    """Write the image; returns the manifest digest and a line per blob saying what happened to it.
+    An error says what was being exported where, before its cause."""
+    try:
+        return _export(target, dest_text, state_dir)
+    except NsbuildError as e:
+        raise e.wrap(f"exporting {target} to {dest_text}") from None
+
+
+def _export(target: str, dest_text: str, state_dir: str | None) -> tuple[str, list[str]]:
     dest = parse_dest(dest_text)
     recipe, upper = source_of(target, state_dir)
     env_epoch = os.environ.get("SOURCE_DATE_EPOCH")

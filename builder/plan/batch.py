@@ -57,7 +57,7 @@ def _worker(plan: Plan, count: int, sock: _socket.socket) -> None:  # pragma: no
             executor.send_fds(sock, b"ok", [fd])
             os.close(fd)
     except BuildError as e:
-        sock.send(marshal.dumps({"message": str(e), "hint": e.hint, "step": getattr(e, "step", None)}))
+        sock.send(marshal.dumps({"message": str(e), "hint": e.hint, "step": e.step, "errno": e.errno}))
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         sock.send(marshal.dumps({"message": f"batch worker: {e!r}", "hint": "", "step": None}))
     finally:
@@ -71,6 +71,4 @@ def _receive(sock: _socket.socket) -> int:
     for fd in fds:
         os.close(fd)
     info = marshal.loads(msg) if msg else {"message": "a batch worker died", "hint": "", "step": None}
-    error = BuildError(info["message"], info["hint"])
-    error.step = info["step"]  # type: ignore[attr-defined]
-    raise error
+    raise BuildError(info["message"], info["hint"], info["step"], info.get("errno"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from builder.errors import BuildError
+from builder.errors import BuildError, PersistError
 from builder.kernel import syscalls as sc
 from builder.plan.render import strace_line
 from builder.plan.steps import Plan, Step
@@ -23,10 +23,7 @@ def build_error(plan: Plan, index: int, err: sc.SyscallError) -> BuildError:
     message = f"{where}(step {index + 1}, {strace_line(step)}) failed: {err.errname} ({err.strerror})"
     if err.kmsg:
         message += f"; kernel says: {err.kmsg}"
-    error = BuildError(message, _hint(step, err))
-    error.step = index  # type: ignore[attr-defined]
-    error.errno = err.errno  # type: ignore[attr-defined]
-    return error
+    return BuildError(message, _hint(step, err), step=index, errno=err.errno)
 
 
 # overlayfs's words for a problem with the upper directory (its workdir is a sibling of it)
@@ -69,28 +66,22 @@ def _hint(step: Step, err: sc.SyscallError) -> str:
 _TRANSIENT = (errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ENOMEM)
 
 
-def persist_error(e: BuildError, nsfd: int) -> BuildError:
+def persist_error(e: BuildError, nsfd: int) -> PersistError:
     """A failed persist step, told with whether to retry (`retry`, and in the hint)."""
-    error = e
-    if e.errno in (errno.ELOOP, errno.EINVAL):  # type: ignore[attr-defined]
+    if e.errno in (errno.ELOOP, errno.EINVAL):
         try:
             with open("/proc/self/ns/mnt") as own:
                 ours, theirs = sc.mntns_id(own.fileno()), sc.mntns_id(nsfd)
         except OSError:
             ours = theirs = 0
         if theirs and theirs < ours:
-            name = errno.errorcode.get(e.errno, e.errno)  # type: ignore[attr-defined]
-            error = BuildError(
+            name = errno.errorcode.get(e.errno, e.errno)
+            return PersistError(
                 f"cannot persist the namespace: its id {theirs} is lower than that of the namespace "
                 f"nsbuild runs in ({ours}), which the kernel refuses ({name})",
                 "a retry can help, made on another CPU: run nsbuild from the initial mount namespace, or let it "
-                "use more CPUs (taskset): ids come from per-CPU ranges")
-            error.step, error.errno, error.retry = e.step, e.errno, True  # type: ignore[attr-defined]
-            error.persisting = True  # type: ignore[attr-defined]
-            return error
-    error.retry = e.errno in _TRANSIENT  # type: ignore[attr-defined]
-    error.persisting = True  # type: ignore[attr-defined]
+                "use more CPUs (taskset): ids come from per-CPU ranges", e.step, e.errno, retry=True)
+    retry = e.errno in _TRANSIENT
     hint = e.hint or "the state directory must be a private mount; see `nsbuild doctor`"
-    error.hint = ("a retry can help (the kernel was short of resources): " if error.retry  # type: ignore[attr-defined]
-                  else "a retry will not help: ") + hint
-    return error
+    hint = ("a retry can help (the kernel was short of resources): " if retry else "a retry will not help: ") + hint
+    return PersistError(str(e), hint, e.step, e.errno, retry)

@@ -7,7 +7,7 @@ import os
 import time
 
 from builder.plan import executor
-from builder.errors import NsbuildError
+from builder.errors import NsbuildError, PersistError
 from builder.sandbox.session import Session
 from builder.sandbox.state import StateDir
 from builder.plan.steps import Plan
@@ -201,8 +201,8 @@ def retrying_on_each_cpu(make: Callable[[], int], persist: Callable[[int], T]) -
             nsfd = make()
             try:
                 return persist(nsfd)
-            except NsbuildError as e:
-                if not getattr(e, "retry", False) or cpu == attempts[-1]:
+            except PersistError as e:
+                if not e.retry or cpu == attempts[-1]:
                     raise
             finally:
                 os.close(nsfd)
