@@ -8,12 +8,16 @@ from __future__ import annotations
 import hashlib
 import os
 
-from builder.errors import Problem
+from builder.errors import NsbuildError, Problem, RecipeError
 from builder.kernel.features import Features
-from builder.recipe.model import Recipe
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.layers.resolved import Resolved
+    from builder.sandbox.state import StateDir
 
 
-def problems(recipe: Recipe, features: Features) -> list[Problem]:
+def problems(recipe: Resolved, features: Features) -> list[Problem]:
     """What would stop recipe.run.command from starting; `recipe` has its layers resolved (store.py)."""
     from builder.plan import executor
     from builder.plan.planner import make_image_plan
@@ -35,7 +39,7 @@ def problems(recipe: Recipe, features: Features) -> list[Problem]:
             os.close(fd)
 
 
-def key(recipe: Recipe) -> str:
+def key(recipe: Resolved) -> str:
     """What a passed check depends on: the recipe and the identity of each layer's top directory or
     file (store entries are named by content). A rebuild with the same key skips the check."""
     h = hashlib.sha256(recipe.sha256.encode())
@@ -43,3 +47,25 @@ def key(recipe: Recipe) -> str:
         st = os.stat(layer.path)
         h.update(f"{layer.path}\0{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}\n".encode())
     return h.hexdigest()
+
+
+def before_build(recipe: Resolved, features: Features, state: StateDir, name: str) -> str | None:
+    """The check a build makes first: that [run]'s command starts in the tree, unless this sandbox
+    passed with the same inputs. Returns the key to remember. Not checked (None): a recipe without a
+    [run] command (a rootfs for other uses: `nsbuild check` still checks the default /bin/sh), and
+    image layers, which the check would have to mount (`nsbuild check` does)."""
+    if not recipe.run.given or any(layer.kind == "image" for layer in recipe.layers):
+        return None
+    passed = key(recipe)
+    try:
+        old = state.read(name) if os.path.isdir(state.path) else None
+    except NsbuildError:
+        old = None
+    if old and old.get("checked") == passed:
+        return passed
+    found = problems(recipe, features)
+    if found:
+        error = RecipeError(recipe.file, found)
+        error.hint = "fix the recipe, or build anyway with --no-check"
+        raise error
+    return passed

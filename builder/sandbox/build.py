@@ -75,7 +75,9 @@ def _planned(recipe: Resolved, session: Session, strategy: str, check: bool,
     """Features, plan and metadata for a build; the pre-flight check done (as sandbox `name`)."""
     features = session.features(recipe)
     plan = plan_for(recipe, strategy, features, session.state, session, name)
-    checked = preflight(recipe, features, session.state, name) if check else None
+    from builder.check import preflight
+
+    checked = preflight.before_build(recipe, features, session.state, name) if check else None
     return features, plan, dict(metadata(recipe, plan), checked=checked)
 
 
@@ -115,31 +117,6 @@ def run_metadata(recipe: Recipe | Resolved) -> dict[str, Any]:
     r = recipe.run
     return {"command": list(r.command), "cwd": r.cwd, "env": dict(r.env), "contained": r.contained,
             "user": r.user, "hostname": r.hostname, "network": r.network, "capabilities": list(r.capabilities)}
-
-
-def preflight(recipe: Resolved, features: feat.Features, state: StateDir, name: str) -> str | None:
-    """Check that [run]'s command starts in the tree, unless this sandbox passed with the same inputs.
-    Returns the key to remember. Not checked (None): a recipe without a [run] command (a rootfs for
-    other uses: `nsbuild check` still checks the default /bin/sh), and image layers, which the check
-    would have to mount (`nsbuild check` does)."""
-    from builder.check import preflight as pf
-    from builder.errors import RecipeError
-
-    if not recipe.run.given or any(layer.kind == "image" for layer in recipe.layers):
-        return None
-    key = pf.key(recipe)
-    try:
-        old = state.read(name) if os.path.isdir(state.path) else None
-    except NsbuildError:
-        old = None
-    if old and old.get("checked") == key:
-        return key
-    found = pf.problems(recipe, features)
-    if found:
-        error = RecipeError(recipe.file, found)
-        error.hint = "fix the recipe, or build anyway with --no-check"
-        raise error
-    return key
 
 
 def execute_and_persist(plan: Plan, meta: dict[str, Any], session: Session, name: str, replace: bool,
