@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,36 @@ def test_every_module_is_in_a_room() -> None:
     """Only the package's entry points and the errors and progress shared by every room sit at the top."""
     top = {name for name, path in modules().items() if name.count(".") == 1 and path.name != "__init__.py"}
     assert top == {"builder.__main__", "builder.errors", "builder.progress"}, top
+
+
+def room(module: str) -> str:
+    return module.split(".")[1] if module.count(".") >= 2 else module
+
+
+def test_the_rooms_depend_as_architecture_md_says() -> None:
+    uses: dict[str, set[str]] = {}
+    for module, imported in graph().items():
+        uses.setdefault(room(module), set()).update(room(m) for m in imported if room(m) != room(module))
+    assert uses["kernel"] <= {"builder.errors"}, uses["kernel"]
+    assert uses["plan"] <= {"builder.errors", "kernel", "recipe", "layers"}, uses["plan"]
+    plan_on_layers = {m for name, imported in graph().items() if room(name) == "plan"
+                      for m in imported if room(m) == "layers"}
+    assert plan_on_layers <= {"builder.layers.resolved"}, plan_on_layers  # the types only
+    assert not any("cli" in {room(m) for m in imported} for name, imported in graph().items()
+                   if room(name) not in ("cli", "builder.__main__")), "only the entry points import cli/"
+
+
+def test_architecture_md_names_only_files_that_exist() -> None:
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    for name in rooms:
+        assert f"`{name}/`" in text, f"ARCHITECTURE.md does not describe builder/{name}/"
+    current = None
+    for line in text.splitlines():
+        found = re.match(r"\| `(\w+)/` \|", line)
+        if found:
+            current = found.group(1)
+            for path in re.findall(r"`([\w/]+\.py)`", line):
+                assert (PACKAGE / current / path).exists(), f"builder/{current}/{path} is named but missing"
+    for path in re.findall(r"`((?:\w+/)+\w+\.py)`", text):
+        assert any(p.exists() for p in (PACKAGE / path, PACKAGE.parent / path, *(PACKAGE / r / path for r in rooms))), path
