@@ -145,6 +145,19 @@ def test_image_layers_are_refused(ranged: RootlessUser) -> None:
     assert ranged.wait_no_processes() == []
 
 
+def test_an_idmapped_bind_is_refused(single: RootlessUser) -> None:
+    """The kernel refuses a user MOUNT_ATTR_IDMAP on a host filesystem: one clear error before anything runs."""
+    recipe = single.home / "idmap.toml"
+    recipe.write_text('[sandbox]\nname = "idm"\n[[mount]]\ntarget = "/work"\ntype = "bind"\n'
+                      f'source = "{single.home}"\nidmap = true\n')
+    proc = single.run("build", str(recipe), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"nsbuild: error: {recipe}: mount[0].idmap: an idmapped bind needs privilege")
+    assert "drop idmap" in proc.stderr and "Traceback" not in proc.stderr
+    single.run("rm", "--all")
+    assert single.wait_no_processes() == []
+
+
 def test_xdg_runtime_dir_and_the_fallback_check(single: RootlessUser) -> None:
     runtime = single.home / "run-user"
     runtime.mkdir(mode=0o700)

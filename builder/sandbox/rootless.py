@@ -108,6 +108,10 @@ def refuse_unbuildable(recipe: Recipe) -> None:
                          f"bind the host's {'/sys' if m.type == 'sysfs' else '/dev/mqueue'} instead, or build "
                          "as root")
                  for m in recipe.mounts if m.type in ("sysfs", "mqueue")]
+    problems += [Problem(f"{m.origin}.idmap", "an idmapped bind needs privilege over the source's filesystem, "
+                         "which a user who is not root does not have (the kernel refuses with EPERM)",
+                         "drop idmap: rootless, your own files appear as root of the sandbox already")
+                 for m in recipe.mounts if m.idmap]
     if problems:
         raise RecipeError(recipe.file, problems)
 

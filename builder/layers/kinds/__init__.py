@@ -30,6 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from builder.layers.resolve import Resolver
     from builder.recipe.model import Layer
 
 MODULES = ("path", "image", "archive", "oci", "registry", "binaries")
@@ -66,3 +67,29 @@ def check_pin(file: str, layer: Layer, digest: str) -> None:
         raise UsageError(f"{file}: {layer.origin}.sha256: {layer.path} has sha256 {digest}, "
                          f"but the recipe pins {layer.sha256}",
                          f"the {of(layer).LOCKED} changed: check it, then update sha256 (or run `nsbuild lock`)")
+
+
+# The answers most kinds give, taken by name in a kind's module (`source = own_path`).
+
+def own_path(layer: Layer) -> str:
+    return layer.path
+
+
+def file_digest(res: Resolver, layer: Layer) -> str:
+    return res.store.digest(layer.path)  # type: ignore[no-any-return]
+
+
+def no_image(res: Resolver, layer: Layer) -> None:
+    return None
+
+
+def no_inputs(layer: Layer) -> list[str]:
+    return []  # a layer's own file or directory is in recipe.inputs already (with its identity)
+
+
+def always(layer: Layer) -> bool:
+    return True
+
+
+def never_moves(layer: Layer) -> list[tuple[str, str]]:
+    return []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from builder.layers.kinds import check_pin
+from builder.layers.kinds import always, check_pin, file_digest, never_moves, no_image, no_inputs, own_path
 from builder.layers.resolved import ResolvedLayer
 from builder.recipe.model import Layer
 
@@ -11,7 +11,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from builder.layers.oci import Image
     from builder.layers.resolve import Resolver
     from builder.recipe.checker import Checker
 
@@ -47,25 +46,9 @@ def resolve(res: Resolver, file: str, layer: Layer, unpack: bool) -> list[Resolv
     return [ResolvedLayer(layer.origin, "dir", path, stored=True)]
 
 
-def digest(res: Resolver, layer: Layer) -> str:
-    return res.store.digest(layer.path)
-
-
-def source(layer: Layer) -> str:
-    return layer.path
-
-
-def image(res: Resolver, layer: Layer) -> Image | None:
-    return None
-
-
-def inputs(layer: Layer) -> list[str]:
-    return []  # the file is in recipe.inputs (with its size and times)
-
-
-def cacheable(layer: Layer) -> bool:
-    return True
-
-
-def moving(layer: Layer) -> list[tuple[str, str]]:
-    return []
+digest = file_digest
+source = own_path
+image = no_image
+inputs = no_inputs
+cacheable = always
+moving = never_moves

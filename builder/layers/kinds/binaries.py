@@ -9,7 +9,7 @@ import shutil
 import stat
 
 from builder import progress
-from builder.layers.kinds import check_pin
+from builder.layers.kinds import check_pin, never_moves, no_image, no_inputs
 from builder.layers.resolved import ResolvedLayer
 from builder.recipe.model import Layer
 
@@ -17,7 +17,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from builder.layers.oci import Image
     from builder.layers.resolve import Resolver
     from builder.recipe.checker import Checker
 
@@ -70,20 +69,15 @@ def source(layer: Layer) -> str:
     return " ".join(layer.binaries + layer.files)
 
 
-def image(res: Resolver, layer: Layer) -> Image | None:
-    return None
-
-
-def inputs(layer: Layer) -> list[str]:
-    return []
+image = no_image
+inputs = no_inputs
 
 
 def cacheable(layer: Layer) -> bool:
     return False  # the closure can change with any library on the host
 
 
-def moving(layer: Layer) -> list[tuple[str, str]]:
-    return []
+moving = never_moves
 
 
 def closure(res: Resolver, layer: Layer) -> tuple[str, list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from builder.layers.kinds import check_pin
+from builder.layers.kinds import always, check_pin, never_moves, own_path
 from builder.recipe.model import Layer
 
 TYPE_CHECKING = False
@@ -74,17 +74,12 @@ def digest(res: Resolver, layer: Layer) -> str:
     return image(res, layer).manifest_digest.removeprefix("sha256:")
 
 
-def source(layer: Layer) -> str:
-    return layer.path
+source = own_path
 
 
 def inputs(layer: Layer) -> list[str]:
     return [os.path.join(layer.path, "index.json")]  # a tag moved to another manifest
 
 
-def cacheable(layer: Layer) -> bool:
-    return True
-
-
-def moving(layer: Layer) -> list[tuple[str, str]]:
-    return []
+cacheable = always
+moving = never_moves

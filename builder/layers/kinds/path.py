@@ -5,6 +5,7 @@ import hashlib
 import os
 import stat
 
+from builder.layers.kinds import always, never_moves, no_image, no_inputs, own_path
 from builder.layers.resolved import ResolvedLayer
 from builder.recipe.model import Layer
 
@@ -12,7 +13,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from builder.layers.oci import Image
     from builder.layers.resolve import Resolver
     from builder.recipe.checker import Checker
 
@@ -76,21 +76,8 @@ def digest(res: Resolver, layer: Layer) -> str:
     return tree_digest(layer.path)
 
 
-def source(layer: Layer) -> str:
-    return layer.path
-
-
-def image(res: Resolver, layer: Layer) -> Image | None:
-    return None
-
-
-def inputs(layer: Layer) -> list[str]:
-    return []  # the directory is in recipe.inputs
-
-
-def cacheable(layer: Layer) -> bool:
-    return True
-
-
-def moving(layer: Layer) -> list[tuple[str, str]]:
-    return []
+source = own_path
+image = no_image
+inputs = no_inputs
+cacheable = always
+moving = never_moves

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from builder.layers.kinds import check_pin
+from builder.layers.kinds import always, check_pin, no_inputs, own_path
 from builder.recipe.model import Layer
 
 TYPE_CHECKING = False
@@ -90,16 +90,9 @@ def digest(res: Resolver, layer: Layer) -> str:
     return image(res, layer).manifest_digest.removeprefix("sha256:")
 
 
-def source(layer: Layer) -> str:
-    return layer.path
-
-
-def inputs(layer: Layer) -> list[str]:
-    return []
-
-
-def cacheable(layer: Layer) -> bool:
-    return True
+source = own_path
+inputs = no_inputs
+cacheable = always
 
 
 def moving(layer: Layer) -> list[tuple[str, str]] | None:
