@@ -239,13 +239,27 @@ def host_view(path: Path) -> list[tuple[str, int, int, int]]:
     return sorted((p.name, p.stat().st_uid, p.stat().st_gid, p.stat().st_mode) for p in [path, *path.iterdir()])
 
 
-def children() -> list[str]:
-    """This process's child processes (a clone step's child must never be left)."""
-    found = []
+def _all_children() -> set[str]:
+    found: set[str] = set()
     for task in os.listdir("/proc/self/task"):
         with open(f"/proc/self/task/{task}/children") as f:
-            found += f.read().split()
+            found.update(f.read().split())
     return found
+
+
+_BEFORE: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_before() -> None:
+    """The children this process had before the test (session fixtures' servers, e.g. docker-registry)."""
+    _BEFORE.clear()
+    _BEFORE.update(_all_children())
+
+
+def children() -> list[str]:
+    """This process's child processes that the test left (a clone step's child must never be left)."""
+    return sorted(_all_children() - _BEFORE)
 
 
 @needs_root
