@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
-import tarfile
+from builder.layers.tarfiles import tarfile  # with extraction filters, as the unpacker uses it
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

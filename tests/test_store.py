@@ -6,7 +6,7 @@ import io
 import json
 import os
 import subprocess
-import tarfile
+from builder.layers.tarfiles import tarfile  # with extraction filters, as the unpacker uses it
 from pathlib import Path
 
 import pytest

@@ -21,7 +21,7 @@ import os
 import shutil
 import stat
 import sys
-import tarfile
+from builder.layers.tarfiles import tarfile
 import tempfile
 from typing import Any, BinaryIO
 

@@ -3,7 +3,7 @@ zstd of its own). Imported only where a zstd stream is met: the binding costs im
 """
 from __future__ import annotations
 
-import tarfile
+from builder.layers.tarfiles import tarfile
 from typing import Any, BinaryIO
 
 MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame; zstd:chunked adds skippable frames, which readers skip

@@ -172,7 +172,7 @@ class Store:
                 if made:  # a first unpack that failed leaves no store behind either
                     gclock.release(self.path)
                     self._remove_unused(made)
-                import tarfile  # imported already by whatever unpacked, if e is one of its errors
+                from builder.layers.tarfiles import tarfile  # imported already by whatever unpacked
 
                 if not isinstance(e, (tarfile.TarError, OSError)):
                     raise

@@ -10,7 +10,7 @@ import copy
 import hashlib
 import os
 import stat
-import tarfile
+from builder.layers.tarfiles import tarfile
 from collections.abc import Callable
 from typing import BinaryIO
 
