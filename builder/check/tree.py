@@ -47,7 +47,8 @@ def _whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _opaque(host: str) -> bool:
+def opaque(host: str) -> bool:
+    """Whether overlayfs treats this layer directory as opaque (trusted.* as root, user.* rootless)."""
     for name in (OPAQUE_XATTR, "user.overlay.opaque"):  # root's store, a rootless one's (userxattr)
         try:
             if os.getxattr(host, name, follow_symlinks=False) == b"y":
@@ -225,7 +226,7 @@ def _merge_child(parent: tuple[tuple[str, str], ...], name: str) -> tuple[Node |
             break  # a non-directory hides all below it; under a directory it is itself hidden
         node = node or node_from_stat(host, st, origin)
         dirs.append((origin, host))
-        if _opaque(host):
+        if opaque(host):
             break
     return node, tuple(dirs)
 
@@ -275,6 +276,6 @@ def _hider(layer: str, path: str) -> str | None:
         last = i == len(parts) - 1
         if not stat.S_ISDIR(st.st_mode):
             return None if last else f"a non-directory at {at}"
-        if _opaque(here) and not last:
+        if opaque(here) and not last:
             return f"the opaque directory {at}"
     return None

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from builder.layers import oci
 from builder.layers.unpack import XATTRS  # what a layer may carry in, it carries out
 from builder.errors import NsbuildError, UsageError
+from builder.check.tree import opaque
 from builder.images.dest import Blob, descriptor, parse_dest, write_layout
 from builder.recipe.model import Layer, PathEntry, Recipe
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from builder.sandbox.session import Session
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 
 # --- the source tree
@@ -166,7 +166,7 @@ def tar_layer(root: str, work: str, epoch: int) -> Blob:
                 if stat.S_ISDIR(st.st_mode):
                     info.type = tarfile.DIRTYPE
                     tar.addfile(info)
-                    if _opaque(path):
+                    if opaque(path):
                         tar.addfile(_info(f"{arc}/.wh..wh..opq", st, epoch))
                     walk(arc)
                 elif stat.S_ISREG(st.st_mode):
@@ -202,16 +202,6 @@ def _xattrs(path: str) -> dict[str, bytes]:
     except OSError:
         return {}
     return {n: os.getxattr(path, n, follow_symlinks=False) for n in names if n.startswith(XATTRS)}
-
-
-def _opaque(path: str) -> bool:
-    for name in OPAQUE_XATTRS:
-        try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            pass
-    return False
 
 
 def paths_layer(paths: tuple[PathEntry, ...], work: str, epoch: int) -> Blob:
