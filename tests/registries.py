@@ -66,7 +66,7 @@ class Registry:
         return f"docker://{self.host}/{repo_tag}"
 
 
-def start_registry(root: Path, htpasswd: bool) -> tuple[Registry, subprocess.Popen]:
+def start_registry(root: Path, htpasswd: bool, addr: str = "127.0.0.1") -> tuple[Registry, subprocess.Popen]:
     if not os.path.exists(REGISTRY_BIN):
         pytest.fail(f"{REGISTRY_BIN} is missing: apt-get install docker-registry (README set-up 2)")
     root.mkdir(parents=True)
@@ -78,12 +78,23 @@ def start_registry(root: Path, htpasswd: bool) -> tuple[Registry, subprocess.Pop
         auth = f"auth:\n  htpasswd:\n    realm: nsbuild-test\n    path: {root / 'htpasswd'}\n"
     (root / "config.yml").write_text(
         f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}")
+        f"  delete:\n    enabled: true\nhttp:\n  addr: {addr}:{port}\n{auth}")
     with open(root / "log", "wb") as log:
         proc = subprocess.Popen([REGISTRY_BIN, "serve", str(root / "config.yml")], stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL)
-    wait_http(f"http://127.0.0.1:{port}/v2/", proc, "docker-registry")
-    return Registry(f"127.0.0.1:{port}", port, root), proc
+    wait_http(f"http://{addr}:{port}/v2/", proc, "docker-registry")
+    return Registry(f"{addr}:{port}", port, root), proc
+
+
+def outward_address() -> str | None:
+    """This machine's address on its default route (a UDP connect sends nothing), if it has one."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.254", 9))  # TEST-NET-1: only the route is looked up
+            addr = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if addr.startswith("127.") else addr
 
 
 def skopeo(*args: str) -> None:
@@ -169,6 +180,21 @@ def auth_registry(tmp_path_factory) -> Iterator[Registry]:
     try:
         skopeo("--dest-tls-verify=false", f"--dest-creds={USER}:{PASSWORD}",
                f"oci:{RECIPES / 'oci/layout'}:demo", f"docker://{reg.host}/demo:gzip")
+        yield reg
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def outward_registry(tmp_path_factory) -> Iterator[Registry]:
+    """A plain-HTTP registry on a non-loopback address, holding demo:gzip: nsbuild must not speak
+    HTTP to it unless registries.conf marks it insecure."""
+    addr = outward_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to serve a registry on")
+    reg, proc = start_registry(tmp_path_factory.mktemp("registry") / "outward", htpasswd=False, addr=addr)
+    try:
+        skopeo("--dest-tls-verify=false", f"oci:{RECIPES / 'oci/layout'}:demo", f"docker://{reg.host}/demo:gzip")
         yield reg
     finally:
         stop(proc)

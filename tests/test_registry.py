@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import RECIPES, needs_root, tally
 from registries import (PASSWORD, USER, auth_registry, docker_config, fault_proxy, images,  # noqa: F401
-                        registry, skopeo)
+                        outward_registry, registry, skopeo)
 
 from builder.images import registry as reg
+from builder.images import registriesconf
 from builder.errors import NsbuildError
 
 pytestmark = needs_root
@@ -237,7 +238,60 @@ def test_bad_references_are_recipe_errors(nsbuild, state_dir: Path, tmp_path: Pa
     assert not (tmp_path / "store").exists() and not state_dir.exists()
 
 
+def test_plain_http_beyond_loopback_only_where_registries_conf_allows_it(nsbuild, outward_registry,
+                                                                        tmp_path: Path) -> None:
+    r = recipe(tmp_path, outward_registry.ref("demo:gzip"))
+    conf = tmp_path / "registries.conf"
+    env = dict(nsbuild.env, CONTAINERS_REGISTRIES_CONF=str(conf))  # an empty policy: HTTPS only
+    refused = nsbuild("build", str(r), check=False, env=env)
+    assert refused.returncode == 1, refused.stderr
+    assert f"layer[0]: registry {outward_registry.host}: cannot reach https://{outward_registry.host}" in refused.stderr
+    assert f'[[registry]] location = "{outward_registry.host}" insecure = true' in refused.stderr
+    assert "Traceback" not in refused.stderr and store_entries(tmp_path) == []
+
+    conf.write_text(f'[[registry]]\nlocation = "{outward_registry.host}"\ninsecure = true\n')
+    nsbuild("build", str(r), "--quiet", env=env)
+    assert nsbuild("run", "oci", env=env).stdout == "from layer 2\nc\n"
+    nsbuild("build", str(r), "--replace", env=env)  # the cached plan: its HEAD goes where the pull went
+
+    conf.write_text(f'[[registry]]\nprefix = "{outward_registry.host}/demo"\nblocked = true\n')
+    blocked = nsbuild("build", str(r), "--replace", check=False, env=env)  # the changed file drops the plan
+    assert blocked.returncode == 1 and f"{outward_registry.ref('demo:gzip')} is blocked by {conf}" in blocked.stderr
+    assert nsbuild("run", "oci", env=env).stdout == "from layer 2\nc\n"  # the old sandbox is untouched
+    nsbuild("rm", "oci", env=env)
+
+
 # --- no network needed
+
+def test_registries_conf_policies(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CONTAINERS_REGISTRIES_CONF", raising=False)
+    monkeypatch.setattr(registriesconf, "SYSTEM", str(tmp_path / "etc.conf"))
+    (tmp_path / "etc.conf").write_text('[[registry]]\nlocation = "sys.example"\ninsecure = true\n')
+    assert registriesconf.policy("sys.example", "a").insecure  # the system's file, while the user has none
+    user = tmp_path / ".config" / "containers"
+    user.mkdir(parents=True)
+    (user / "registries.conf").write_text(
+        '[[registry]]\nlocation = "r.example:5000"\ninsecure = true\n'
+        '[[registry]]\nprefix = "r.example:5000/team/secret"\nlocation = "r.example:5000"\nblocked = true\n'
+        '[[registry]]\nprefix = "*.corp.example"\ninsecure = true\n'
+        '[registries.block]\nregistries = ["old.example"]\n')
+    assert not registriesconf.policy("sys.example", "a").insecure  # the user's file replaces the system's
+    assert registriesconf.policy("r.example:5000", "x").insecure
+    assert not registriesconf.policy("r.example:5000", "x").blocked
+    secret = registriesconf.policy("r.example:5000", "team/secret/app")  # the longest prefix wins
+    assert secret.blocked and not secret.insecure and secret.source == str(user / "registries.conf")
+    assert not registriesconf.policy("r.example:5000", "team/secretive").blocked  # at a path boundary only
+    assert registriesconf.policy("a.b.corp.example", "x").insecure and not registriesconf.policy("corp.example", "x").insecure
+    assert registriesconf.policy("old.example", "x").blocked
+    assert registriesconf.policy("r.example:50001", "x") == registriesconf.Policy()
+    (user / "registries.conf.d").mkdir()
+    (user / "registries.conf.d" / "50-x.conf").write_text('[[registry]]\nlocation = "sys.example"\nblocked = true\n')
+    assert registriesconf.policy("sys.example", "a").blocked  # a drop-in adds to it
+    with pytest.raises(NsbuildError, match="cannot be read as registries.conf"):
+        (user / "registries.conf").write_text("insecure = [")
+        registriesconf.policy("x.example", "y")
+
 
 def test_references_parse_like_skopeo() -> None:
     r = reg.parse("docker://127.0.0.1:5000/library/debian")

@@ -6,7 +6,9 @@
   user's credentials if there are any. Basic: the credentials themselves. Credentials are read only
   from the files users already have: $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json.
 - HTTPS, except for loopback registries (127.0.0.0/8, ::1, localhost), which are spoken to in plain
-  HTTP as Docker and podman do.
+  HTTP as Docker and podman do. A registry that registries.conf marks `insecure` is tried in HTTPS
+  without certificate checks, then in plain HTTP, as containers/image does; one marked `blocked` is
+  refused (registriesconf.py).
 - Blobs stream to a file with their sha256 and size checked on the way; a dropped connection resumes
   with a Range request. The caller renames or unpacks a blob only once it is verified.
 
@@ -130,10 +132,20 @@ class Client:
     def __init__(self, ref: Reference, origin: str) -> None:
         import urllib3
 
+        from builder.images.registriesconf import policy
+
         self.ref, self.origin = ref, origin
+        self.policy = policy(ref.host, ref.repo)
+        if self.policy.blocked:
+            raise self.error(f"{ref} is blocked by {self.policy.source}",
+                             "pull from another registry, or ask who manages that file")
         self.base = ("http" if ref.loopback else "https") + "://" + ref.host
+        self.plain_fallback = self.policy.insecure and not ref.loopback  # until HTTPS has answered once
+        if self.policy.insecure:
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the user asked for it
         # redirects are followed (blob storage); urllib3 drops Authorization when one leaves the host
         self.http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=10.0, read=60.0),
+                                        cert_reqs="CERT_NONE" if self.policy.insecure else "CERT_REQUIRED",
                                         retries=urllib3.Retry(total=5, connect=0, read=0, status=0, other=0,
                                                               redirect=5))
         self.authorization: str | None = None
@@ -151,9 +163,9 @@ class Client:
         rewound). A status not in `ok` is an error naming `what`."""
         import urllib3
 
-        url = path if "://" in path else self.base + path
         authed = False
         for attempt in range(ATTEMPTS):
+            url = path if "://" in path else self.base + path
             h = dict(headers or {})
             if self.authorization:
                 h["Authorization"] = self.authorization
@@ -162,11 +174,14 @@ class Client:
             try:
                 r = self.http.request(method, url, headers=h, body=body, preload_content=False)
             except urllib3.exceptions.HTTPError as e:
+                if self.plain_fallback and self.base.startswith("https:"):
+                    self.base = "http" + self.base[len("https"):]  # an insecure registry without TLS
+                    continue
                 if attempt + 1 == ATTEMPTS:
-                    raise self.error(f"cannot reach {self.base} ({_reason(e)})",
-                                     "check that the registry runs and the address is right") from None
+                    raise self.error(f"cannot reach {self.base} ({_reason(e)})", _unreachable_hint(self, e)) from None
                 _pause(attempt)
                 continue
+            self.plain_fallback = False
             if r.status in ok:
                 return r
             answer = _drain(r)
@@ -331,6 +346,15 @@ class Client:
         if "sha256:" + h.hexdigest() != digest:
             raise self.error(f"blob {digest} arrived with sha256:{h.hexdigest()}: wrong digest",
                              "the registry or something between is corrupting data")
+
+
+def _unreachable_hint(client: Client, e: Exception) -> str:
+    import urllib3
+
+    if isinstance(getattr(e, "reason", None) or e, urllib3.exceptions.SSLError) and not client.policy.insecure:
+        return (f"if {client.ref.host} serves plain HTTP or a self-signed certificate, mark it insecure in "
+                f"registries.conf: [[registry]] location = \"{client.ref.host}\" insecure = true")
+    return "check that the registry runs and the address is right"
 
 
 def _drain(r: Any) -> bytes:

@@ -53,7 +53,8 @@ def key(state: StateDir, recipe_path: str, options: tuple) -> tuple:
     # the planner's code: a reinstall changes it
     code = os.stat(os.path.join(os.path.dirname(os.path.dirname(__file__)), "plan", "planner.py"))
     return (VERSION, recipe_path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, options,
-            os.getcwd(), os.environ.get("HOME", ""), os.environ.get("NSBUILD_STORE", ""), os.geteuid(),
+            os.getcwd(), os.environ.get("HOME", ""), os.environ.get("NSBUILD_STORE", ""),
+            os.environ.get("CONTAINERS_REGISTRIES_CONF", ""), os.geteuid(),
             os.uname().release, state.template(),
             code.st_mtime_ns, code.st_size)
 

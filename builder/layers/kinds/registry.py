@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from builder.layers.kinds import always, check_pin, no_inputs, own_path
+from builder.layers.kinds import always, check_pin, own_path
 from builder.recipe.model import Layer
 
 TYPE_CHECKING = False
@@ -91,7 +91,14 @@ def digest(res: Resolver, layer: Layer) -> str:
 
 
 source = own_path
-inputs = no_inputs
+
+
+def inputs(layer: Layer) -> list[str]:
+    """registries.conf: a change to what it says of a registry (insecure, blocked) plans anew."""
+    from builder.images.registriesconf import files
+
+    return files()
+
 cacheable = always
 
 

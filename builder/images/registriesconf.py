@@ -1,0 +1,85 @@
+"""What the user's containers-registries.conf(5) says of a registry: may it speak plain HTTP or unverified
+TLS (`insecure`), or is it `blocked`? The files podman, skopeo and buildah read, so one setting serves them all:
+
+- $CONTAINERS_REGISTRIES_CONF if set; else ~/.config/containers/registries.conf if it exists, else
+  /etc/containers/registries.conf; then the drop-ins of registries.conf.d/ beside each, in name order,
+  later ones overriding earlier;
+- version 2 tables, `[[registry]]` with `prefix` (default: `location`), `insecure`, `blocked`; the
+  entry with the longest prefix that matches HOST/REPO at a path boundary wins, and `*.example.org`
+  matches hosts under that domain;
+- version 1 lists, `[registries.insecure] registries = [...]` and `[registries.block]`.
+
+Mirrors and location rewrites are not followed: nsbuild pulls from the registry the recipe names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from builder.errors import NsbuildError
+
+SYSTEM = "/etc/containers/registries.conf"
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    insecure: bool = False
+    blocked: bool = False
+    source: str = ""        # the file that said so, for errors
+
+
+def files() -> list[str]:
+    """The files that may hold the policy, existing or not (a cached plan is dropped when one appears)."""
+    if os.environ.get("CONTAINERS_REGISTRIES_CONF"):
+        return [os.environ["CONTAINERS_REGISTRIES_CONF"]]
+    user = os.path.expanduser("~/.config/containers/registries.conf")
+    out = [user, SYSTEM]  # the user's file, where it exists, replaces the system's
+    for d in dict.fromkeys((SYSTEM + ".d", user + ".d")):
+        try:
+            out += [os.path.join(d, n) for n in sorted(os.listdir(d)) if n.endswith(".conf")]
+        except OSError:
+            pass
+    return out
+
+
+def _read(path: str) -> dict:
+    from builder.recipe.load import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise NsbuildError(f"{path}: cannot be read as registries.conf ({e})",
+                           "fix the file, or point CONTAINERS_REGISTRIES_CONF at another") from None
+
+
+def _matches(prefix: str, name: str) -> bool:
+    if prefix.startswith("*."):
+        host = name.split("/", 1)[0].rsplit(":", 1)[0]
+        return host.endswith(prefix[1:])
+    return name == prefix or name.startswith(prefix.rstrip("/") + "/")
+
+
+def policy(host: str, repo: str) -> Policy:
+    """The policy for the image HOST/REPO; raises NsbuildError for a file that is not valid TOML."""
+    name = f"{host}/{repo}"
+    best: tuple[int, Policy] = (-1, Policy())
+    paths = files()
+    if os.path.exists(paths[0]) and len(paths) > 1:
+        paths.remove(SYSTEM)
+    for path in paths:
+        doc = _read(path)
+        v1 = doc.get("registries") if isinstance(doc.get("registries"), dict) else {}
+        for key, field in (("insecure", "insecure"), ("block", "blocked")):
+            listed = (v1.get(key) or {}).get("registries") if isinstance(v1.get(key), dict) else None
+            if isinstance(listed, list) and host in listed and len(host) >= best[0]:
+                best = (len(host), dataclasses.replace(best[1], **{field: True}, source=path))
+        for entry in doc.get("registry") or []:
+            if not isinstance(entry, dict):
+                continue
+            prefix = entry.get("prefix") or entry.get("location")
+            if isinstance(prefix, str) and prefix and _matches(prefix, name) and len(prefix) >= best[0]:
+                best = (len(prefix), Policy(entry.get("insecure") is True, entry.get("blocked") is True, path))
+    return best[1]
