@@ -36,6 +36,7 @@ HOST = oci.host_platform()
 OTHER = ("linux", "s390x" if HOST[1] != "s390x" else "amd64", "")
 
 Entry = Callable[[tarfile.TarFile], None]
+NOISE = b"".join(hashlib.sha256(str(i).encode()).digest() for i in range(4096))  # 128 KiB that gzip cannot shrink
 
 
 # --- writing layouts
@@ -247,14 +248,31 @@ def test_zstd_layer_with_bad_data_is_a_digest_mismatch(tmp_path: Path) -> None:
     assert "corrupt or was modified" in msg
 
 
-def test_zstd_layer_with_a_matching_digest_but_bad_data_is_a_tar_error(tmp_path: Path) -> None:
-    """A blob that is what its descriptor says but no zstd stream: tarfile.ReadError, which the store
+@pytest.mark.parametrize("kind, data", [
+    ("zstd", b"(\xb5/\xfd not really zstd"),
+    ("gzip", b"\x1f\x8b\x08\x00 not really gzip"),
+    ("gzip", gzip.compress(tar_bytes(file_("a", NOISE), compress=False))[:-5000]),  # a truncated stream
+])
+def test_layer_with_a_matching_digest_but_bad_data_is_a_tar_error(tmp_path: Path, kind: str, data: bytes) -> None:
+    """A blob that is what its descriptor says but no valid stream: tarfile.ReadError, which the store
     reports as a layer it cannot unpack (not a traceback from the binding)."""
     layout = tmp_path / "layout"
-    img = oci.open_layout(str(finish(layout, image(layout, b"(\xb5/\xfd not really zstd",
-                                                   layer_type=TAR_ZSTD)))).image()
-    with pytest.raises(tarfile.ReadError, match="zstd"):
+    img = oci.open_layout(str(finish(layout, image(layout, data,
+                                                   layer_type=TAR_ZSTD if kind == "zstd" else TAR_GZ)))).image()
+    with pytest.raises(tarfile.ReadError, match=kind):
         unpack(img.layers[0], tmp_path / "l")
+
+
+def test_a_gzip_layer_of_several_members_unpacks_whole(tmp_path: Path) -> None:
+    """pigz and concatenated gzip write several members: all of them are the layer."""
+    data = tar_bytes(file_("a", b"first\n"), file_("b", NOISE), file_("c", b"third\n"), compress=False)
+    half = len(data) // 2
+    layer = gzip.compress(data[:half], mtime=0) + gzip.compress(data[half:], mtime=0)
+    layout = tmp_path / "layout"
+    img = oci.open_layout(str(finish(layout, image(layout, layer)))).image()
+    unpack(img.layers[0], tmp_path / "l")
+    assert (tmp_path / "l" / "a").read_text() == "first\n" and (tmp_path / "l" / "c").read_text() == "third\n"
+    assert (tmp_path / "l" / "b").read_bytes() == NOISE
 
 
 @pytest.mark.parametrize("case", ["no dir", "no oci-layout", "version 2", "not json", "no index.json", "bad index"])

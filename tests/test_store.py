@@ -229,13 +229,15 @@ def test_zstd_archive_layer(nsbuild, tmp_path: Path, frames: int) -> None:
     nsbuild("rm", "arch")
 
 
-def test_corrupt_zstd_archive_is_one_error_and_leaves_no_entry(nsbuild, state_dir: Path, tmp_path: Path) -> None:
-    tar = zstd_archive(tmp_path / "root.tar.zst", good)
+@pytest.mark.parametrize("kind", ["zstd", "gzip"])
+def test_corrupt_compressed_archive_is_one_error_and_leaves_no_entry(nsbuild, state_dir: Path, tmp_path: Path,
+                                                                    kind: str) -> None:
+    tar = zstd_archive(tmp_path / "root.tar.zst", good) if kind == "zstd" else archive(tmp_path / "root.tar.gz", good)
     data = bytearray(tar.read_bytes())
     data[len(data) // 2:] = bytes(len(data) - len(data) // 2)
     tar.write_bytes(bytes(data))
     proc = nsbuild("build", str(recipe(tmp_path, tar)), check=False)
     assert proc.returncode == 1, proc.stderr
-    assert "layer[0]: cannot unpack" in proc.stderr and "zstd" in proc.stderr and "Traceback" not in proc.stderr
+    assert "layer[0]: cannot unpack" in proc.stderr and kind in proc.stderr and "Traceback" not in proc.stderr
     assert not state_dir.exists()
     assert not (tmp_path / "store").exists()  # the first unpack failed: no store was left behind

@@ -93,22 +93,18 @@ def layer_filter(devices: bool, xattrs: Xattrs | None = None) -> Callable[[tarfi
 
 
 def untar(path: str, dest: str, devices: bool) -> None:
-    """Unpack an archive: tarfile finds plain, gz, xz and bz2 by their magic; zstd (which tarfile
-    does not know) is read as a stream through the zstandard binding."""
+    """Unpack an archive: gzip and zstd are read as streams (decompress.py); tarfile finds the rest
+    (plain, xz and bz2) by their magic."""
+    from builder.layers import decompress
+
     size = os.stat(path).st_size
     with open(path, "rb") as raw, \
             progress.bar(f"unpacking {os.path.basename(path)}", size) as advance:
         counted = progress.CountingReader(raw, advance)
-        is_zstd = raw.read(4) == b"\x28\xb5\x2f\xfd"  # zstd.MAGIC, without importing the binding
-        raw.seek(0)
-        if is_zstd:
-            from builder.images import zstd
-
-            tar = tarfile.open(fileobj=zstd.reader(counted), mode="r|")  # type: ignore[arg-type]
-        else:
-            tar = tarfile.open(fileobj=counted, mode="r:*")  # type: ignore[arg-type]
-        with tar:
-            xattrs = Xattrs()
+        compression = decompress.sniff(raw)
+        xattrs = Xattrs()
+        with decompress.reader(counted, compression) as stream, \
+                tarfile.open(fileobj=stream, mode="r|" if compression else "r:*") as tar:  # type: ignore[call-overload]
             tar.extractall(dest, numeric_owner=True, filter=layer_filter(devices, xattrs))
     xattrs.apply(dest)
 
@@ -165,17 +161,13 @@ def unpack_layer(blob: Blob, dest: str, member_filter: MemberFilter) -> None:
             whiteouts.append(checked.name)  # applied after the layer: whiteouts override nothing in it
         return None  # the marker itself is never extracted
 
+    from builder.layers import decompress
+
     with open(blob.path, "rb") as f:
         src = _Hashing(f)
         try:
-            if compression == "zstd":
-                from builder.images import zstd
-
-                stream: BinaryIO = zstd.reader(src)  # type: ignore[arg-type]
-                mode = "r|"
-            else:
-                stream, mode = src, "r|" + compression  # type: ignore[assignment]
-            with tarfile.open(fileobj=stream, mode=mode) as tar:  # type: ignore[call-overload]
+            with decompress.reader(src, compression) as stream, \
+                    tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
                 tar.extractall(dest, numeric_owner=True, filter=keep)
         except Exception:
             if mismatch := _mismatch(blob, src):  # a corrupt blob is reported as such, not as a tar error
