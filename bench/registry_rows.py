@@ -1,7 +1,9 @@
 """Registry rows of bench/kinds.py: pulling from a loopback registry and exporting, against skopeo and tar.
 
 - pull cold: `nsbuild build` of a recipe whose layer is `docker://127.0.0.1:PORT/bench:v1` (a multi-layer
-  image), empty content store; against `skopeo copy` of the same image into a fresh OCI layout;
+  image), empty content store; against `skopeo copy` of the same image into a fresh OCI layout (which
+  stores the blobs and unpacks nothing), and against the same work as nsbuild's, `skopeo copy` then
+  `umoci raw unpack` of the layout into a root filesystem;
 - pull warm: the same build again, everything in the store (only the manifest is asked for);
 - export: `nsbuild export` of a tree into a fresh layout; against `tar -czf` of the same tree.
 
@@ -97,11 +99,24 @@ def rows(nsbuild: str, top: Path, tree: str, runs: int) -> dict[str, dict[str, f
         def fresh_layout(i: int) -> None:
             shutil.rmtree(top / "copy", ignore_errors=True)
 
+        def fresh_bundle(i: int) -> None:
+            shutil.rmtree(top / "copy", ignore_errors=True)
+            shutil.rmtree(top / "rootfs", ignore_errors=True)
+
+        def copy() -> None:
+            subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{host}/bench:v1",
+                            f"oci:{top / 'copy'}:v1"], check=True)
+
+        def copy_unpack(i: int) -> None:
+            copy()
+            subprocess.run(["umoci", "raw", "unpack", "--image", f"{top / 'copy'}:v1", str(top / "rootfs")],
+                           check=True, capture_output=True)
+
         results["pull cold"] = {
             "nsbuild_ms": _median_ms(runs, fresh_store, cold),
-            "skopeo_ms": _median_ms(runs, fresh_layout, lambda i: subprocess.run(
-                ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{host}/bench:v1",
-                 f"oci:{top / 'copy'}:v1"], check=True))}
+            "skopeo_ms": _median_ms(runs, fresh_layout, lambda i: copy())}
+        if shutil.which("umoci"):
+            results["pull cold"]["skopeo_umoci_ms"] = _median_ms(runs, fresh_bundle, copy_unpack)
         results["pull warm"] = {"nsbuild_ms": _median_ms(runs, lambda i: None, lambda i: subprocess.run(
             [nsbuild, "build", "-q", "--replace", str(pull)], env=env, check=True))}
         subprocess.run([nsbuild, "rm", "pull"], env=env, check=True, capture_output=True)
@@ -122,6 +137,9 @@ def rows(nsbuild: str, top: Path, tree: str, runs: int) -> dict[str, dict[str, f
     c, w, e = results["pull cold"], results["pull warm"], results["export"]
     print(f"pull cold  nsbuild {c['nsbuild_ms']:8.1f} ms   skopeo copy {c['skopeo_ms']:8.1f} ms   "
           f"{c['nsbuild_ms'] / c['skopeo_ms']:.2f}x   (median of {runs})")
+    if "skopeo_umoci_ms" in c:
+        print(f"pull cold  nsbuild {c['nsbuild_ms']:8.1f} ms   skopeo copy + umoci raw unpack "
+              f"{c['skopeo_umoci_ms']:8.1f} ms   {c['nsbuild_ms'] / c['skopeo_umoci_ms']:.2f}x   (median of {runs})")
     print(f"pull warm  nsbuild {w['nsbuild_ms']:8.1f} ms   (median of {runs})")
     print(f"export     nsbuild {e['nsbuild_ms']:8.1f} ms   tar -czf    {e['tar_ms']:8.1f} ms   "
           f"{e['nsbuild_ms'] / e['tar_ms']:.2f}x   (median of {runs})", flush=True)
