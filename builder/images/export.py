@@ -3,8 +3,8 @@
 Layers map one to one:
 - a lower layer from a layout or a registry keeps its blob, digest and diff_id (copied, or not sent at all
   where the registry has it);
-- directory, archive and binaries layers, a directory upper and the recipe's [[path]] entries become new
-  layers: reproducible tarballs (entries sorted, times SOURCE_DATE_EPOCH or 0, numeric owners, no user or
+- directory, archive, binaries and image layers (erofs, squashfs, ext4: the mounted image's tree), a
+  directory upper and the recipe's [[path]] entries become new layers: reproducible tarballs (entries sorted, times SOURCE_DATE_EPOCH or 0, numeric owners, no user or
   group names, gzip without a time or name) with overlayfs whiteouts in OCI form (a char device 0:0 is
   `.wh.NAME`, trusted.overlay.opaque=y is `.wh..wh..opq`);
 - the config carries [run]: Env, Cmd (the command), WorkingDir and User.
@@ -35,6 +35,7 @@ from builder.recipe.model import Layer, PathEntry, Recipe
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from builder.layers.resolve import Resolver
+    from builder.layers.resolved import Resolved
     from builder.sandbox.session import Session
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -84,8 +85,7 @@ def layers_of(recipe: Recipe, upper: str | None, work: str, epoch: int,
         if image is not None:
             out += _oci_blobs(session.layers, layer, image)
         elif layer.kind == "image":
-            raise UsageError(f"{recipe.file}: {layer.origin}: image layers ({layer.fstype}) cannot be exported yet",
-                             "use a directory, archive or OCI layer for what the image holds")
+            out.append(_image_layer(session, resolved, layer, work, epoch))
         else:
             path = next(x.path for x in resolved.layers if x.origin == layer.origin)
             out.append(tar_layer(path, work, epoch))
@@ -94,6 +94,28 @@ def layers_of(recipe: Recipe, upper: str | None, work: str, epoch: int,
     elif recipe.paths:  # what a build writes into a fresh upper
         out.append(paths_layer(recipe.paths, work, epoch))
     return out, resolved.run  # the run defaults as the build has them (image config included)
+
+
+def _image_layer(session: Session, resolved: Resolved, layer: Layer, work: str, epoch: int) -> Blob:
+    """An erofs, squashfs or ext4 layer as a tarball of its tree: the image mounted read-only and
+    detached by the planner's own image steps (loop device and all), read through the mount's fd, and
+    unmounted when the fd closes (the loop device, AUTOCLEAR, with it)."""
+    from builder.plan import executor
+    from builder.plan.detached import Detached
+
+    features = session.features(resolved)
+    if features.userns:
+        from builder.sandbox.rootless import refuse_unbuildable
+
+        refuse_unbuildable(resolved)
+    plan = Detached(resolved, features, "export")
+    found = next(x for x in resolved.layers if x.origin == layer.origin)
+    result = plan.image(0, found, out="%tree")
+    fd = executor.execute(plan.plan(f"export {layer.origin}", resolved.file, "export", result=result))
+    try:
+        return tar_layer(f"/proc/self/fd/{fd}", work, epoch)
+    finally:
+        os.close(fd)
 
 
 def _oci_blobs(res: Resolver, layer: Layer, image: oci.Image) -> list[Blob]:
