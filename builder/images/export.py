@@ -98,20 +98,18 @@ def layers_of(recipe: Recipe, upper: str | None, work: str, epoch: int,
 
 def _image_layer(session: Session, resolved: Resolved, layer: Layer, work: str, epoch: int) -> Blob:
     """An erofs, squashfs or ext4 layer as a tarball of its tree: the image mounted read-only and
-    detached by the planner's own image steps (loop device and all), read through the mount's fd, and
-    unmounted when the fd closes (the loop device, AUTOCLEAR, with it)."""
+    detached by the planner's image steps (as the pre-flight check mounts it), read through the mount's
+    fd, and unmounted when the fd closes (a loop device, AUTOCLEAR, with it)."""
     from builder.plan import executor
-    from builder.plan.detached import Detached
+    from builder.plan.planner import make_image_plan
 
     features = session.features(resolved)
     if features.userns:
         from builder.sandbox.rootless import refuse_unbuildable
 
         refuse_unbuildable(resolved)
-    plan = Detached(resolved, features, "export")
-    found = next(x for x in resolved.layers if x.origin == layer.origin)
-    result = plan.image(0, found, out="%tree")
-    fd = executor.execute(plan.plan(f"export {layer.origin}", resolved.file, "export", result=result))
+    index = next(i for i, x in enumerate(resolved.layers) if x.origin == layer.origin)
+    fd = executor.execute(make_image_plan(resolved, index, features))
     try:
         return tar_layer(f"/proc/self/fd/{fd}", work, epoch)
     finally:
