@@ -7,6 +7,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -144,6 +145,68 @@ def test_a_persisted_sandbox_with_a_directory_upper_exports_its_changes(nsbuild,
     assert nsbuild("run", "back").stdout == "made\n"
     nsbuild("rm", "back")
     assert out["digest"].startswith("sha256:")
+
+
+def test_a_sandbox_cannot_swap_a_file_for_a_symlink_to_a_host_file_while_it_is_exported(nsbuild, tmp_path: Path) -> None:
+    """The attack: a directory upper is live, so what runs in the sandbox can flip a name between a file
+    and a symlink to a host path while export reads it. A reader that follows links would put the host
+    file into the image. Each export must hold the file or the symlink, or stop with one clear error.
+    (The window is microseconds wide, so this is a stress test; the next test proves the check itself.)"""
+    secret = tmp_path / "secret"
+    secret.write_text("TOPSECRET-host-file\n")
+    r = recipe(tmp_path, "")
+    r.write_text(r.read_text().replace("[[path]]", '[root]\nupper = "upper"\n[[path]]', 1))
+    nsbuild("build", str(r))
+    upper = tmp_path / "upper"
+    swapper = subprocess.Popen([sys.executable, "-c", f"""
+import os
+d = {str(upper)!r}
+while True:
+    for i in range(8):
+        x, t = os.path.join(d, f"x{{i}}"), os.path.join(d, f".t{{i}}")
+        os.symlink({str(secret)!r}, t); os.rename(t, x)
+        with open(t, "w") as f: f.write("harmless\\n")
+        os.rename(t, x)
+"""])
+    outcomes = []
+    try:
+        for k in range(12):
+            proc = nsbuild("export", "exp", f"oci:{tmp_path / 'out'}:v{k}", check=False)
+            assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+            if proc.returncode:
+                assert "changed while it was exported" in proc.stderr, proc.stderr
+            outcomes.append(proc.returncode)
+    finally:
+        swapper.kill()
+        swapper.wait()
+    assert 0 in outcomes, outcomes  # the race is rare: most exports pass
+    for blob in (tmp_path / "out/blobs/sha256").iterdir():
+        data = blob.read_bytes()
+        assert b"TOPSECRET" not in data and b"TOPSECRET" not in (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else b"")
+    nsbuild("rm", "exp")
+
+
+def test_an_entry_replaced_between_stat_and_open_is_refused(tmp_path: Path) -> None:
+    from builder.errors import NsbuildError
+    from builder.images.export import _open_same
+
+    (tmp_path / "f").write_text("x")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    held = os.open(tmp_path / "f", os.O_RDONLY)  # so that no new file gets its inode number
+    try:
+        st = os.stat("f", dir_fd=fd, follow_symlinks=False)
+        os.close(_open_same(fd, "f", st, 0, "f"))  # the same file: opened
+        os.unlink(tmp_path / "f")
+        os.symlink("/etc/passwd", tmp_path / "f")
+        with pytest.raises(NsbuildError, match="/f changed while it was exported"):
+            _open_same(fd, "f", st, 0, "f")  # a symlink now: not followed
+        os.unlink(tmp_path / "f")
+        (tmp_path / "f").write_text("other")
+        with pytest.raises(NsbuildError, match="it was replaced"):
+            _open_same(fd, "f", st, 0, "f")  # another file under the same name
+    finally:
+        os.close(fd)
+        os.close(held)
 
 
 def test_a_tmpfs_sandbox_exports_the_tree_as_built_and_says_so(nsbuild, tmp_path: Path) -> None:

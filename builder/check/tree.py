@@ -47,11 +47,12 @@ def _whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def opaque(host: str) -> bool:
-    """Whether overlayfs treats this layer directory as opaque (trusted.* as root, user.* rootless)."""
+def opaque(host: str | int) -> bool:
+    """Whether overlayfs treats this layer directory (a path, or an fd of it) as opaque (trusted.* as
+    root, user.* rootless)."""
     for name in (OPAQUE_XATTR, "user.overlay.opaque"):  # root's store, a rootless one's (userxattr)
         try:
-            if os.getxattr(host, name, follow_symlinks=False) == b"y":
+            if os.getxattr(host, name, follow_symlinks=isinstance(host, int)) == b"y":
                 return True
         except OSError:
             pass

@@ -164,31 +164,41 @@ def _info(name: str, st: os.stat_result, epoch: int) -> tarfile.TarInfo:
 
 
 def tar_layer(root: str, work: str, epoch: int) -> Blob:
-    """The directory `root` (overlayfs form) as an OCI layer."""
+    """The directory `root` (overlayfs form) as an OCI layer.
+
+    The tree may be live: a directory upper, or a running sandbox's tmpfs upper, which the sandbox
+    writes while it is read. So nothing in it is followed: every entry is opened by name beneath the
+    fd of its directory with O_NOFOLLOW, then checked to be what was stat'ed; one swapped for a
+    symlink (to a host file, say) in between stops the export instead of carrying the host into it."""
     def fill(tar: tarfile.TarFile) -> None:
         links: dict[tuple[int, int], str] = {}
 
-        def walk(rel: str) -> None:
-            here = os.path.join(root, rel) if rel else root
-            with os.scandir(here) as it:
-                names = sorted((e.name for e in it), key=os.fsencode)
-            for name in names:
-                arc, path = (f"{rel}/{name}" if rel else name), os.path.join(here, name)
-                st = os.lstat(path)
+        def walk(dir_fd: int, rel: str) -> None:
+            for name in sorted(os.listdir(dir_fd), key=os.fsencode):
+                arc = f"{rel}/{name}" if rel else name
+                at = f"/proc/self/fd/{dir_fd}/{name}"  # the directory itself, then the name, not followed
+                try:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except OSError as e:  # gone since the listing
+                    raise _changed(arc, e.strerror or str(e)) from None
                 if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # an overlayfs whiteout
                     tar.addfile(_info(f"{rel}/.wh.{name}" if rel else f".wh.{name}", st, epoch))
                     continue
                 info = _info(arc, st, epoch)
-                xattrs = _xattrs(path)
+                xattrs = _xattrs(at)
                 if xattrs:
                     info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
                                         for k, v in sorted(xattrs.items())}
                 if stat.S_ISDIR(st.st_mode):
                     info.type = tarfile.DIRTYPE
                     tar.addfile(info)
-                    if opaque(path):
-                        tar.addfile(_info(f"{arc}/.wh..wh..opq", st, epoch))
-                    walk(arc)
+                    child = _open_same(dir_fd, name, st, os.O_DIRECTORY, arc)
+                    try:
+                        if opaque(child):
+                            tar.addfile(_info(f"{arc}/.wh..wh..opq", st, epoch))
+                        walk(child, arc)
+                    finally:
+                        os.close(child)
                 elif stat.S_ISREG(st.st_mode):
                     key = (st.st_dev, st.st_ino)
                     if st.st_nlink > 1 and key in links:
@@ -197,10 +207,16 @@ def tar_layer(root: str, work: str, epoch: int) -> Blob:
                         continue
                     links[key] = arc
                     info.size = st.st_size
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
+                    with os.fdopen(_open_same(dir_fd, name, st, os.O_NONBLOCK, arc), "rb") as f:
+                        try:
+                            tar.addfile(info, f)
+                        except OSError as e:  # tarfile: "unexpected end of data" when it shrank
+                            raise _changed(arc, str(e)) from None
                 elif stat.S_ISLNK(st.st_mode):
-                    info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+                    try:
+                        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dir_fd)
+                    except OSError as e:  # EINVAL: no symlink any more
+                        raise _changed(arc, e.strerror or str(e)) from None
                     tar.addfile(info)
                 elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
                     info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
@@ -211,17 +227,39 @@ def tar_layer(root: str, work: str, epoch: int) -> Blob:
                     tar.addfile(info)
                 # sockets are not files an image can carry
 
-        walk("")
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            walk(top, "")
+        finally:
+            os.close(top)
 
     return _new_layer(work, fill)
+
+
+def _open_same(dir_fd: int, name: str, st: os.stat_result, flags: int, arc: str) -> int:
+    """`name` beneath `dir_fd`, not followed, and the very file that `st` describes."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | flags, dir_fd=dir_fd)
+    except OSError as e:  # ELOOP: a symlink now; ENOTDIR, ENOENT: replaced or gone
+        raise _changed(arc, e.strerror or str(e)) from None
+    now = os.fstat(fd)
+    if (now.st_dev, now.st_ino, stat.S_IFMT(now.st_mode)) != (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)):
+        os.close(fd)
+        raise _changed(arc, "it was replaced")
+    return fd
+
+
+def _changed(arc: str, why: str) -> NsbuildError:
+    return NsbuildError(f"/{arc} changed while it was exported ({why})",
+                        "stop what runs in the sandbox, or export a sandbox that is not in use")
 
 
 def _xattrs(path: str) -> dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
+        return {n: os.getxattr(path, n, follow_symlinks=False) for n in names if n.startswith(XATTRS)}
     except OSError:
         return {}
-    return {n: os.getxattr(path, n, follow_symlinks=False) for n in names if n.startswith(XATTRS)}
 
 
 def paths_layer(paths: tuple[PathEntry, ...], work: str, epoch: int) -> Blob:
