@@ -290,7 +290,7 @@ def main() -> int:
 
 def _cleanup(top: Path, state: Path) -> None:
     """Unmount everything under `top` (sandboxes, the template, the state dir), deepest first."""
-    from builder.sandbox.state import mount_points
+    from builder.sandbox.mounts import mount_points
 
     while under := [p for p in mount_points() if p == str(top) or p.startswith(f"{top}/")]:
         sc.umount2(max(under, key=len), sc.FLAGS["MNT_DETACH"])

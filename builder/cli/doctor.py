@@ -30,7 +30,8 @@ def _libseccomp() -> str:
 def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
     """Show the kernel's features, the strategy `auto` picks and the state directory's health."""
     from builder.kernel import syscalls
-    from builder.sandbox.state import StateDir, _mountinfo_entry, state_dir as resolve
+    from builder.sandbox.mounts import mountinfo_entry
+    from builder.sandbox.state import StateDir, state_dir as resolve
 
     f = feat.probe(erofs=os.geteuid() == 0)  # the erofs probe needs root (fsopen)
     try:
@@ -45,7 +46,7 @@ def doctor(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None
         _join(path, start=False, fork=False)  # rootless: the state directory's mounts are the holder's
     except NsbuildError as e:
         rootless["hint"] = " ".join(filter(None, (rootless["hint"], str(e))))  # doctor reports, it does not fail
-    entry = _mountinfo_entry(path) if os.path.isdir(path) else None
+    entry = mountinfo_entry(path) if os.path.isdir(path) else None
     tags = entry[6:entry.index("-")] if entry else []
     report = {
         "kernel": f.release,

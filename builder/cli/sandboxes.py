@@ -47,7 +47,8 @@ def gc(
 @handled
 def list_(state_dir: Optional[str] = StateOpt, as_json: bool = JsonOpt) -> None:
     """List persisted sandboxes."""
-    from builder.sandbox.state import StateDir, mount_points, state_dir as resolve
+    from builder.sandbox.mounts import mount_points
+    from builder.sandbox.state import StateDir, state_dir as resolve
 
     sd = StateDir(resolve(state_dir))
     _join(sd.path, start=False, fork=False)  # rootless: the pins are in the holder's mount namespace

@@ -19,6 +19,7 @@ import sys
 
 from builder.kernel import syscalls as sc
 from builder.errors import BuildError, NsbuildError
+from builder.sandbox.mounts import is_mount_point, mount_points, mount_table, mountinfo_entry, mounts_on, pin_setup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,54 +60,6 @@ def to_json(value: object, indent: str = "") -> str:
     raise TypeError(f"not JSON metadata: {value!r}")
 
 
-def _mountinfo_entry(path: str) -> list[str] | None:
-    """The last (topmost) mountinfo line whose mount point is `path`."""
-    return mount_table(path)[1]
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    if "\\" not in field:
-        return field
-    import re
-
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _mounts_on(path: str) -> int:
-    with open("/proc/self/mountinfo") as f:
-        return sum(_unescape(line.split()[4]) == path for line in f)
-
-
-def mount_points() -> set[str]:
-    return mount_table("")[0]
-
-
-def mount_table(path: str) -> tuple[set[str], list[str] | None]:
-    """Every mount point, and the topmost mountinfo entry of `path`: one read of a table that is long
-    where there are many sandboxes."""
-    points, entry = set(), None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = _unescape(fields[4])
-            points.add(point)
-            if point == path:
-                entry = fields
-    return points, entry
-
-
-def _setup(entry: list[str] | None) -> str:
-    """What a state directory with mountinfo `entry` still needs before it can pin (steps.Pin.setup)."""
-    if entry is None:
-        return "bind"
-    return "" if "unbindable" in entry[6:entry.index("-")] else "unbindable"
-
-
-def is_mount_point(path: str) -> bool:
-    return _mountinfo_entry(path) is not None
-
-
 class _Lock:
     """flock(2) on a lock file for a `with` block (contextlib costs ~2 ms on the `run` path)."""
 
@@ -140,7 +93,7 @@ class StateDir:
 
     def setup(self) -> str:
         """What the directory still needs before a namespace can be pinned in it (steps.Pin.setup)."""
-        return _setup(_mountinfo_entry(self.path) if os.path.isdir(self.path) else None)
+        return pin_setup(mountinfo_entry(self.path) if os.path.isdir(self.path) else None)
 
     def pin_for(self, name: str) -> Pin:
         """How a build would persist sandbox `name` now (`nsbuild plan` shows it; a build derives it
@@ -245,7 +198,7 @@ class StateDir:
             self.report(cleaned)
             if cleaned:
                 mounted = mount_points()
-            setup = _setup(entry)
+            setup = pin_setup(entry)
             for name, nsfd in items:
                 done.append(self._persist_one(plan, name, nsfd, meta, replace, mounted, setup, bool(done)))
                 mounted.add(done[-1])
@@ -297,7 +250,7 @@ class StateDir:
             from builder.plan.failure import persist_error
 
             name = os.path.basename(pin.target)[:-4]
-            if pin.stacked and _mounts_on(pin.target) != 1:  # the new one is beneath the old one
+            if pin.stacked and mounts_on(pin.target) != 1:  # the new one is beneath the old one
                 self._remove(name)
                 e.args = (f"{e}; the sandbox '{name}' it was to replace is gone as well",)
             raise persist_error(e, nsfd) from None
