@@ -209,12 +209,37 @@ def test_an_entry_replaced_between_stat_and_open_is_refused(tmp_path: Path) -> N
         os.close(held)
 
 
-def test_a_tmpfs_sandbox_exports_the_tree_as_built_and_says_so(nsbuild, tmp_path: Path) -> None:
-    nsbuild("build", str(recipe(tmp_path)))
+def test_a_tmpfs_sandbox_exports_what_changed_in_it(nsbuild, state_dir: Path, tmp_path: Path) -> None:
+    """The tmpfs upper is pinned beside the namespace (read-only, nosuid, nodev, noexec), so export sees
+    what was done in the sandbox since its build, like `podman commit`; rm and --replace take it along."""
+    r = recipe(tmp_path)
+    nsbuild("build", str(r))
+    upper = state_dir / "exp.upper"
+    options = next(line.split()[5] for line in open("/proc/self/mountinfo") if line.split()[4] == str(upper))
+    assert {"ro", "nosuid", "nodev", "noexec"} <= set(options.split(",")), options
+    nsbuild("run", "exp", "--", "/bin/sh", "-c", "echo made > /made; rm /etc/motd")
+    assert (upper / "upper" / "made").read_text() == "made\n"
     proc = nsbuild("export", "exp", f"oci:{tmp_path / 'out'}:v1")
-    assert "tmpfs upper" in proc.stderr and "directory upper" in proc.stderr
-    assert inspect(f"oci:{tmp_path / 'out'}:v1")["Layers"][:2] == DEMO_LAYERS
+    assert "note" not in proc.stderr, proc.stderr
+    back = tmp_path / "back.toml"
+    back.write_text(f'[sandbox]\nname = "back"\n[[layer]]\noci = "oci:{tmp_path / "out"}:v1"\n'
+                    '[run]\ncommand = ["/bin/sh", "-c", "cat /made /etc/hostname; test ! -e /etc/motd"]\n')
+    nsbuild("build", str(back))
+    assert nsbuild("run", "back").stdout == "made\nexported\n"
+    nsbuild("build", str(r), "--replace")  # a fresh upper: the change is gone, in the sandbox and its pin
+    assert not (upper / "upper" / "made").exists()
+    assert nsbuild("run", "exp", "--", "/bin/sh", "-c", "test ! -e /made && cat /etc/motd").stdout == "from layer 2\n"
     nsbuild("rm", "exp")
+    nsbuild("rm", "back")
+    assert not upper.exists() and sorted(p.name for p in state_dir.iterdir() if not p.name.startswith(".")) == []
+
+
+def test_a_batch_sandbox_exports_the_tree_as_built_and_says_so(nsbuild, tmp_path: Path) -> None:
+    nsbuild("build", str(recipe(tmp_path)), "--count", "2")
+    proc = nsbuild("export", "exp-1", f"oci:{tmp_path / 'out'}:v1")
+    assert "is not pinned" in proc.stderr and "--count" in proc.stderr
+    assert inspect(f"oci:{tmp_path / 'out'}:v1")["Layers"][:2] == DEMO_LAYERS
+    nsbuild("rm", "exp-0", "exp-1")
 
 
 def test_export_pushes_skips_what_the_registry_has_and_rebuilds_from_it(nsbuild, registry, fault_proxy,

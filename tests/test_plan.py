@@ -69,7 +69,7 @@ def plan_text(name: str, strategy: str, features: Features, tmp: Path | None = N
     path = image_recipe(name, tmp) if name.startswith("image") and tmp else RECIPES / f"{name}.toml"
     recipe = resolved(str(path), cwd=CWD)
     # persisted as the first build in a fresh state directory does (the default one)
-    pin = Pin(f"/run/nsbuild/{recipe.name}.mnt", setup="bind")
+    pin = Pin(f"/run/nsbuild/{recipe.name}.mnt", setup="bind", upper=False)
     text = render.strace(make_plan(recipe, features, strategy, pin=pin))
     return text.replace(str(RECIPES), "$RECIPES").replace(str(tmp), "$IMAGES") if tmp else \
         text.replace(str(RECIPES), "$RECIPES")

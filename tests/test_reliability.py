@@ -37,7 +37,10 @@ def consistent(nsbuild, state_dir: Path) -> list[dict]:
         assert nsbuild("run", row["name"], "--", "true").returncode == 0
     names = {row["name"] for row in listed}
     files = {p.name for p in state_dir.iterdir()} if state_dir.exists() else set()
-    assert files <= {".lock", ".template.mnt", ".plans", ".seccomp"} | {f"{n}.{ext}" for n in names for ext in ("mnt", "json", "run")}, files
+    assert files <= {".lock", ".template.mnt", ".plans", ".seccomp"} | \
+        {f"{n}.{ext}" for n in names for ext in ("mnt", "json", "run", "upper")}, files
+    points = {line.split()[4] for line in open("/proc/self/mountinfo")}
+    assert all(str(state_dir / f) in points for f in files if f.endswith(".upper")), files  # pinned, not left over
     return listed
 
 
@@ -371,3 +374,49 @@ def test_a_fault_at_every_persist_step_leaves_the_state_clean(nsbuild, state_dir
     nsbuild("build", str(recipe), "--replace")
     assert [r["name"] for r in consistent(nsbuild, state_dir)] == ["tiny"]
     nsbuild("rm", "tiny")
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["new", "replace"])
+def test_a_fault_at_every_persist_step_of_a_tmpfs_upper(nsbuild, state_dir: Path, tmp_path: Path,
+                                                        replace: bool) -> None:
+    """The same with a tmpfs upper, which the segment pins on NAME.upper before the namespace. A new
+    sandbox: every fault leaves nothing. A replacement: a fault before the new upper goes in leaves
+    the old sandbox whole; one after it leaves the old sandbox without a pinned upper (export says
+    so), never with the new one's; one after the namespace went beneath takes both, as above."""
+    (tmp_path / "lower").mkdir()
+    recipe = tiny_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("[[path]]", '[[layer]]\npath = "lower"\n[[path]]', 1))
+    extra = ["--replace"] if replace else []
+    if replace:
+        nsbuild("build", str(recipe))
+        consistent(nsbuild, state_dir)
+    doc, block = persist_block(nsbuild, recipe)
+    calls = [doc["steps"][k]["call"] for k in block]
+    assert calls == (["mount_setattr", "move_mount", "umount2", "open_tree", "move_mount", "umount2"] if replace else
+                     ["open_tree", "move_mount", "mount_setattr", "mount_setattr", "mkdirat", "move_mount", "mknodat",
+                      "open_tree", "move_mount"])
+    env = nsbuild.env  # type: ignore[attr-defined]
+    before, files = mountinfo(), sorted(os.listdir(state_dir)) if replace else [".lock"]
+    for n, k in enumerate(block):
+        proc = subprocess.run(nsbuild_cmd() + ["build", str(recipe)] + extra, capture_output=True, text=True,
+                              env=dict(env, NSBUILD_TEST_FAULT=f"{k}:EIO"), cwd=tmp_path / "cwd")
+        assert proc.returncode == 1 and f"persist (step {k + 1}," in proc.stderr and "EIO" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        if replace and n in (2, 3, 4):  # the new upper is in (beneath, or alone): the old sandbox keeps none
+            assert [r["name"] for r in consistent(nsbuild, state_dir)] == ["tiny"]
+            assert not (state_dir / "tiny.upper").exists()
+            assert "is not pinned" in nsbuild("export", "tiny", f"oci:{tmp_path / 'out'}:v{n}").stderr
+        elif replace and n == 5:  # the new namespace went beneath the old one
+            assert "the sandbox 'tiny' it was to replace is gone as well" in proc.stderr
+            assert consistent(nsbuild, state_dir) == []
+        else:
+            assert mountinfo() == before, f"a mount was left after a fault at persist step {k + 1}"
+            assert sorted(os.listdir(state_dir)) == files, f"files were left after a fault at persist step {k + 1}"
+            assert [r["name"] for r in consistent(nsbuild, state_dir)] == (["tiny"] if replace else [])
+            tally("faults injected into persist steps and survived, through the CLI")
+            continue
+        tally("faults injected into persist steps and survived, through the CLI")
+        nsbuild("build", str(recipe), "--replace")  # back as it was, for the next fault
+        before, files = mountinfo(), sorted(os.listdir(state_dir))
+    nsbuild("rm", "tiny")
+    assert sorted(p.name for p in state_dir.iterdir() if not p.name.startswith(".")) == []

@@ -75,15 +75,16 @@ def test_a_build_makes_exactly_the_planned_syscalls(nsbuild, state_dir: Path, tm
         expected += planned(render.as_dict(template))
     assert made == expected
 
-    # 2. a warm rebuild that replaces it: the cached plan, from the template, persisted beneath the
-    # old namespace, which is then detached
+    # 2. a warm rebuild that replaces it: the cached plan, from the template, its tmpfs upper and
+    # namespace persisted beneath the old ones, which are then detached
     second = json.loads(nsbuild("plan", recipe, "--format", "json").stdout)
     persist = second["steps"][second["blocks"][-1]["steps"][0]:]
-    assert [s["call"] for s in persist] == ["open_tree", "move_mount", "umount2"]
-    assert "MOVE_MOUNT_BENEATH" in persist[1]["args"][4]["flags"]
+    assert [s["call"] for s in persist] == ["mount_setattr", "move_mount", "umount2", "open_tree", "move_mount",
+                                            "umount2"]
+    assert "MOVE_MOUNT_BENEATH" in persist[1]["args"][4]["flags"] and "MOVE_MOUNT_BENEATH" in persist[4]["args"][4]["flags"]
     calls = traced(nsbuild_cmd() + ["build", "--replace", recipe], env, cwd, tmp_path / "second.strace")
     assert without_probes(calls) == planned(second)
     # strace 6.1 shows MOVE_MOUNT_BENEATH (0x200) as a number
     beneath = [text for name, text in calls if name == "move_mount" and re.search(r"MOVE_MOUNT_BENEATH|0x200", text)]
-    assert len(beneath) == 1 and str(state_dir / "layers.mnt") in beneath[0]
+    assert len(beneath) == 2 and str(state_dir / "layers.upper") in beneath[0] and str(state_dir / "layers.mnt") in beneath[1]
     nsbuild("rm", "layers")

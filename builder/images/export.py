@@ -44,7 +44,8 @@ LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 # --- the source tree
 
 def source_of(target: str, state_dir: str | None) -> tuple[Recipe, str | None]:
-    """The recipe of TARGET (a recipe file, or a persisted sandbox's) and its directory upper, if any."""
+    """The recipe of TARGET (a recipe file, or a persisted sandbox's) and its upper, if any: a directory
+    upper, or a sandbox's tmpfs upper where it is pinned on NAME.upper."""
     from builder.recipe.load import load
     from builder.recipe.model import NAME_RE
 
@@ -65,9 +66,13 @@ def source_of(target: str, state_dir: str | None) -> tuple[Recipe, str | None]:
                          f"rebuild it (`nsbuild build --replace {r.file}`), or export the recipe file itself")
     upper = str(meta.get("upper", "tmpfs"))
     if upper == "tmpfs":
-        print(f"nsbuild: note: '{target}' has a tmpfs upper, which only its namespace holds: the export has the "
-              "tree as built (layers and [[path]] entries), not changes made in it since; use a directory "
-              "upper ([root] upper = \"DIR\") to export those", file=sys.stderr)
+        from builder.sandbox.mounts import is_mount_point
+
+        if is_mount_point(sd.upper_path(target)):  # pinned beside the namespace (steps.persist_steps)
+            return r, os.path.join(sd.upper_path(target), "upper")
+        print(f"nsbuild: note: the tmpfs upper of '{target}' is not pinned (a sandbox of `build --count`, or "
+              "one whose replacement failed): the export has the tree as built (layers and [[path]] entries), "
+              f"not changes made in it since; `nsbuild build --replace` pins it", file=sys.stderr)
     return r, upper if upper not in ("tmpfs", "none") else None
 
 

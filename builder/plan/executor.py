@@ -21,7 +21,7 @@ import struct  # fd arrays for SCM_RIGHTS (array.array would import collections.
 from builder.kernel import syscalls as sc
 from builder.plan.calls import CALLS
 from builder.plan.steps import (HOST, NAMESPACE, PERSIST, RETRIES, RETRY, Fd, FdPath, Flags, LoopPath, Plan, ProcPath,
-                                Step, Value)
+                                Step, Value, persist_inputs)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ class Run:
         self.persisting = False  # in the PERSIST block: mounts attached to host paths are undone too
         self.fault = _fault()
         self.compiled: list[tuple] = []
+        self.kept: dict[str, int] = {}  # fds run() leaves open for the PERSIST block (execute_for_persist)
 
     def step(self, index: int) -> None:
         if self.fault and self.fault[0] == index:
@@ -188,8 +189,9 @@ class Run:
         finally:
             self.go_home()
 
-    def run(self) -> int:
-        """Every block up to the PERSIST block; returns the result fd."""
+    def run(self, keep: tuple[str, ...] = ()) -> int:
+        """Every block up to the PERSIST block; returns the result fd. The fds named in `keep` stay open
+        too, in self.kept."""
         self.compiled = _compiled(self.plan, 0, self.plan.persist_start())
         old_umask = os.umask(0)  # modes in the plan are exact
         try:
@@ -202,6 +204,7 @@ class Run:
                     self.retried(start, end, extra[0])
                 elif kind == PERSIST:
                     break
+            self.kept = {name: self.fds.pop(name) for name in keep if name in self.fds}
             return self.fds.pop(self.plan.result)
         except BaseException as e:
             self.fail(e)
@@ -210,9 +213,11 @@ class Run:
             self.close()
             os.umask(old_umask)
 
-    def pin(self, nsfd: int, after: dict[int, Callable[[], None]]) -> None:
-        """The PERSIST block, with the result already made (`nsfd`, which stays the caller's)."""
+    def pin(self, nsfd: int, after: dict[int, Callable[[], None]], kept: dict[str, int]) -> None:
+        """The PERSIST block, with the result already made (`nsfd`) and the other fds it uses (`kept`,
+        from run()); they stay the caller's."""
         self.fds[self.plan.result] = nsfd
+        self.fds.update(kept)
         self.persisting = True
         start = self.plan.persist_start()
         self.compiled = _compiled(self.plan, start, len(self.plan.steps))
@@ -225,7 +230,8 @@ class Run:
             self.fail(e)
             raise
         finally:
-            self.fds.pop(self.plan.result, None)
+            for name in (self.plan.result, *kept):
+                self.fds.pop(name, None)
             self.close()
 
     def fail(self, e: BaseException) -> None:
@@ -344,7 +350,16 @@ def execute(plan: Plan) -> int:
     return Run(plan).run()
 
 
-def pin(plan: Plan, nsfd: int, after: dict[int, Callable[[], None]] | None = None) -> None:
+def execute_for_persist(plan: Plan) -> tuple[int, dict[str, int]]:
+    """execute(), and the fds that `plan`'s PERSIST block uses besides the result (steps.persist_inputs),
+    by name: the caller closes them."""
+    run = Run(plan)
+    nsfd = run.run(persist_inputs(plan))
+    return nsfd, run.kept
+
+
+def pin(plan: Plan, nsfd: int, after: dict[int, Callable[[], None]] | None = None,
+        kept: dict[str, int] | None = None) -> None:
     """Run `plan`'s PERSIST block on `nsfd`, the namespace execute() made (it stays open: the
-    caller's). `after`: test hooks, called after the step of their index."""
-    Run(plan).pin(nsfd, after or {})
+    caller's), with `kept` from execute_for_persist. `after`: test hooks, called after the step of their index."""
+    Run(plan).pin(nsfd, after or {}, kept or {})

@@ -147,28 +147,41 @@ class Pin:
     it is then.
     """
 
-    __slots__ = ("target", "stacked", "setup")
+    __slots__ = ("target", "stacked", "setup", "upper")
 
-    def __init__(self, target: str, stacked: bool = False, setup: str = "") -> None:
+    def __init__(self, target: str, stacked: bool = False, setup: str = "", upper: bool | None = None) -> None:
         self.target = target    # NAME.mnt in the state directory
         self.stacked = stacked  # a namespace is pinned there already: replace it
         self.setup = setup      # what the state directory still needs: "" (nothing), "bind" (a mount
         #                         of its own, then unbindable) or "unbindable" (it is a mount already)
+        self.upper = upper      # a plan's tmpfs upper is pinned too, read-only, on NAME.upper (for export):
+        #                         False there is none yet, True one is there (replace it), None: not pinned
+        #                         (the caller has no fd of it: a batch, the template)
+
+    @property
+    def upper_target(self) -> str:
+        return self.target[:-len(".mnt")] + ".upper"
+
+    def _key(self) -> tuple:
+        return (self.target, self.stacked, self.setup, self.upper)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Pin) and (self.target, self.stacked, self.setup) == (other.target, other.stacked,
-                                                                                      other.setup)
+        return isinstance(other, Pin) and self._key() == other._key()
 
     def __repr__(self) -> str:
-        return f"Pin({self.target!r}, stacked={self.stacked}, setup={self.setup!r})"
+        return f"Pin({self.target!r}, stacked={self.stacked}, setup={self.setup!r}, upper={self.upper})"
 
 
-def persist_steps(result: str, pin: Pin) -> list[Step]:
-    """The persist steps that pin `result` (a namespace fd) as `pin` says."""
+UPPER = "%mnt:upper"  # the planner's tmpfs upper (detached.py), which a persist segment may pin as well
+
+
+def persist_steps(result: str, pin: Pin, upper: str | None = None) -> list[Step]:
+    """The persist steps that pin `result` (a namespace fd) as `pin` says, and `upper` (the fd of a
+    tmpfs upper) beside it unless pin.upper is None."""
     out: list[Step] = []
 
-    def emit(call: str, *args: object, ret: str | None = None) -> None:
-        out.append(Step(call, args, ret, "persist"))  # type: ignore[arg-type]
+    def emit(call: str, *args: object, ret: str | None = None, ok: tuple[str, ...] = ()) -> None:
+        out.append(Step(call, args, ret, "persist", ok=ok))  # type: ignore[arg-type]
 
     state = posixpath.dirname(pin.target)
     if pin.setup == "bind":  # bound onto itself, so that its propagation can be its own
@@ -178,6 +191,20 @@ def persist_steps(result: str, pin: Pin) -> list[Step]:
         # unbindable (which is also private): a recursive bind of a parent directory, such as $CWD
         # at /work, then leaves the nsfs mounts out instead of failing with ELOOP
         emit("mount_setattr", AT_FDCWD, state, Flags(), Flags(), Flags(), Flags(("MS_UNBINDABLE",)))
+    # the upper first, the namespace last: once the namespace is pinned, nothing else may fail
+    if upper and pin.upper is not None:
+        # only the kernel holds a tmpfs upper: pinned here, export can read what changed in the sandbox.
+        # Read-only, no set-uid, devices or exec: what the sandbox wrote must not act on the host through it
+        # (overlayfs writes through its own clone of the mount, which keeps its attributes)
+        emit("mount_setattr", Fd(upper), "", Flags(("AT_EMPTY_PATH",)),
+             Flags(("MOUNT_ATTR_RDONLY", "MOUNT_ATTR_NOSUID", "MOUNT_ATTR_NODEV", "MOUNT_ATTR_NOEXEC")), Flags(),
+             Flags())
+        if not pin.upper:
+            emit("mkdirat", AT_FDCWD, pin.upper_target, 0o700, ok=("EEXIST",))
+        emit("move_mount", Fd(upper), "", AT_FDCWD, pin.upper_target,
+             Flags(("MOVE_MOUNT_F_EMPTY_PATH",) + (("MOVE_MOUNT_BENEATH",) if pin.upper else ())))
+        if pin.upper:
+            emit("umount2", pin.upper_target, Flags(("MNT_DETACH",)))  # the upper it replaces, on top
     if not pin.stacked:
         emit("mknodat", AT_FDCWD, pin.target, Flags(("S_IFREG",)), 0o600, 0, 0)
     emit("open_tree", Fd(result), "", Flags(("OPEN_TREE_CLONE", "OPEN_TREE_CLOEXEC", "AT_EMPTY_PATH")), ret="%pin")
@@ -192,7 +219,8 @@ def with_persist(plan: Plan, pin: Pin | None) -> Plan:
     """`plan` ending with the persist segment for `pin` (none: without one); the executor's compiled
     form of the steps before it is kept."""
     start = plan.persist_start()
-    new = persist_steps(plan.result, pin) if pin else []
+    upper = UPPER if any(s.out == UPPER for s in plan.steps[:start]) else None
+    new = persist_steps(plan.result, pin, upper) if pin else []
     if start < len(plan.steps) and list(plan.steps[start:]) == new:
         return plan
     blocks = tuple(b for b in plan.blocks if b[0] != PERSIST)
@@ -202,6 +230,14 @@ def with_persist(plan: Plan, pin: Pin | None) -> Plan:
                plan.notes, blocks or ((HOST, 0, 0, ()),))
     out.compiled = plan.compiled[:start] if plan.compiled else None
     return out
+
+
+def persist_inputs(plan: Plan) -> tuple[str, ...]:
+    """The fds the PERSIST block uses that earlier blocks make, besides the result: kept open for it."""
+    start = plan.persist_start()
+    made = {s.out for s in plan.steps[start:]}
+    return tuple(dict.fromkeys(a for s in plan.steps[start:] for a in s.args
+                               if type(a) is Fd and a.startswith("%") and a != plan.result and a not in made))
 
 
 def pin_only(pin: Pin, result: str = "%ns") -> Plan:

@@ -121,13 +121,30 @@ def run_metadata(recipe: Recipe | Resolved) -> dict[str, Any]:
 
 def execute_and_persist(plan: Plan, meta: dict[str, Any], session: Session, name: str, replace: bool,
                         register: bool) -> str:
+    kept: dict[str, int] = {}  # fds the persist segment pins besides the namespace (a tmpfs upper)
+
+    def make() -> int:
+        nsfd, more = executor.execute_for_persist(plan)
+        _close(kept)  # a retry's: the round before made its own
+        kept.update(more)
+        return nsfd
+
     def persist(nsfd: int) -> str:
         session.state.prepare()  # only after a successful build: a failed one changes nothing
         if register:
             session.register(meta)
-        return session.state.persist(name, nsfd, meta, replace, plan)
+        return session.state.persist(name, nsfd, meta, replace, plan, kept)
 
-    return retrying_on_each_cpu(lambda: executor.execute(plan), persist)
+    try:
+        return retrying_on_each_cpu(make, persist)
+    finally:
+        _close(kept)
+
+
+def _close(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
 
 
 def _build_many(recipe: Resolved, session: Session, count: int, strategy: str, replace: bool, base: str,

@@ -6,6 +6,7 @@ a parent directory must not carry the nsfs mounts into sandboxes):
 
     .lock          flock(2) held while the directory changes
     NAME.mnt       the sandbox's mount namespace (an nsfs bind mount)
+    NAME.upper     its tmpfs upper, if it has one (read-only, nosuid, nodev, noexec): what export reads
     NAME.json      metadata, replaced atomically (write, fsync, rename)
     NAME.run       [run] of NAME.json in marshal format: `nsbuild run` reads it without
                    importing json (whose regexes cost ~8 ms of a ~12 ms budget)
@@ -101,10 +102,14 @@ class StateDir:
         from builder.plan.steps import Pin  # not on the `run` path
 
         target = self.ns_path(name)
-        return Pin(target, os.path.isdir(self.path) and target in mount_points(), self.setup())
+        points = mount_points() if os.path.isdir(self.path) else set()
+        return Pin(target, target in points, self.setup(), self.upper_path(name) in points)
 
     def ns_path(self, name: str) -> str:
         return os.path.join(self.path, name + ".mnt")
+
+    def upper_path(self, name: str) -> str:
+        return os.path.join(self.path, name + ".upper")
 
     def meta_path(self, name: str) -> str:
         return os.path.join(self.path, name + ".json")
@@ -177,20 +182,25 @@ class StateDir:
             elif entry.endswith(".mnt") and entry[:-4] + ".json" not in entries:
                 self._remove(entry[:-4])
                 cleaned.append(f"removed abandoned namespace {entry}")
+            elif entry.endswith(".upper") and entry[:-6] + ".json" not in entries:
+                self._remove(entry[:-6])
+                cleaned.append(f"removed abandoned upper {entry}")
             elif entry.endswith(".json") and self.ns_path(entry[:-5]) not in mounted:
                 self._remove(entry[:-5])
                 cleaned.append(f"removed sandbox {entry[:-5]}: its namespace was gone")
         return cleaned
 
-    def persist(self, name: str, nsfd: int, meta: dict[str, object], replace: bool, plan: Plan | None = None) -> str:
+    def persist(self, name: str, nsfd: int, meta: dict[str, object], replace: bool, plan: Plan | None = None,
+                kept: dict[str, int] | None = None) -> str:
         """Run `plan`'s persist segment (made for this directory as it is now) to pin `nsfd` on
-        NAME.mnt, and write NAME.json; atomic with respect to readers."""
-        return self.persist_many(((name, nsfd),), meta, replace, plan)[0]
+        NAME.mnt (and a tmpfs upper, if `kept` has its fd, on NAME.upper), and write NAME.json; atomic
+        with respect to readers."""
+        return self.persist_many(((name, nsfd),), meta, replace, plan, kept)[0]
 
     def persist_many(self, items: Iterable[tuple[str, int]], meta: dict[str, object], replace: bool,
-                     plan: Plan | None = None) -> list[str]:
+                     plan: Plan | None = None, kept: dict[str, int] | None = None) -> list[str]:
         """persist() for each (name, nsfd), under one lock and one read of the mount table (a batch:
-        `items` may be a generator that makes the namespaces as they are asked for)."""
+        `items` may be a generator that makes the namespaces as they are asked for, and `kept` is None)."""
         done: list[str] = []
         with self.locked():
             mounted, entry = mount_table(self.path)  # read once: with many sandboxes mountinfo is long
@@ -200,13 +210,13 @@ class StateDir:
                 mounted = mount_points()
             setup = pin_setup(entry)
             for name, nsfd in items:
-                done.append(self._persist_one(plan, name, nsfd, meta, replace, mounted, setup, bool(done)))
+                done.append(self._persist_one(plan, name, nsfd, meta, replace, mounted, setup, kept, bool(done)))
                 mounted.add(done[-1])
                 setup = ""
         return done
 
     def _persist_one(self, plan: Plan | None, name: str, nsfd: int, meta: dict[str, object], replace: bool,
-                     mounted: set[str], setup: str, fast_json: bool = False) -> str:
+                     mounted: set[str], setup: str, kept: dict[str, int] | None, fast_json: bool = False) -> str:
         from builder.plan.steps import Pin
 
         target = self.ns_path(name)
@@ -214,7 +224,10 @@ class StateDir:
         if (stacked or os.path.exists(self.meta_path(name))) and not replace:
             raise NsbuildError(f"a sandbox named '{name}' exists already",
                                f"use --replace, or remove it with `nsbuild rm {name}`")
-        self._bind(plan, nsfd, Pin(target, stacked, setup))
+        from builder.plan.steps import UPPER
+
+        upper = self.upper_path(name) in mounted if kept and UPPER in kept else None
+        self._bind(plan, nsfd, Pin(target, stacked, setup, upper), kept)
         _test_kill("after-mount")
         try:
             import time
@@ -233,7 +246,7 @@ class StateDir:
             raise
         return target
 
-    def _bind(self, plan: Plan | None, nsfd: int, pin: Pin) -> None:
+    def _bind(self, plan: Plan | None, nsfd: int, pin: Pin, kept: dict[str, int] | None = None) -> None:
         """Pin a namespace as `pin` says, by the persist segment of `plan` (of a plan of nothing
         else, without one). A failure leaves nothing of it: the segment unwinds."""
         from builder.plan import executor
@@ -245,15 +258,34 @@ class StateDir:
             after = {i: lambda: _test_kill("after-create") for i, s in enumerate(plan.steps)
                      if s.call == "mknodat" and s.origin == "persist"}
         try:
-            executor.pin(plan, nsfd, after)
+            executor.pin(plan, nsfd, after, kept)
         except BuildError as e:
             from builder.plan.failure import persist_error
 
             name = os.path.basename(pin.target)[:-4]
+            if pin.upper and kept and not self._only_old_upper(pin.upper_target, kept):
+                self._drop_upper(name)  # the new upper went in, the new namespace did not: pin neither
             if pin.stacked and mounts_on(pin.target) != 1:  # the new one is beneath the old one
                 self._remove(name)
                 e.args = (f"{e}; the sandbox '{name}' it was to replace is gone as well",)
             raise persist_error(e, nsfd) from None
+
+    @staticmethod
+    def _only_old_upper(target: str, kept: dict[str, int]) -> bool:
+        """Whether `target` still holds the old upper alone, not the new one (kept's: another tmpfs)."""
+        from builder.plan.steps import UPPER
+
+        return mounts_on(target) == 1 and os.stat(target).st_dev != os.fstat(kept[UPPER]).st_dev
+
+    def _drop_upper(self, name: str) -> None:
+        """The sandbox stays, its upper is no longer pinned (export says so)."""
+        upper = self.upper_path(name)
+        while is_mount_point(upper):
+            sc.umount2(upper, sc.FLAGS["MNT_DETACH"])
+        try:
+            os.rmdir(upper)
+        except FileNotFoundError:
+            pass
 
     @property
     def template_path(self) -> str:
@@ -330,7 +362,8 @@ class StateDir:
             print(f"nsbuild: recovered: {line}", file=sys.stderr)
 
     def _remove(self, name: str) -> bool:
-        target, found = self.ns_path(name), False
+        target, found = self.ns_path(name), os.path.lexists(self.upper_path(name))
+        self._drop_upper(name)
         while is_mount_point(target):
             sc.umount2(target, sc.FLAGS["MNT_DETACH"])
             found = True
