@@ -90,6 +90,22 @@ def new_layers(layout: Path, digest: str) -> list[tarfile.TarFile]:
             for d in manifest["layers"] if d["digest"] not in DEMO_LAYERS]
 
 
+LISTING = ("find / -xdev | sort | while read -r f; do stat -c '%n %F %a %u:%g %h' \"$f\"; "
+           "if [ -f \"$f\" ]; then cat \"$f\" | md5sum; fi; done")
+
+
+def trees(nsbuild, r: Path, tmp_path: Path) -> tuple[str, str]:
+    """The tree of recipe `r` (sandbox `exp`), and that of the image exported to out/:v1 pulled back
+    into a sandbox `exp` (which stays, for the caller to run and remove): each as listed inside."""
+    nsbuild("build", str(r))
+    before = nsbuild("run", "exp", "--", "/bin/sh", "-c", LISTING).stdout
+    nsbuild("rm", "exp")
+    back = tmp_path / "back.toml"
+    back.write_text(f'[sandbox]\nname = "exp"\n[[layer]]\noci = "oci:{tmp_path / "out"}:v1"\n')
+    nsbuild("build", str(back))
+    return before, nsbuild("run", "exp", "--", "/bin/sh", "-c", LISTING).stdout
+
+
 def test_tarballs_are_sorted_with_numeric_owners_and_source_date_epoch(nsbuild, tmp_path: Path) -> None:
     r = recipe(tmp_path)
     out = export(nsbuild, str(r), f"oci:{tmp_path / 'out'}:v1", env={"SOURCE_DATE_EPOCH": "1700000000"})
@@ -118,16 +134,9 @@ def test_whiteouts_leave_in_oci_form_and_the_tree_comes_back(nsbuild, tmp_path: 
     out = export(nsbuild, str(r), f"oci:{tmp_path / 'out'}:v1")
     names = {m.name for tar in new_layers(tmp_path / "out", out["digest"]) for m in tar.getmembers()}
     assert {"etc/.wh.legacy.conf", "opt/demo/.wh..wh..opq", "opt/demo/new"} <= names
-    listing = "find / -xdev | sort | while read -r f; do stat -c '%n %F %a %u:%g' \"$f\"; " \
-              "if [ -f \"$f\" ]; then cat \"$f\" | md5sum; fi; done"
-    nsbuild("build", str(r))
-    before = nsbuild("run", "exp", "--", "/bin/sh", "-c", listing).stdout
-    nsbuild("rm", "exp")
-    back = tmp_path / "back.toml"
-    back.write_text(f'[sandbox]\nname = "exp"\n[[layer]]\noci = "oci:{tmp_path / "out"}:v1"\n')
-    nsbuild("build", str(back))
+    before, after = trees(nsbuild, r, tmp_path)
+    assert after == before
     assert nsbuild("run", "exp").stdout == "from layer 2\nexported\nnew\nhi\n"  # the image's own [run]
-    assert nsbuild("run", "exp", "--", "/bin/sh", "-c", listing).stdout == before
     nsbuild("rm", "exp")
 
 
@@ -305,15 +314,8 @@ def test_an_image_layer_is_exported_as_its_tree(nsbuild, tmp_path: Path, kind: s
     assert (members["etc/motd"].uid, members["etc/motd"].gid) == (1000, 1001)
     assert members["bin/tool"].mode == 0o4755 and members["bin/motd"].linkname == "../etc/motd"
     assert members["etc/motd.hard"].islnk() or members["etc/motd"].islnk()
-    listing = "find / -xdev | sort | while read -r f; do stat -c '%n %F %a %u:%g %h' \"$f\"; " \
-              "if [ -f \"$f\" ]; then cat \"$f\" | md5sum; fi; done"
-    nsbuild("build", str(r))
-    before = nsbuild("run", "exp", "--", "/bin/sh", "-c", listing).stdout
-    nsbuild("rm", "exp")
-    back = tmp_path / "back.toml"
-    back.write_text(f'[sandbox]\nname = "exp"\n[[layer]]\noci = "oci:{tmp_path / "out"}:v1"\n')
-    nsbuild("build", str(back))
-    assert nsbuild("run", "exp", "--", "/bin/sh", "-c", listing).stdout == before
+    before, after = trees(nsbuild, r, tmp_path)
+    assert after == before
     assert "/etc/motd regular file 644 1000:1001 2\n" in before  # the image's file, in the tree compared
     nsbuild("rm", "exp")
 
