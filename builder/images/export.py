@@ -3,10 +3,11 @@
 Layers map one to one:
 - a lower layer from a layout or a registry keeps its blob, digest and diff_id (copied, or not sent at all
   where the registry has it);
-- directory, archive, binaries and image layers (erofs, squashfs, ext4: the mounted image's tree), a
-  directory upper and the recipe's [[path]] entries become new layers: reproducible tarballs (entries sorted, times SOURCE_DATE_EPOCH or 0, numeric owners, no user or
-  group names, gzip without a time or name) with overlayfs whiteouts in OCI form (a char device 0:0 is
-  `.wh.NAME`, trusted.overlay.opaque=y is `.wh..wh..opq`);
+- directory, archive, binaries and image layers (erofs, squashfs, ext4: the mounted image's tree), the
+  upper (a directory upper, or a sandbox's tmpfs upper pinned on NAME.upper) and else the recipe's
+  [[path]] entries become new layers: reproducible tarballs (entries sorted, times SOURCE_DATE_EPOCH or
+  0, numeric owners, no user or group names, gzip without a time or name) with overlayfs whiteouts in
+  OCI form (a char device 0:0 is `.wh.NAME`, trusted.overlay.opaque=y is `.wh..wh..opq`);
 - the config carries [run]: Env, Cmd (the command), WorkingDir and User.
 The same inputs give the same manifest digest. Mounts ([[mount]]) are not part of the image, as volumes
 are not part of a container image.
