@@ -134,6 +134,38 @@ def test_default_recipe_and_every_command(user: RootlessUser) -> None:
     assert user.wait_no_processes() == []  # gc's holder went too: no sandbox left
 
 
+def test_export_takes_a_rootless_sandboxs_changes(ranged: RootlessUser) -> None:
+    """The tmpfs upper is pinned in the holder's mount namespace, beside the namespace; export joins it."""
+    ranged.run("build", "-q", "recipes/layers.toml")
+    ranged.run("run", "layers", "--", "/bin/sh", "-c", "echo made by $(id -u) > /made")
+    ranged.run("export", "-q", "layers", f"oci:{ranged.home / 'out'}:v1")
+    back = ranged.home / "back.toml"
+    back.write_text(f'[sandbox]\nname = "back"\n[[layer]]\noci = "oci:{ranged.home / "out"}:v1"\n'
+                    '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n'
+                    '[run]\ncommand = ["/bin/sh", "-c", "cat /made /etc/hostname"]\n')
+    ranged.run("build", "-q", str(back))
+    assert ranged.run("run", "back").stdout == "made by 0\nlayers\n"
+    ranged.run("rm", "layers", "back")
+    assert ranged.wait_no_processes() == []
+
+
+def test_a_tree_with_a_proc_directory_and_no_proc_mount_runs(single: RootlessUser) -> None:
+    """Images carry an empty /proc. Rootless, the kernel mounts no new proc where none is visible
+    (mount_too_revealing), so the run leaves that directory as it is, empty, instead of failing."""
+    lower = single.home / "lower"
+    (lower / "proc").mkdir(parents=True)
+    shutil.chown(lower, single.name, single.name)
+    shutil.chown(lower / "proc", single.name, single.name)
+    recipe = single.home / "p.toml"
+    recipe.write_text('[sandbox]\nname = "p"\n[[layer]]\npath = "lower"\n[[path]]\npath = "/bin"\nsymlink = "usr/bin"\n'
+                      '[[path]]\npath = "/lib64"\nsymlink = "usr/lib64"\n[[path]]\npath = "/lib"\nsymlink = "usr/lib"\n'
+                      '[[mount]]\ntarget = "/usr"\ntype = "bind"\nsource = "/usr"\n')
+    single.run("build", "-q", str(recipe))
+    assert single.run("run", "p", "--", "/bin/sh", "-c", "ls -A /proc | wc -l").stdout == "0\n"
+    single.run("rm", "p")
+    assert single.wait_no_processes() == []
+
+
 def test_image_layers_are_refused(ranged: RootlessUser) -> None:
     recipe = ranged.home / "img.toml"
     recipe.write_text('[sandbox]\nname = "img"\n[[layer]]\nimage = "recipes/layers.toml"\ntype = "erofs"\n')
