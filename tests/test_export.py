@@ -359,3 +359,22 @@ def test_a_push_to_an_unreachable_registry_is_one_error(nsbuild, tmp_path: Path)
     assert proc.returncode == 1 and f"registry {host}: cannot reach http://{host}" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert os.listdir(tmp_path / "store" / "tmp") == []  # the new layers were written under tmp/ and are gone
+
+
+def test_a_layer_that_fails_half_written_does_not_hang_the_process_at_exit(tmp_path: Path) -> None:
+    """The compressor's threads are stopped on the error path: a writer left to the interpreter's exit
+    (the error's traceback keeps it alive) would wait there for threads that have already gone."""
+    script = f"""
+import io, tarfile
+from builder.images import export
+def fill(tar):
+    info = tarfile.TarInfo("a"); info.size = 3_000_000; tar.addfile(info, io.BytesIO(bytes(info.size)))
+    raise RuntimeError("half written")
+try:
+    export._new_layer({str(tmp_path)!r}, fill)
+except RuntimeError as e:
+    KEEP = e
+print("done")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
