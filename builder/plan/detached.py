@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from builder.kernel.features import Features
 from builder.plan.calls import CALLS
-from builder.plan.steps import (HOST, NAMESPACE, RETRY, Fd, FdPath, Flags, LoopPath, Pin, Plan, ProcPath, Step, Value,
-                                with_persist)
+from builder.plan.steps import (HOST, NAMESPACE, RETRY, UPPER, Fd, FdPath, Flags, LoopPath, Pin, Plan, ProcPath, Step,
+                                Value, with_persist)
 from builder.layers.resolved import Resolved, ResolvedLayer
 from builder.recipe.model import Mount
 
@@ -200,7 +200,7 @@ class Detached:
         upper = work = None
         if r.upper == "tmpfs":
             opts = (("mode", "0755"),) + ((("size", r.size),) if r.size else ())
-            scratch = self.new_fs("tmpfs", "upper", "root.upper", opts, ())
+            scratch = self.new_fs("tmpfs", "upper", "root.upper", opts, (), out=UPPER)  # the persist segment pins it
             for d in ("upper", "work"):
                 self.emit("mkdirat", Fd(scratch), d, 0o755, origin="root.upper")
             upper, work = (self.emit("openat", Fd(scratch), d, Flags(("O_PATH", "O_DIRECTORY", "O_CLOEXEC")), 0,
