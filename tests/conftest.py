@@ -29,40 +29,20 @@ def _enter_scratch_namespace() -> int | None:
     if not IS_ROOT:
         return None  # unprivileged runs mount nothing: the host table is theirs to compare
     from builder.kernel import syscalls as sc
+    from builder.sandbox.holder import lowest_id_cpu
 
     host = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     # Mount-namespace ids come from per-CPU ranges (KERNEL-NOTES.md), and the kernel refuses to pin
     # a namespace older than the one nsbuild runs in. Made on the CPU whose range is lowest, the
     # scratch namespace is older than any that nsbuild's builds (on any CPU) make after it.
     cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus, key=_next_mntns_id)})
+    os.sched_setaffinity(0, {lowest_id_cpu(cpus)})
     try:
         sc.unshare(sc.FLAGS["CLONE_NEWNS"])  # conftest loads before pytest starts any thread
     finally:
         os.sched_setaffinity(0, cpus)
     sc.mount_setattr(sc.AT_FDCWD, "/", sc.FLAGS["AT_RECURSIVE"], propagation=sc.FLAGS["MS_PRIVATE"])
     return host
-
-
-def _next_mntns_id(cpu: int) -> int:
-    """The id a mount namespace made on `cpu` gets now (a throwaway one, made in a child)."""
-    from builder.kernel import syscalls as sc
-
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.sched_setaffinity(0, {cpu})
-            sc.unshare(sc.FLAGS["CLONE_NEWNS"])
-            fd = os.open("/proc/self/ns/mnt", os.O_RDONLY)
-            os.write(w, str(sc.mntns_id(fd)).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        value = f.read()
-    os.waitpid(pid, 0)
-    return int(value or 1 << 63)
 
 
 HOST_NAMESPACE = _enter_scratch_namespace()

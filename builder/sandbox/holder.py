@@ -235,7 +235,7 @@ def _spawn(state: str) -> int:
             if os.read(down_r, 1) != b"m":
                 os._exit(1)
             cpus = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {_lowest_id_cpu(cpus)})
+            os.sched_setaffinity(0, {lowest_id_cpu(cpus)})
             sc.unshare(sc.FLAGS["CLONE_NEWNS"] | sc.FLAGS["CLONE_NEWPID"])
             os.sched_setaffinity(0, cpus)
             holder = os.fork()
@@ -276,10 +276,11 @@ def _spawn(state: str) -> int:
     return holder
 
 
-def _lowest_id_cpu(cpus: set[int]) -> int:  # pragma: no cover - runs forked
+def lowest_id_cpu(cpus: set[int]) -> int:
     """The CPU on which a new mount namespace gets the lowest id. Ids come from per-CPU ranges, and
     the kernel pins only namespaces newer than the one they are pinned in (KERNEL-NOTES.md): made
-    there, the holder's namespace is older than every sandbox's, whichever CPU builds them."""
+    there, the holder's namespace (or the tests' scratch one) is older than every sandbox's,
+    whichever CPU builds them."""
     if len(cpus) == 1:
         return next(iter(cpus))
     ids = {}
@@ -287,7 +288,7 @@ def _lowest_id_cpu(cpus: set[int]) -> int:  # pragma: no cover - runs forked
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            try:
+            try:  # pragma: no cover - the child
                 os.sched_setaffinity(0, {cpu})
                 sc.unshare(sc.FLAGS["CLONE_NEWNS"])
                 with open("/proc/self/ns/mnt") as f:
