@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -33,11 +34,13 @@ def free_port() -> int:
 
 def wait_http(url: str, proc: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + 15
+    unverified = ssl.create_default_context()  # a self-signed registry is up as well
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
         try:
-            urllib.request.urlopen(url, timeout=1).close()
+            urllib.request.urlopen(url, timeout=1, context=unverified).close()
             return
         except urllib.error.HTTPError:
             return  # 401 from the htpasswd registry: it is up
@@ -66,7 +69,9 @@ class Registry:
         return f"docker://{self.host}/{repo_tag}"
 
 
-def start_registry(root: Path, htpasswd: bool, addr: str = "127.0.0.1") -> tuple[Registry, subprocess.Popen]:
+def start_registry(root: Path, htpasswd: bool, addr: str = "127.0.0.1",
+                   tls: bool = False) -> tuple[Registry, subprocess.Popen]:
+    """tls: HTTPS with a self-signed certificate for `addr`, root / "cert.pem"."""
     if not os.path.exists(REGISTRY_BIN):
         pytest.fail(f"{REGISTRY_BIN} is missing: apt-get install docker-registry (README set-up 2)")
     root.mkdir(parents=True)
@@ -76,13 +81,19 @@ def start_registry(root: Path, htpasswd: bool, addr: str = "127.0.0.1") -> tuple
         line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True).stdout
         (root / "htpasswd").write_text(line)
         auth = f"auth:\n  htpasswd:\n    realm: nsbuild-test\n    path: {root / 'htpasswd'}\n"
+    listen = f"http:\n  addr: {addr}:{port}\n"
+    if tls:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=nsbuild-test", "-addext", f"subjectAltName=IP:{addr}", "-keyout", str(root / "key.pem"),
+                        "-out", str(root / "cert.pem")], check=True, capture_output=True)
+        listen += f"  tls:\n    certificate: {root / 'cert.pem'}\n    key: {root / 'key.pem'}\n"
     (root / "config.yml").write_text(
         f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"  delete:\n    enabled: true\nhttp:\n  addr: {addr}:{port}\n{auth}")
+        f"  delete:\n    enabled: true\n{listen}{auth}")
     with open(root / "log", "wb") as log:
         proc = subprocess.Popen([REGISTRY_BIN, "serve", str(root / "config.yml")], stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL)
-    wait_http(f"http://{addr}:{port}/v2/", proc, "docker-registry")
+    wait_http(f"{'https' if tls else 'http'}://{addr}:{port}/v2/", proc, "docker-registry")
     return Registry(f"{addr}:{port}", port, root), proc
 
 
@@ -193,6 +204,21 @@ def outward_registry(tmp_path_factory) -> Iterator[Registry]:
     if addr is None:
         pytest.skip("this machine has no non-loopback IPv4 address to serve a registry on")
     reg, proc = start_registry(tmp_path_factory.mktemp("registry") / "outward", htpasswd=False, addr=addr)
+    try:
+        skopeo("--dest-tls-verify=false", f"oci:{RECIPES / 'oci/layout'}:demo", f"docker://{reg.host}/demo:gzip")
+        yield reg
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory) -> Iterator[Registry]:
+    """An HTTPS registry with a self-signed certificate (its root / "cert.pem") on a non-loopback address,
+    holding demo:gzip."""
+    addr = outward_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to serve a registry on")
+    reg, proc = start_registry(tmp_path_factory.mktemp("registry") / "tls", htpasswd=False, addr=addr, tls=True)
     try:
         skopeo("--dest-tls-verify=false", f"oci:{RECIPES / 'oci/layout'}:demo", f"docker://{reg.host}/demo:gzip")
         yield reg

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import RECIPES, needs_root, tally
 from registries import (PASSWORD, USER, auth_registry, docker_config, fault_proxy, images,  # noqa: F401
-                        outward_registry, registry, skopeo)
+                        outward_registry, registry, skopeo, tls_registry)
 
 from builder.images import registry as reg
 from builder.images import registriesconf
@@ -44,7 +44,24 @@ def test_pull_builds_and_runs(nsbuild, registry, tmp_path: Path, tag: str) -> No
     nsbuild("rm", "oci")
 
 
-def test_warm_pull_asks_only_for_the_manifest(nsbuild, fault_proxy, tmp_path: Path) -> None:
+def path_with_logged_curl(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """$PATH with a `curl` first that logs its arguments and runs the real one; and the log."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "curl.log"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec /usr/bin/curl "$@"\n')
+    (bin_dir / "curl").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
+
+
+def cached_plan_written(nsbuild) -> int:
+    """When the recipe's one cached plan was written (a build from the cached plan does not rewrite it)."""
+    plans = Path(nsbuild.env["NSBUILD_STATE_DIR"]) / ".plans"
+    (entry,) = os.listdir(plans)
+    return (plans / entry).stat().st_mtime_ns
+
+
+@pytest.mark.parametrize("asker", ["curl", "http.client"])
+def test_warm_pull_asks_only_for_the_manifest(nsbuild, fault_proxy, tmp_path: Path, asker: str) -> None:
     proxy = fault_proxy("pass")
     r = recipe(tmp_path, proxy.ref("demo:gzip"))
     nsbuild("build", str(r))
@@ -53,9 +70,14 @@ def test_warm_pull_asks_only_for_the_manifest(nsbuild, fault_proxy, tmp_path: Pa
     nsbuild("build", str(r), "--replace")  # planned anew (the first build pinned the template namespace)
     warm = proxy.requests()[len(cold):]
     assert warm == ["GET /v2/demo/manifests/gzip - -> 200"], warm
-    nsbuild("build", str(r), "--replace")  # the cached plan, once the tag is seen not to have moved
+    path, curl_log = path_with_logged_curl(tmp_path)
+    if asker == "http.client":  # no curl on $PATH: the standard library asks
+        path = {"PATH": str(tmp_path / "empty")}
+    nsbuild("build", str(r), "--replace", env=dict(nsbuild.env, **path))  # the cached plan: the tag did not move
     cached = proxy.requests()[len(cold) + len(warm):]
     assert cached == ["HEAD /v2/demo/manifests/gzip - -> 200"], cached
+    asked = curl_log.read_text().splitlines() if curl_log.exists() else []
+    assert len(asked) == (asker == "curl") and all(line.startswith("-q ") for line in asked), asked
     assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
     nsbuild("rm", "oci")
 
@@ -258,6 +280,36 @@ def test_plain_http_beyond_loopback_only_where_registries_conf_allows_it(nsbuild
     blocked = nsbuild("build", str(r), "--replace", check=False, env=env)  # the changed file drops the plan
     assert blocked.returncode == 1 and f"{outward_registry.ref('demo:gzip')} is blocked by {conf}" in blocked.stderr
     assert nsbuild("run", "oci", env=env).stdout == "from layer 2\nc\n"  # the old sandbox is untouched
+    nsbuild("rm", "oci", env=env)
+
+
+@pytest.mark.parametrize("asker", ["curl", "http.client"])
+def test_https_registry_trusted_or_insecure_and_its_warm_builds_take_the_cached_plan(nsbuild, tls_registry,
+                                                                                      tmp_path: Path, asker: str) -> None:
+    r = recipe(tmp_path, tls_registry.ref("demo:gzip"))
+    conf = tmp_path / "registries.conf"
+    env = dict(nsbuild.env, CONTAINERS_REGISTRIES_CONF=str(conf))
+    if asker == "http.client":
+        env["PATH"] = str(tmp_path / "empty")
+    refused = nsbuild("build", str(r), check=False, env=env)  # self-signed, not trusted: refused, with the hint
+    assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr
+    assert f'[[registry]] location = "{tls_registry.host}" insecure = true' in refused.stderr
+    assert "Traceback" not in refused.stderr and store_entries(tmp_path) == []
+
+    trusted = dict(env, SSL_CERT_FILE=str(tls_registry.root / "cert.pem"))  # read by OpenSSL, so by both askers
+    nsbuild("build", str(r), "--quiet", env=trusted)
+    nsbuild("build", str(r), "--replace", env=trusted)  # planned anew (the first build pinned the template)
+    written = cached_plan_written(nsbuild)
+    nsbuild("build", str(r), "--replace", env=trusted)  # the HEAD checked the certificate: the cached plan
+    assert cached_plan_written(nsbuild) == written
+    assert nsbuild("build", str(r), "--replace", check=False, env=env).returncode == 1  # untrusted again: refused
+
+    conf.write_text(f'[[registry]]\nlocation = "{tls_registry.host}"\ninsecure = true\n')
+    nsbuild("build", str(r), "--replace", env=env)  # planned anew: registries.conf changed
+    written = cached_plan_written(nsbuild)
+    nsbuild("build", str(r), "--replace", env=env)  # the HEAD skipped the certificate as the pull did
+    assert cached_plan_written(nsbuild) == written
+    assert nsbuild("run", "oci", env=env).stdout == "from layer 2\nc\n"
     nsbuild("rm", "oci", env=env)
 
 

@@ -12,9 +12,9 @@ from typing import Any
 from builder.images.registry import MAX_JSON, Client, parse
 from builder.layers import oci
 
-# docker:// reference with a tag -> (manifest URL, the digest it resolved to), per process: what
+# docker:// reference with a tag -> (manifest URL, the digest it resolved to, verify TLS), per process: what
 # plancache.save records so that a warm build can check that the tag has not moved
-RESOLVED: dict[str, tuple[str, str]] = {}
+RESOLVED: dict[str, tuple[str, str, bool]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,8 @@ def pull_image(text: str, origin: str, platform: str | None, cache: str | None) 
 
     body, media_type, digest = fetch(ref.digest or ref.tag or "latest")
     if not ref.digest:  # what the tag points at now, for a cached plan to check (tagcheck.py)
-        RESOLVED[str(ref)] = (f"{client.base}/v2/{ref.repo}/manifests/{ref.tag}", digest)
+        RESOLVED[str(ref)] = (f"{client.base}/v2/{ref.repo}/manifests/{ref.tag}", digest,
+                              not client.policy.insecure)  # whether the HEAD checks the certificate
     where = f"{ref}"
     while media_type in oci.INDEX_TYPES:
         index = _json(client, body, f"index {digest}")

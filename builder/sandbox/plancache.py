@@ -72,7 +72,7 @@ def lookup(state: StateDir, recipe_path: str, k: tuple) -> tuple[Plan, dict, str
         if data.get("tags"):
             from builder.images import tagcheck
 
-            if any(tagcheck.digest(url) != digest for url, digest in data["tags"]):
+            if any(tagcheck.digest(url, verify) != digest for url, digest, verify in data["tags"]):
                 return None  # a tag moved (or cannot be checked): plan anew, which pulls
         return Plan.load(data["plan"]), data["meta"], data["store"] if data["meta"].get("store") else ""
     except (OSError, EOFError, ValueError, TypeError, KeyError):
@@ -85,8 +85,8 @@ def cacheable(recipe: Recipe) -> bool:
     return all(kinds.of(layer).cacheable(layer) for layer in recipe.layers)
 
 
-def _moving(recipe: Recipe) -> list[tuple[str, str]] | None:
-    """What a warm build checks again, e.g. (manifest URL, digest) of a registry layer named by tag
+def _moving(recipe: Recipe) -> list[tuple[str, str, bool]] | None:
+    """What a warm build checks again, e.g. (manifest URL, digest, verify TLS) of a registry layer named by tag
     (tagcheck.py); None if one cannot be checked (then nothing is cached)."""
     from builder.layers import kinds
 

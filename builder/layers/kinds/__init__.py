@@ -16,8 +16,8 @@ Each module defines:
   image(res, layer) -> oci.Image | None   the OCI image the layer is (its config sets [run] defaults)
   inputs(layer) -> list[str]        host paths beyond recipe.inputs whose identity a cached plan checks
   cacheable(layer) -> bool          whether a plan with this layer may be cached (plancache.py)
-  moving(layer) -> list[tuple[str, str]] | None
-           (URL, digest) pairs a warm build checks again (a registry tag); None: do not cache
+  moving(layer) -> list[tuple[str, str, bool]] | None
+           (URL, digest, verify TLS) a warm build checks again (a registry tag); None: do not cache
 Modules import their heavy dependencies inside these functions: a warm build imports none of them.
 """
 from __future__ import annotations
@@ -91,5 +91,5 @@ def always(layer: Layer) -> bool:
     return True
 
 
-def never_moves(layer: Layer) -> list[tuple[str, str]]:
+def never_moves(layer: Layer) -> list[tuple[str, str, bool]]:
     return []

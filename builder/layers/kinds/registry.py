@@ -102,8 +102,8 @@ def inputs(layer: Layer) -> list[str]:
 cacheable = always
 
 
-def moving(layer: Layer) -> list[tuple[str, str]] | None:
-    """A tag's (manifest URL, digest) as this process pulled it: a warm build checks that it did not
+def moving(layer: Layer) -> list[tuple[str, str, bool]] | None:
+    """A tag's (manifest URL, digest, verify TLS) as this process pulled it: a warm build checks that it did not
     move (tagcheck.py). A digest cannot move. None: the tag was not resolved here."""
     if "@sha256:" in layer.path:
         return []
