@@ -13,6 +13,7 @@ from conftest import RECIPES, needs_root, tally
 from registries import (PASSWORD, USER, auth_registry, docker_config, fault_proxy, images,  # noqa: F401
                         outward_registry, registry, skopeo, tls_registry)
 
+from builder.images import pull
 from builder.images import registry as reg
 from builder.images import registriesconf
 from builder.errors import NsbuildError
@@ -313,7 +314,89 @@ def test_https_registry_trusted_or_insecure_and_its_warm_builds_take_the_cached_
     nsbuild("rm", "oci", env=env)
 
 
+def test_registries_conf_mirrors_and_locations_are_followed(nsbuild, fault_proxy, tmp_path: Path) -> None:
+    primary, mirror = fault_proxy("pass"), fault_proxy("pass")
+    conf = tmp_path / "registries.conf"
+    env = dict(nsbuild.env, CONTAINERS_REGISTRIES_CONF=str(conf))
+    r = recipe(tmp_path, primary.ref("demo:gzip"))
+    # a mirror without the image (another namespace), then one with it: the second serves all of the pull
+    conf.write_text(f'[[registry]]\nlocation = "{primary.host}"\n'
+                    f'[[registry.mirror]]\nlocation = "{mirror.host}/elsewhere"\n'
+                    f'[[registry.mirror]]\nlocation = "{mirror.host}"\n')
+    nsbuild("build", str(r), env=env)
+    assert primary.requests() == []
+    pulled = mirror.requests()
+    assert pulled[0] == "GET /v2/elsewhere/demo/manifests/gzip - -> 404", pulled
+    assert pulled[1] == "GET /v2/demo/manifests/gzip - -> 200" and sum("/v2/demo/blobs/" in p for p in pulled) == 3
+    assert nsbuild("run", "oci", env=env).stdout == "from layer 2\nc\n"
+    nsbuild("build", str(r), "--replace", env=env)  # planned anew (the first build pinned the template)
+    n = len(mirror.requests())
+    nsbuild("build", str(r), "--replace", env=env)  # the cached plan asks the mirror that served the pull
+    assert mirror.requests()[n:] == ["HEAD /v2/demo/manifests/gzip - -> 200"], mirror.requests()[n:]
+    assert primary.requests() == []
+
+    # a digest-only mirror serves no pull by tag: the primary location does
+    conf.write_text(f'[[registry]]\nlocation = "{primary.host}"\n'
+                    f'[[registry.mirror]]\nlocation = "{mirror.host}"\npull-from-mirror = "digest-only"\n')
+    n = len(mirror.requests())
+    nsbuild("build", str(r), "--replace", env=env)
+    assert primary.requests()[0] == "GET /v2/demo/manifests/gzip - -> 200" and len(mirror.requests()) == n
+
+    # a name no resolver knows, pulled from the location its prefix is rewritten to
+    nowhere = recipe(tmp_path, "docker://registry.nsbuild.invalid/team/demo:gzip", name="nowhere.toml")
+    conf.write_text(f'[[registry]]\nprefix = "registry.nsbuild.invalid/team"\nlocation = "{primary.host}"\n')
+    n = len(primary.requests())
+    nsbuild("build", str(nowhere), "--replace", env=env)
+    assert primary.requests()[n] == "GET /v2/demo/manifests/gzip - -> 200"
+    assert nsbuild("run", "oci", env=env).stdout == "from layer 2\nc\n"
+
+    # nowhere has it: the primary's error, with the mirror's in the hint; nothing stored
+    conf.write_text(f'[[registry]]\nprefix = "registry.nsbuild.invalid/team"\nlocation = "{primary.host}/gone"\n'
+                    f'[[registry.mirror]]\nlocation = "{mirror.host}/lost"\n')
+    before = store_entries(tmp_path)
+    failed = nsbuild("build", str(nowhere), "--replace", check=False, env=env)
+    assert failed.returncode == 1 and f"registry {primary.host}: manifest gzip of {primary.ref('gone/demo:gzip')}: " \
+        "not found (404" in failed.stderr, failed.stderr
+    assert f"a mirror failed before: layer[0]: registry {mirror.host}: manifest gzip of " \
+        f"{mirror.ref('lost/demo:gzip')}: not found" in failed.stderr and "Traceback" not in failed.stderr
+    assert store_entries(tmp_path) == before
+    nsbuild("rm", "oci", env=env)
+
+
 # --- no network needed
+
+def test_registries_conf_endpoints(tmp_path: Path, monkeypatch) -> None:
+    conf = tmp_path / "registries.conf"
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))
+    conf.write_text(
+        '[[registry]]\nprefix = "example.com/foo"\nlocation = "internal.example.net/bar"\n'
+        '[[registry.mirror]]\nlocation = "m1.example"\ninsecure = true\n'
+        '[[registry.mirror]]\nlocation = "m2.example/cache"\npull-from-mirror = "digest-only"\n'
+        '[[registry.mirror]]\nlocation = "m3.example"\npull-from-mirror = "tag-only"\n'
+        '[[registry]]\nprefix = "*.corp.example"\nlocation = "proxy.corp.example:5000/hub"\n'
+        '[[registry]]\nlocation = "plain.example"\nmirror-by-digest-only = true\n'
+        '[[registry.mirror]]\nlocation = "m4.example"\n')
+    name = "example.com/foo/app"
+    p = registriesconf.policy("example.com", "foo/app")
+    assert p.endpoints(name, by_digest=False) == [
+        ("m1.example/app", True), ("m3.example/app", False), ("internal.example.net/bar/app", False)]
+    assert p.endpoints(name, by_digest=True) == [
+        ("m1.example/app", True), ("m2.example/cache/app", False), ("internal.example.net/bar/app", False)]
+    assert registriesconf.policy("a.b.corp.example", "x/y").endpoints("a.b.corp.example/x/y", False) == [
+        ("proxy.corp.example:5000/hub/x/y", False)]  # a wildcard prefix: the host is what is rewritten
+    plain = registriesconf.policy("plain.example", "app")
+    assert plain.endpoints("plain.example/app", False) == [("plain.example/app", False)]
+    assert plain.endpoints("plain.example/app", True) == [("m4.example/app", False), ("plain.example/app", False)]
+    assert registriesconf.policy("other.example", "app").endpoints("other.example/app", True) == [
+        ("other.example/app", False)]
+    conf.write_text('[[registry]]\nlocation = "x.example"\n[[registry.mirror]]\npull-from-mirror = "sometimes"\n')
+    with pytest.raises(NsbuildError, match=r"a mirror needs a location, and pull-from-mirror is all"):
+        registriesconf.policy("x.example", "y")
+    conf.write_text('[[registry]]\nprefix = "a.example/app"\nlocation = "b.example"\n')  # leaves no repository
+    with pytest.raises(NsbuildError, match=r"'a.example/app' sends docker://a.example/app:latest to 'b.example', "
+                                           r"which is not HOST/REPO"):
+        pull._clients(reg.parse("docker://a.example/app"), "layer[0]")
+
 
 def test_registries_conf_policies(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -9,7 +9,8 @@ import json
 import os
 from typing import Any
 
-from builder.images.registry import MAX_JSON, Client, parse
+from builder.errors import NsbuildError
+from builder.images.registry import MAX_JSON, BadReference, Client, Reference, parse
 from builder.layers import oci
 
 # docker:// reference with a tag -> (manifest URL, the digest it resolved to, verify TLS), per process: what
@@ -30,11 +31,11 @@ def pull_image(text: str, origin: str, platform: str | None, cache: str | None) 
     """The image a docker:// layer names, for `platform` (default: the host's). `cache`: a directory of
     blobs by hex digest whose documents need not be fetched again (a digest names its content)."""
     ref = parse(text)
-    client = Client(ref, origin)
+    clients = _clients(ref, origin)
     want = oci._parse_platform(platform) if platform else oci.host_platform()
     documents: dict[str, bytes] = {}
 
-    def fetch(reference: str) -> tuple[bytes, str, str]:
+    def fetch(client: Client, reference: str) -> tuple[bytes, str, str]:
         cached = _cached(cache, reference)
         if cached is not None:
             doc = json.loads(cached)
@@ -43,16 +44,25 @@ def pull_image(text: str, origin: str, platform: str | None, cache: str | None) 
         documents[digest] = body
         return body, media_type, digest
 
-    body, media_type, digest = fetch(ref.digest or ref.tag or "latest")
+    failed: list[str] = []
+    for client in clients:  # the first place that has the image serves all of it, as in containers/image
+        try:
+            body, media_type, digest = fetch(client, ref.digest or ref.tag or "latest")
+            break
+        except NsbuildError as e:
+            if client is clients[-1]:
+                e.hint = "; ".join(filter(None, [e.hint, *(f"a mirror failed before: {f}" for f in failed)]))
+                raise
+            failed.append(str(e))
     if not ref.digest:  # what the tag points at now, for a cached plan to check (tagcheck.py)
-        RESOLVED[str(ref)] = (f"{client.base}/v2/{ref.repo}/manifests/{ref.tag}", digest,
+        RESOLVED[str(ref)] = (f"{client.base}/v2/{client.ref.repo}/manifests/{ref.tag}", digest,
                               not client.policy.insecure)  # whether the HEAD checks the certificate
     where = f"{ref}"
     while media_type in oci.INDEX_TYPES:
         index = _json(client, body, f"index {digest}")
         entries = [d for d in index.get("manifests") or [] if isinstance(d, dict)]
         desc = _by_platform(client, entries, want, f"index {digest}")
-        body, media_type, digest = fetch(desc["digest"])
+        body, media_type, digest = fetch(client, desc["digest"])
         where = f"manifest {digest}"
     if media_type not in oci.MANIFEST_TYPES:
         raise client.error(f"{ref}: {where} has the unknown media type {media_type!r}",
@@ -81,6 +91,25 @@ def pull_image(text: str, origin: str, platform: str | None, cache: str | None) 
         if got != want:
             raise client.error(f"{ref} is for platform {oci._show(got)}, not {oci._show(want)}")
     return Pulled(oci.Image(digest, config["digest"], blobs, cfg), documents, client)
+
+
+def _clients(ref: Reference, origin: str) -> list[Client]:
+    """Clients for pulling `ref`, in the order to try them: the mirrors registries.conf gives it, then
+    its location (registriesconf.Policy.endpoints). Raises NsbuildError if `ref` is blocked."""
+    first = Client(ref, origin)
+    places = first.policy.endpoints(f"{ref.host}/{ref.repo}", ref.digest is not None)
+    if places == [(f"{ref.host}/{ref.repo}", first.policy.insecure)]:
+        return [first]
+    suffix = f"@{ref.digest}" if ref.digest else f":{ref.tag}"
+    clients = []
+    for name, insecure in places:
+        try:
+            at = parse(f"docker://{name}{suffix}")
+        except BadReference:
+            raise first.error(f"{first.policy.source}: [[registry]] {first.policy.prefix!r} sends {ref} to "
+                              f"'{name}', which is not HOST/REPO", "fix its location") from None
+        clients.append(Client(at, origin, insecure))
+    return clients
 
 
 def _cached(cache: str | None, digest: str) -> bytes | None:

@@ -7,9 +7,11 @@ TLS (`insecure`), or is it `blocked`? The files podman, skopeo and buildah read,
 - version 2 tables, `[[registry]]` with `prefix` (default: `location`), `insecure`, `blocked`; the
   entry with the longest prefix that matches HOST/REPO at a path boundary wins, and `*.example.org`
   matches hosts under that domain;
-- version 1 lists, `[registries.insecure] registries = [...]` and `[registries.block]`.
-
-Mirrors and location rewrites are not followed: nsbuild pulls from the registry the recipe names.
+- version 1 lists, `[registries.insecure] registries = [...]` and `[registries.block]`;
+- where a pull goes (Policy.endpoints): the entry's `[[registry.mirror]]`s in order, each with its own
+  `insecure` and `pull-from-mirror` (all, digest-only, tag-only; `mirror-by-digest-only` for all of
+  them), then the entry's `location`, which replaces the matched prefix (for `*.domain`, the host).
+  The recipe's name stays the image's name. As in containers/image, pushes go where the name says.
 """
 from __future__ import annotations
 
@@ -22,10 +24,34 @@ SYSTEM = "/etc/containers/registries.conf"
 
 
 @dataclasses.dataclass(frozen=True)
+class Mirror:
+    location: str
+    insecure: bool
+    pull_from: str          # "all", "digest-only" or "tag-only"
+
+
+@dataclasses.dataclass(frozen=True)
 class Policy:
     insecure: bool = False
     blocked: bool = False
     source: str = ""        # the file that said so, for errors
+    prefix: str = ""        # of the [[registry]] entry that said so ("" for none, or for a v1 list)
+    location: str = ""      # where that entry's namespace lives ("": where the name says)
+    mirrors: tuple[Mirror, ...] = ()
+
+    def endpoints(self, name: str, by_digest: bool) -> list[tuple[str, bool]]:
+        """Where to pull the image `name` (HOST/REPO) from, in order, and whether each place is insecure:
+        the mirrors that serve pulls by digest (or by tag), then the primary location."""
+        wanted = "digest-only" if by_digest else "tag-only"
+        out = [(self._rewrite(name, m.location), m.insecure) for m in self.mirrors if m.pull_from in ("all", wanted)]
+        return out + [(self._rewrite(name, self.location), self.insecure)]
+
+    def _rewrite(self, name: str, location: str) -> str:
+        if not location:
+            return name
+        if self.prefix.startswith("*."):  # the wildcard matched the host
+            return location.rstrip("/") + "/" + name.split("/", 1)[1]
+        return location.rstrip("/") + name[len(self.prefix.rstrip("/")):]
 
 
 def files() -> list[str]:
@@ -81,5 +107,21 @@ def policy(host: str, repo: str) -> Policy:
                 continue
             prefix = entry.get("prefix") or entry.get("location")
             if isinstance(prefix, str) and prefix and _matches(prefix, name) and len(prefix) >= best[0]:
-                best = (len(prefix), Policy(entry.get("insecure") is True, entry.get("blocked") is True, path))
+                location = entry.get("location") if isinstance(entry.get("location"), str) else ""
+                best = (len(prefix), Policy(entry.get("insecure") is True, entry.get("blocked") is True, path,
+                                            prefix, location, _mirrors(entry, path)))
     return best[1]
+
+
+def _mirrors(entry: dict, path: str) -> tuple[Mirror, ...]:
+    by_digest = entry.get("mirror-by-digest-only") is True
+    out = []
+    for m in entry.get("mirror") or []:
+        pull_from = (m.get("pull-from-mirror") or "all") if isinstance(m, dict) else None
+        if not isinstance(m, dict) or not isinstance(m.get("location"), str) or not m["location"] \
+                or pull_from not in ("all", "digest-only", "tag-only") or (by_digest and pull_from != "all"):
+            raise NsbuildError(f"{path}: [[registry]] {entry.get('prefix') or entry.get('location')!r}: a mirror needs "
+                               "a location, and pull-from-mirror is all, digest-only or tag-only (not beside "
+                               "mirror-by-digest-only)", "fix the file, or point CONTAINERS_REGISTRIES_CONF at another")
+        out.append(Mirror(m["location"], m.get("insecure") is True, "digest-only" if by_digest else pull_from))
+    return tuple(out)

@@ -127,15 +127,17 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 class Client:
-    """One registry and repository, for one layer of a recipe (named in every error)."""
+    """One registry and repository, for one layer of a recipe (named in every error). `insecure`: as
+    registries.conf says of `ref` (which must not be blocked) when None; else `ref` is a mirror or
+    rewritten location of an image name that was checked already."""
 
-    def __init__(self, ref: Reference, origin: str) -> None:
+    def __init__(self, ref: Reference, origin: str, insecure: bool | None = None) -> None:
         import urllib3
 
-        from builder.images.registriesconf import policy
+        from builder.images.registriesconf import Policy, policy
 
         self.ref, self.origin = ref, origin
-        self.policy = policy(ref.host, ref.repo)
+        self.policy = policy(ref.host, ref.repo) if insecure is None else Policy(insecure)
         if self.policy.blocked:
             raise self.error(f"{ref} is blocked by {self.policy.source}",
                              "pull from another registry, or ask who manages that file")
