@@ -104,8 +104,11 @@ def fsopen(fstype: str, flag: int) -> int:
     return _check(_fsopen(fstype.encode(), flag), "fsopen", repr(fstype))
 
 
+_SEVERITY = {"e": "", "w": "warning: ", "i": "info: "}  # the fs-context log's line prefixes
+
+
 def fs_messages(fsfd: int) -> str:
-    """Drain the fs-context log ("e ...", "w ...", "i ..." lines)."""
+    """Drain the fs-context log: "e ..." (shown as it is), "w ..." and "i ..." messages."""
     lines = []
     while True:
         try:
@@ -114,7 +117,9 @@ def fs_messages(fsfd: int) -> str:
             break
         if not chunk:
             break
-        lines.append(chunk.decode(errors="replace").strip())
+        line = chunk.decode(errors="replace").strip()
+        severity, _, text = line.partition(" ")
+        lines.append(_SEVERITY[severity] + text if severity in _SEVERITY and text else line)
     return "; ".join(lines)
 
 
