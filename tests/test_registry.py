@@ -436,12 +436,18 @@ def test_references_parse_like_skopeo() -> None:
     assert (r.tag, r.digest, r.loopback) == ("bookworm", d, False)
     assert str(r) == f"docker://registry.example.org/debian:bookworm@{d}"
     assert reg.parse("docker://localhost/x").loopback and reg.parse("docker://[::1]:5000/x").loopback
+    # Docker Hub's names, as docker and skopeo read them
+    hub = reg.Reference("docker.io", "library/debian", "bookworm", None)
+    assert reg.parse("docker://docker.io/debian:bookworm") == hub
+    assert reg.parse("docker://index.docker.io/library/debian:bookworm") == hub
+    assert reg.parse("docker://docker.io/someone/app").repo == "someone/app"
 
 
 def test_https_unless_loopback() -> None:
     assert reg.Client(reg.parse("docker://registry.example.org/x"), "layer[0]").base == "https://registry.example.org"
     assert reg.Client(reg.parse("docker://127.0.0.1:5000/x"), "layer[0]").base == "http://127.0.0.1:5000"
     assert reg.Client(reg.parse("docker://127.0.0.9:5000/x"), "layer[0]").base == "http://127.0.0.9:5000"
+    assert reg.Client(reg.parse("docker://docker.io/debian"), "layer[0]").base == "https://registry-1.docker.io"
 
 
 def test_credentials_come_from_auth_files_only(tmp_path: Path, monkeypatch) -> None:
@@ -455,6 +461,8 @@ def test_credentials_come_from_auth_files_only(tmp_path: Path, monkeypatch) -> N
         {"auths": {"r.example:5000": {"auth": base64.b64encode(b"podman:pw:2").decode()}}}))
     assert reg.credentials("r.example:5000") == ("podman", "pw:2")  # first file wins; ":" in passwords kept
     assert reg.credentials("other.example") is None
+    docker_config(tmp_path, "https://index.docker.io/v1/", "hub", "pw3")  # docker login's key for Docker Hub
+    assert reg.credentials("docker.io") == ("hub", "pw3")
 
 
 def test_challenges_parse() -> None:

@@ -45,6 +45,9 @@ _REF = re.compile(rf"(?P<host>[^/@]+)/(?P<repo>{_COMPONENT}(?:/{_COMPONENT})*)"
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
                    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 PREFIX = "docker://"
+# Docker Hub's names (docker.io in references and podman's auth.json, index.docker.io in docker's) and
+# the host its API is served from
+DOCKER_HUB, DOCKER_HUB_API = ("docker.io", "index.docker.io", "registry-1.docker.io"), "registry-1.docker.io"
 
 
 class _Broken(Exception):
@@ -93,7 +96,10 @@ def parse(text: str) -> Reference:
                            "name the registry, e.g. docker://docker.io/library/debian:bookworm")
     if digest is not None and not oci._DIGEST.fullmatch(digest):
         raise BadReference(f"'{text}': '{digest}' is not sha256:<64 lower-case hex digits>", hint)
-    return Reference(host, m["repo"], m["tag"] if m["tag"] or digest else "latest", digest)
+    repo = m["repo"]
+    if host in DOCKER_HUB:  # as docker and skopeo name Docker Hub's images: docker.io/debian is library/debian
+        host, repo = "docker.io", repo if "/" in repo else f"library/{repo}"
+    return Reference(host, repo, m["tag"] if m["tag"] or digest else "latest", digest)
 
 
 def credentials(host: str) -> tuple[str, str] | None:
@@ -110,7 +116,9 @@ def credentials(host: str) -> tuple[str, str] | None:
             continue
         for key, entry in auths.items() if isinstance(auths, dict) else ():
             # docker writes "https://index.docker.io/v1/" style keys too: compare the host part only
-            if re.sub(r"^[a-z]+://", "", key).split("/")[0] == host and isinstance(entry, dict) and entry.get("auth"):
+            found = re.sub(r"^[a-z]+://", "", key).split("/")[0]
+            if (found == host or found in DOCKER_HUB and host in DOCKER_HUB) and isinstance(entry, dict) \
+                    and entry.get("auth"):
                 try:
                     user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
                 except (ValueError, UnicodeDecodeError):
@@ -141,7 +149,8 @@ class Client:
         if self.policy.blocked:
             raise self.error(f"{ref} is blocked by {self.policy.source}",
                              "pull from another registry, or ask who manages that file")
-        self.base = ("http" if ref.loopback else "https") + "://" + ref.host
+        api = DOCKER_HUB_API if ref.host == "docker.io" else ref.host
+        self.base = ("http" if ref.loopback else "https") + "://" + api
         self.plain_fallback = self.policy.insecure and not ref.loopback  # until HTTPS has answered once
         if self.policy.insecure:
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the user asked for it
