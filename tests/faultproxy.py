@@ -15,6 +15,7 @@ It listens on 127.0.0.1 (a free port, written to PORT_FILE), forwards every requ
     corrupt         blob bodies have one byte flipped
     mediatype       manifests claim an unknown media type
     token:USER:PASS Bearer auth in front: /v2/ needs a token from /token, which needs USER:PASS (Basic)
+    token:          the same, with tokens for anyone (as Docker Hub's for public images)
 
 Only loopback is ever contacted. Each connection serves one request (HTTP/1.0), so no socket outlives it.
 """
@@ -75,8 +76,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         manifest = "/manifests/" in self.path
         if MODE.startswith("token:"):
             if self.path.startswith("/token"):
-                want = "Basic " + base64.b64encode(MODE[len("token:"):].encode()).decode()
-                if self.headers.get("Authorization") != want:
+                creds = MODE[len("token:"):]
+                if creds and self.headers.get("Authorization") != "Basic " + base64.b64encode(creds.encode()).decode():
                     return self.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}')
                 return self.send(200, json.dumps({"token": TOKEN}).encode(), {"Content-Type": "application/json"})
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":

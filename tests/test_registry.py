@@ -13,7 +13,7 @@ from conftest import RECIPES, needs_root, tally
 from registries import (PASSWORD, USER, auth_registry, docker_config, fault_proxy, images,  # noqa: F401
                         outward_registry, registry, skopeo, tls_registry)
 
-from builder.images import pull
+from builder.images import auth, pull
 from builder.images import registry as reg
 from builder.images import registriesconf
 from builder.errors import NsbuildError
@@ -49,7 +49,8 @@ def path_with_logged_curl(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """$PATH with a `curl` first that logs its arguments and runs the real one; and the log."""
     bin_dir, log = tmp_path / "bin", tmp_path / "curl.log"
     bin_dir.mkdir()
-    (bin_dir / "curl").write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec /usr/bin/curl "$@"\n')
+    (bin_dir / "curl").write_text(f"#!/bin/sh\nprintf '%s ' \"$@\" | tr '\\n' ' ' >> {log}\necho >> {log}\n"
+                                  'exec /usr/bin/curl "$@"\n')  # one line per run
     (bin_dir / "curl").chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
 
@@ -192,6 +193,36 @@ def test_bearer_token_auth_with_credentials_from_containers_auth_json(nsbuild, f
         "auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
     nsbuild("build", str(r))
     assert any(line.startswith("GET /token?") and line.endswith("200") for line in proxy.requests())
+    assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
+    nsbuild("rm", "oci")
+
+
+@pytest.mark.parametrize("asker", ["curl", "http.client"])
+@pytest.mark.parametrize("login", [True, False], ids=["login", "anonymous"])
+def test_warm_pull_of_a_token_registry_takes_the_cached_plan(nsbuild, fault_proxy, tmp_path: Path, asker: str,
+                                                              login: bool) -> None:
+    proxy = fault_proxy(f"token:{USER}:{PASSWORD}" if login else "token:")
+    r = recipe(tmp_path, proxy.ref("demo:gzip"))
+    if login:
+        (tmp_path / "xdg" / "containers").mkdir(parents=True)
+        nsbuild.env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg")
+        (tmp_path / "xdg" / "containers" / "auth.json").write_text(json.dumps({"auths": {proxy.host: {
+            "auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
+    nsbuild("build", str(r))
+    nsbuild("build", str(r), "--replace")  # planned anew (the first build pinned the template)
+    n = len(proxy.requests())
+    path, curl_log = path_with_logged_curl(tmp_path)
+    if asker == "http.client":
+        path = {"PATH": str(tmp_path / "empty")}
+    nsbuild("build", str(r), "--replace", env=dict(nsbuild.env, **path))
+    asked = proxy.requests()[n:]
+    assert asked[0] == "HEAD /v2/demo/manifests/gzip - -> 401" and asked[2:] == ["HEAD /v2/demo/manifests/gzip - -> 200"]
+    assert asked[1].startswith("GET /token?scope=repository%3Ademo%3Apull&service=nsbuild-test") \
+        and asked[1].endswith("-> 200"), asked  # and no GET of the manifest: the cached plan ran
+    if asker == "curl":  # neither the password nor the token is on curl's command line
+        seen = curl_log.read_text()
+        assert len(seen.splitlines()) == 3 and PASSWORD not in seen and "nsbuild-test-token" not in seen
+        assert base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in seen
     assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
     nsbuild("rm", "oci")
 
@@ -453,22 +484,36 @@ def test_https_unless_loopback() -> None:
 def test_credentials_come_from_auth_files_only(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
-    assert reg.credentials("r.example:5000") is None
+    assert auth.credentials("r.example:5000") is None
     docker_config(tmp_path, "https://r.example:5000/v1/", "docker", "pw1")  # docker's URL-style key
-    assert reg.credentials("r.example:5000") == ("docker", "pw1")
+    assert auth.credentials("r.example:5000") == ("docker", "pw1")
     (tmp_path / "xdg" / "containers").mkdir(parents=True)
     (tmp_path / "xdg" / "containers" / "auth.json").write_text(json.dumps(
         {"auths": {"r.example:5000": {"auth": base64.b64encode(b"podman:pw:2").decode()}}}))
-    assert reg.credentials("r.example:5000") == ("podman", "pw:2")  # first file wins; ":" in passwords kept
-    assert reg.credentials("other.example") is None
+    assert auth.credentials("r.example:5000") == ("podman", "pw:2")  # first file wins; ":" in passwords kept
+    assert auth.credentials("other.example") is None
     docker_config(tmp_path, "https://index.docker.io/v1/", "hub", "pw3")  # docker login's key for Docker Hub
-    assert reg.credentials("docker.io") == ("hub", "pw3")
+    assert auth.credentials("docker.io") == ("hub", "pw3")
+
+
+def test_the_warm_check_takes_no_token_that_could_inject_a_curl_option() -> None:
+    from builder.images import tagcheck
+
+    def token_service(body: bytes):  # a token service's answer, for any request
+        return lambda method, url, verify, authorization: tagcheck._Answer(200, body=body)
+
+    challenge = 'Bearer realm="http://127.0.0.1:1/token",service="s"'
+    url = "http://127.0.0.1:1/v2/a/b/manifests/v1"
+    assert tagcheck._token(token_service(b'{"token": "abc.def"}'), url, challenge, True) == "abc.def"
+    evil = json.dumps({"token": 'x"\noutput = "/etc/passwd'}).encode()  # a newline ends curl's config line
+    assert tagcheck._token(token_service(evil), url, challenge, True) is None
+    assert tagcheck._token(token_service(b'{"token": "x"}'), url, 'Bearer realm="file:///etc"', True) is None
 
 
 def test_challenges_parse() -> None:
-    assert reg._challenge('Bearer realm="https://auth.example/token",service="registry",scope="repository:a:pull"') \
+    assert auth.challenge('Bearer realm="https://auth.example/token",service="registry",scope="repository:a:pull"') \
         == ("bearer", {"realm": "https://auth.example/token", "service": "registry", "scope": "repository:a:pull"})
-    assert reg._challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+    assert auth.challenge('Basic realm="x"') == ("basic", {"realm": "x"})
     with pytest.raises(NsbuildError, match="unsupported authentication challenge"):
         reg.Client(reg.parse("docker://127.0.0.1:1/x"), "layer[0]")._authenticate("Negotiate")
 

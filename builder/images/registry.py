@@ -19,13 +19,11 @@ can resume a blob where it stopped and every failure can name the layer and the 
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import io
 import ipaddress
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -34,6 +32,7 @@ from typing import Any, BinaryIO
 from builder.layers import oci
 from builder import progress
 from builder.errors import NsbuildError
+from builder.images.auth import DOCKER_HUB, DOCKER_HUB_API, basic, challenge, credentials, token_of, token_url
 
 ACCEPT = ", ".join(sorted(oci.INDEX_TYPES | oci.MANIFEST_TYPES))
 MAX_JSON = 4 << 20      # manifests and configs: the distribution spec's limit for manifests
@@ -45,9 +44,6 @@ _REF = re.compile(rf"(?P<host>[^/@]+)/(?P<repo>{_COMPONENT}(?:/{_COMPONENT})*)"
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
                    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 PREFIX = "docker://"
-# Docker Hub's names (docker.io in references and podman's auth.json, index.docker.io in docker's) and
-# the host its API is served from
-DOCKER_HUB, DOCKER_HUB_API = ("docker.io", "index.docker.io", "registry-1.docker.io"), "registry-1.docker.io"
 
 
 class _Broken(Exception):
@@ -100,38 +96,6 @@ def parse(text: str) -> Reference:
     if host in DOCKER_HUB:  # as docker and skopeo name Docker Hub's images: docker.io/debian is library/debian
         host, repo = "docker.io", repo if "/" in repo else f"library/{repo}"
     return Reference(host, repo, m["tag"] if m["tag"] or digest else "latest", digest)
-
-
-def credentials(host: str) -> tuple[str, str] | None:
-    """(user, password) for `host` from the first auth file that has an entry for it."""
-    paths = []
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        paths.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers", "auth.json"))
-    paths.append(os.path.expanduser("~/.docker/config.json"))
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                auths = json.load(f).get("auths", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        for key, entry in auths.items() if isinstance(auths, dict) else ():
-            # docker writes "https://index.docker.io/v1/" style keys too: compare the host part only
-            found = re.sub(r"^[a-z]+://", "", key).split("/")[0]
-            if (found == host or found in DOCKER_HUB and host in DOCKER_HUB) and isinstance(entry, dict) \
-                    and entry.get("auth"):
-                try:
-                    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-                except (ValueError, UnicodeDecodeError):
-                    continue
-                return user, password
-    return None
-
-
-def _challenge(header: str) -> tuple[str, dict[str, str]]:
-    """The scheme and parameters of a WWW-Authenticate header: `Bearer realm="...",service="..."`."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
-    return scheme.lower(), params
 
 
 class Client:
@@ -226,31 +190,24 @@ class Client:
         return self.error(f"{where}: unexpected HTTP status {status}{detail}")
 
     def _authenticate(self, header: str) -> None:
-        scheme, params = _challenge(header)
+        scheme, params = challenge(header)
         creds = credentials(self.ref.host)
         if scheme == "basic":
             if creds is None:
                 raise self.error(f"{self.ref} needs a login (HTTP Basic) and no credentials for "
                                  f"{self.ref.host} were found",
                                  "log in with `skopeo login` or `podman login`, or `docker login`")
-            self.authorization = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            self.authorization = basic(creds)
             return
         if scheme != "bearer" or not params.get("realm"):
             raise self.error(f"unsupported authentication challenge {header!r}")
         self.authorization = "Bearer " + self._token(params, creds)
 
     def _token(self, params: dict[str, str], creds: tuple[str, str] | None) -> str:
-        import urllib.parse
-
         import urllib3
 
-        query = {"scope": params.get("scope") or f"repository:{self.ref.repo}:{self.actions}"}
-        if params.get("service"):
-            query["service"] = params["service"]
-        url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(query)
-        headers = {}
-        if creds:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        url = token_url(params, self.ref.repo, self.actions)
+        headers = {"Authorization": basic(creds)} if creds else {}
         try:
             r = self.http.request("GET", url, headers=headers, preload_content=False)
         except urllib3.exceptions.HTTPError as e:
@@ -260,12 +217,8 @@ class Client:
             raise self.error(f"the token service {params['realm']} refused ({r.status}{_error_detail(body)})",
                              "check the credentials in auth.json / ~/.docker/config.json" if r.status in (401, 403)
                              else "")
-        try:
-            doc = json.loads(body)
-            token = doc.get("token") or doc.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
-        if not isinstance(token, str) or not token:
+        token = token_of(body)
+        if token is None:
             raise self.error(f"the token service {params['realm']} sent no token")
         return token
 

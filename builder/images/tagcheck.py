@@ -1,19 +1,25 @@
 """Has a registry tag moved? The one question a warm build of a cached plan asks a registry (plancache.py).
 
 One HEAD of the manifest, with the Accept list the pull used; the answer's Docker-Content-Digest (the
-distribution spec's) is compared with the digest the pull resolved. Anything else (401, an error, no
-header) returns None, and the build plans anew, where the full client (registry.py) authenticates and
-reports.
+distribution spec's) is compared with the digest the pull resolved. A registry that answers 401 with a
+Bearer challenge (Docker Hub, ghcr.io, quay.io: even anonymous pulls need a token) gets the token
+flow the pull used (auth.py), with the user's credentials if any, then the HEAD again. Anything else
+returns None, and the build plans anew, where the full client (registry.py) authenticates and reports.
 
-The HEAD is made by curl where it is installed, else by the standard library's http.client. A warm
-build has 50 ms in all (bench/registry_rows.py): spawning curl costs ~10 ms, importing http.client
-~30 ms (its `email` header parser, `ssl`), urllib3 ~85 ms more. curl is spawned with os.posix_spawnp,
-as the subprocess module would cost 15 ms to import. This module imports nothing of nsbuild, for the
-same reason.
+The requests are made by curl (7.84 or later) where it is installed, else by the standard library's
+http.client. A warm build has 50 ms in all (bench/registry_rows.py): spawning curl costs ~10 ms,
+importing http.client ~30 ms (its `email` header parser, `ssl`), urllib3 ~85 ms more. curl is spawned
+with os.posix_spawnp, as the subprocess module would cost 15 ms to import, and is given the
+Authorization header on stdin, so that no credential or token is on its command line for other users
+to read. This module imports nothing of nsbuild, for the same reason, until a registry asks for a login.
 """
 from __future__ import annotations
 
 import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ACCEPT = ", ".join(sorted((  # registry.ACCEPT, spelled out so that this module imports no OCI machinery
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -23,54 +29,97 @@ ACCEPT = ", ".join(sorted((  # registry.ACCEPT, spelled out so that this module 
 TIMEOUT = 10
 
 
+class _Answer:
+    """What the check reads of one response (status 0: no answer)."""
+
+    def __init__(self, status: int, digest: str = "", challenge: str = "", body: bytes = b"") -> None:
+        self.status, self.digest, self.challenge, self.body = status, digest, challenge, body
+
+
 def digest(url: str, verify: bool = True) -> str | None:
     """The digest of the manifest at `url` (BASE/v2/REPO/manifests/TAG), or None if it cannot be told.
     verify=False: HTTPS without certificate checks, for a registry registries.conf marks insecure."""
     if not url.startswith(("http://", "https://")):
         return None
     try:
-        return _curl(url, verify)
-    except FileNotFoundError:
-        return _http_client(url, verify)
+        ask = _curl
+        answer = ask("HEAD", url, verify, "")
+    except FileNotFoundError:  # no curl on $PATH
+        ask = _http_client
+        answer = ask("HEAD", url, verify, "")
+    if answer.status == 401 and answer.challenge[:7].lower() == "bearer ":
+        token = _token(ask, url, answer.challenge, verify)
+        answer = ask("HEAD", url, verify, f"Bearer {token}") if token else _Answer(0)
+    return (answer.digest or None) if answer.status == 200 else None
 
 
-def _curl(url: str, verify: bool) -> str | None:
+def _token(ask: Callable[[str, str, bool, str], _Answer], url: str, challenge: str, verify: bool) -> str | None:
+    """A pull token for the manifest's repository, as the pull's client gets it (registry.Client._token)."""
+    from builder.images import auth
+
+    _, params = auth.challenge(challenge)
+    if not params.get("realm", "").startswith(("https://", "http://")):
+        return None
+    host, _, path = url.split("://", 1)[1].partition("/")
+    repo = path[len("v2/"):].rsplit("/manifests/", 1)[0]
+    creds = auth.credentials(host)
+    answer = ask("GET", auth.token_url(params, repo, "pull"), verify, auth.basic(creds) if creds else "")
+    token = auth.token_of(answer.body) if answer.status == 200 else None
+    # printable ASCII only: it goes into a header, and into curl's config, where a newline would start an option
+    return token if token and token.isascii() and token.isprintable() else None
+
+
+def _curl(method: str, url: str, verify: bool, authorization: str) -> _Answer:
     """FileNotFoundError: no curl on $PATH."""
     args = ["curl", "-q",  # first: ignore ~/.curlrc, so that the user's defaults cannot change the question
-            "--silent", "--head", "--output", "/dev/null", "--max-time", str(TIMEOUT),
+            "--silent", "--max-time", str(TIMEOUT),
             "--noproxy", "*",  # as the pull, which urllib3 makes without proxies
-            "--proto", "=http,https", "--header", f"Accept: {ACCEPT}",
-            "--write-out", "%{response_code} %header{docker-content-digest}", "--url", url]
+            "--proto", "=http,https", "--header", f"Accept: {ACCEPT}", "--config", "-",
+            "--write-out", "%{stderr}%{response_code}\n%header{docker-content-digest}\n%header{www-authenticate}",
+            "--url", url]
+    if method == "HEAD":
+        args[2:2] = ["--head", "--output", "/dev/null"]
     if not verify:
-        args.insert(2, "--insecure")
+        args[2:2] = ["--insecure"]
     for option, variable in (("--cacert", "SSL_CERT_FILE"), ("--capath", "SSL_CERT_DIR")):
         if os.environ.get(variable):  # OpenSSL's, so urllib3's and http.client's; curl 7.88 reads neither
             args[2:2] = [option, os.environ[variable]]
-    r, w = os.pipe()
+    config = f'header = "Authorization: {_quoted(authorization)}"\n' if authorization else ""
+    pipes = [os.pipe() for _ in range(3)]  # curl's stdin (its --config), stdout (a body), stderr (--write-out)
     try:
         pid = os.posix_spawnp("curl", args, os.environ, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, w, 1),
-            (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
+            (os.POSIX_SPAWN_DUP2, pipes[0][0], 0), (os.POSIX_SPAWN_DUP2, pipes[1][1], 1),
+            (os.POSIX_SPAWN_DUP2, pipes[2][1], 2)])
     except BaseException:
-        os.close(r)
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
         raise
-    finally:
-        os.close(w)
-    out = b""
+    for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
+        os.close(fd)
     try:
-        while chunk := os.read(r, 4096):
-            out += chunk
+        with os.fdopen(pipes[0][1], "w") as stdin:  # a few bytes: the pipe takes them without blocking
+            stdin.write(config)
+        body, out = _read_all(pipes[1][0]), _read_all(pipes[2][0])  # --write-out comes last, and is short
     finally:
-        os.close(r)
         _, status = os.waitpid(pid, 0)
-    code, _, found = out.decode(errors="replace").partition(" ")
-    if os.waitstatus_to_exitcode(status) != 0 or code != "200":  # unreachable, refused, bad TLS, a timeout:
-        return None  # the slow path says which
-    return found.strip() or None
+    code, found, challenge = (out.decode(errors="replace").split("\n") + ["", ""])[:3]
+    if os.waitstatus_to_exitcode(status) != 0 or not code.isdigit():  # unreachable, refused, bad TLS, timed out
+        return _Answer(0)
+    return _Answer(int(code), found.strip(), challenge.strip(), body)
 
 
-def _http_client(url: str, verify: bool) -> str | None:
+def _quoted(value: str) -> str:
+    """`value` inside a double-quoted curl config string."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _http_client(method: str, url: str, verify: bool, authorization: str) -> _Answer:
     import http.client
     import urllib.parse
 
@@ -85,11 +134,13 @@ def _http_client(url: str, verify: bool) -> str | None:
                                                                        context=context)
     else:
         conn = http.client.HTTPConnection(parts.netloc, timeout=TIMEOUT)
+    headers = {"Accept": ACCEPT, **({"Authorization": authorization} if authorization else {})}
     try:
-        conn.request("HEAD", parts.path, headers={"Accept": ACCEPT})
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers)
         r = conn.getresponse()
-        return r.getheader("Docker-Content-Digest") if r.status == 200 else None
+        return _Answer(r.status, r.getheader("Docker-Content-Digest") or "", r.getheader("WWW-Authenticate") or "",
+                       r.read() if method == "GET" else b"")
     except (OSError, http.client.HTTPException):  # unreachable, refused, bad TLS: the slow path says which
-        return None
+        return _Answer(0)
     finally:
         conn.close()
