@@ -173,6 +173,10 @@ def test_basic_auth_from_docker_config(nsbuild, auth_registry, tmp_path: Path) -
     docker_config(home, auth_registry.host)
     nsbuild("build", str(r))
     assert nsbuild("run", "oci").stdout == "from layer 2\nc\n"
+    nsbuild("build", str(r), "--replace")  # planned anew (the first build pinned the template)
+    written = cached_plan_written(nsbuild)
+    nsbuild("build", str(r), "--replace")  # the warm HEAD logs in as the pull did: the cached plan
+    assert cached_plan_written(nsbuild) == written
     nsbuild("rm", "oci")
     lock = Path(nsbuild("lock", str(r)).stdout.split()[-1]).read_text()
     assert PASSWORD not in lock and base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in lock
@@ -504,10 +508,10 @@ def test_the_warm_check_takes_no_token_that_could_inject_a_curl_option() -> None
 
     challenge = 'Bearer realm="http://127.0.0.1:1/token",service="s"'
     url = "http://127.0.0.1:1/v2/a/b/manifests/v1"
-    assert tagcheck._token(token_service(b'{"token": "abc.def"}'), url, challenge, True) == "abc.def"
+    assert tagcheck._authorization(token_service(b'{"token": "abc.def"}'), url, challenge, True) == "Bearer abc.def"
     evil = json.dumps({"token": 'x"\noutput = "/etc/passwd'}).encode()  # a newline ends curl's config line
-    assert tagcheck._token(token_service(evil), url, challenge, True) is None
-    assert tagcheck._token(token_service(b'{"token": "x"}'), url, 'Bearer realm="file:///etc"', True) is None
+    assert tagcheck._authorization(token_service(evil), url, challenge, True) is None
+    assert tagcheck._authorization(token_service(b'{"token": "x"}'), url, 'Bearer realm="file:///etc"', True) is None
 
 
 def test_challenges_parse() -> None:

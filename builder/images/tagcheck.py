@@ -1,10 +1,11 @@
 """Has a registry tag moved? The one question a warm build of a cached plan asks a registry (plancache.py).
 
 One HEAD of the manifest, with the Accept list the pull used; the answer's Docker-Content-Digest (the
-distribution spec's) is compared with the digest the pull resolved. A registry that answers 401 with a
-Bearer challenge (Docker Hub, ghcr.io, quay.io: even anonymous pulls need a token) gets the token
-flow the pull used (auth.py), with the user's credentials if any, then the HEAD again. Anything else
-returns None, and the build plans anew, where the full client (registry.py) authenticates and reports.
+distribution spec's) is compared with the digest the pull resolved. A registry that answers 401 gets
+what the pull gave it (auth.py), then the HEAD again: for a Bearer challenge (Docker Hub, ghcr.io,
+quay.io: even anonymous pulls need a token) a token, with the user's credentials if any; for Basic
+those credentials. Anything else returns None, and the build plans anew, where the full client
+(registry.py) authenticates and reports.
 
 The requests are made by curl (7.84 or later) where it is installed, else by the standard library's
 http.client. A warm build has 50 ms in all (bench/registry_rows.py): spawning curl costs ~10 ms,
@@ -47,22 +48,34 @@ def digest(url: str, verify: bool = True) -> str | None:
     except FileNotFoundError:  # no curl on $PATH
         ask = _http_client
         answer = ask("HEAD", url, verify, "")
-    if answer.status == 401 and answer.challenge[:7].lower() == "bearer ":
-        token = _token(ask, url, answer.challenge, verify)
-        answer = ask("HEAD", url, verify, f"Bearer {token}") if token else _Answer(0)
+    if answer.status == 401:
+        authorization = _authorization(ask, url, answer.challenge, verify)
+        answer = ask("HEAD", url, verify, authorization) if authorization else _Answer(0)
     return (answer.digest or None) if answer.status == 200 else None
 
 
-def _token(ask: Callable[[str, str, bool, str], _Answer], url: str, challenge: str, verify: bool) -> str | None:
-    """A pull token for the manifest's repository, as the pull's client gets it (registry.Client._token)."""
+def _authorization(ask: Callable[[str, str, bool, str], _Answer], url: str, challenge: str,
+                   verify: bool) -> str | None:
+    """The Authorization header a 401's challenge asks for, as the pull's client makes it
+    (registry.Client._authenticate): Basic with the user's login, or a Bearer token."""
     from builder.images import auth
 
-    _, params = auth.challenge(challenge)
+    scheme, params = auth.challenge(challenge)
+    host, _, path = url.split("://", 1)[1].partition("/")
+    creds = auth.credentials(host)
+    if scheme == "basic":
+        return auth.basic(creds) if creds else None
+    token = _token(ask, params, path[len("v2/"):].rsplit("/manifests/", 1)[0], creds, verify) \
+        if scheme == "bearer" else None
+    return f"Bearer {token}" if token else None
+
+
+def _token(ask: Callable[[str, str, bool, str], _Answer], params: dict[str, str], repo: str,
+           creds: tuple[str, str] | None, verify: bool) -> str | None:
+    from builder.images import auth
+
     if not params.get("realm", "").startswith(("https://", "http://")):
         return None
-    host, _, path = url.split("://", 1)[1].partition("/")
-    repo = path[len("v2/"):].rsplit("/manifests/", 1)[0]
-    creds = auth.credentials(host)
     answer = ask("GET", auth.token_url(params, repo, "pull"), verify, auth.basic(creds) if creds else "")
     token = auth.token_of(answer.body) if answer.status == 200 else None
     # printable ASCII only: it goes into a header, and into curl's config, where a newline would start an option
