@@ -111,8 +111,11 @@ def _curl(method: str, url: str, verify: bool, authorization: str) -> _Answer:
     for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
         os.close(fd)
     try:
-        with os.fdopen(pipes[0][1], "w") as stdin:  # a few bytes: the pipe takes them without blocking
-            stdin.write(config)
+        try:
+            os.write(pipes[0][1], config.encode())  # a few bytes: the pipe takes them without blocking
+        except BrokenPipeError:
+            pass  # curl is gone already: its exit status says so
+        os.close(pipes[0][1])
         body, out = _read_all(pipes[1][0]), _read_all(pipes[2][0])  # --write-out comes last, and is short
     finally:
         _, status = os.waitpid(pid, 0)
