@@ -3,9 +3,12 @@ with skopeo), through a fault-injecting proxy for the failures."""
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -418,14 +421,16 @@ def test_registries_conf_endpoints(tmp_path: Path, monkeypatch) -> None:
     assert p.endpoints(name, by_digest=True) == [
         ("m1.example/app", True), ("m2.example/cache/app", False), ("internal.example.net/bar/app", False)]
     assert registriesconf.policy("a.b.corp.example", "x/y").endpoints("a.b.corp.example/x/y", False) == [
-        ("proxy.corp.example:5000/hub/x/y", False)]  # a wildcard prefix: the host is what is rewritten
+        ("proxy.corp.example:5000/hub/x/y", False)]  # a wildcard prefix: the host name is what is rewritten
+    assert registriesconf.policy("a.corp.example:444", "x").endpoints("a.corp.example:444/x", False) == [
+        ("proxy.corp.example:5000/hub:444/x", False)]  # and its port stays, as in containers/image
     plain = registriesconf.policy("plain.example", "app")
     assert plain.endpoints("plain.example/app", False) == [("plain.example/app", False)]
     assert plain.endpoints("plain.example/app", True) == [("m4.example/app", False), ("plain.example/app", False)]
     assert registriesconf.policy("other.example", "app").endpoints("other.example/app", True) == [
         ("other.example/app", False)]
     conf.write_text('[[registry]]\nlocation = "x.example"\n[[registry.mirror]]\npull-from-mirror = "sometimes"\n')
-    with pytest.raises(NsbuildError, match=r"a mirror needs a location, and pull-from-mirror is all"):
+    with pytest.raises(NsbuildError, match=r"needs a location, and pull-from-mirror is all"):
         registriesconf.policy("x.example", "y")
     conf.write_text('[[registry]]\nprefix = "a.example/app"\nlocation = "b.example"\n')  # leaves no repository
     with pytest.raises(NsbuildError, match=r"'a.example/app' sends docker://a.example/app:latest to 'b.example', "
@@ -514,10 +519,89 @@ def test_the_warm_check_takes_no_token_that_could_inject_a_curl_option() -> None
     assert tagcheck._authorization(token_service(b'{"token": "x"}'), url, 'Bearer realm="file:///etc"', True) is None
 
 
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """A registry whose 401 names a token realm with curl glob patterns and, for big=1, a 90 kB header."""
+    tokens: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        if self.headers.get("Authorization") == 'Bearer a\\b"c':  # the token, \\ and " intact
+            self.send_response(200)
+            self.send_header("Docker-Content-Digest", "sha256:" + "a" * 64)
+        else:
+            self.send_response(401)
+            port = self.server.server_address[1]
+            padding = "x" * 90_000 if "big" in self.path else ""
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://127.0.0.1:{port}/t{{1,2}}[1-3]",'
+                                                 f'service="s"{padding}')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.tokens.append(self.path)
+        body = json.dumps({"token": 'a\\b"c'}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("asker", ["curl", "http.client"])
+def test_the_warm_check_makes_the_requests_it_means_against_a_hostile_registry(asker: str, monkeypatch) -> None:
+    from builder.images import tagcheck
+
+    if asker == "http.client":
+        monkeypatch.setenv("PATH", "/nonexistent")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    signal.signal(signal.SIGALRM, lambda *a: pytest.fail("the warm check hangs"))
+    signal.alarm(60)
+    try:
+        for repo in ("small", "big"):  # big: more WWW-Authenticate than a pipe holds
+            _Hostile.tokens.clear()
+            url = f"http://127.0.0.1:{server.server_address[1]}/v2/{repo}/manifests/v1"
+            if repo == "big" and asker == "http.client":  # its limit is 64 kB a header: no answer, plan anew
+                assert tagcheck.digest(url) is None and _Hostile.tokens == []
+                continue
+            assert tagcheck.digest(url) == "sha256:" + "a" * 64
+            assert _Hostile.tokens == [f"/t{{1,2}}[1-3]?scope=repository%3A{repo}%3Apull&service=s"]  # one, no glob
+    finally:
+        signal.alarm(0)
+        server.shutdown()
+        server.server_close()
+
+
+def test_bad_documents_and_files_are_no_tracebacks(tmp_path: Path, monkeypatch) -> None:
+    assert auth.token_of(b"[" * 100_000) is None  # deeper than the JSON parser goes
+    assert reg._error_detail(b'{"errors": 5}') == "" and reg._error_detail(b"[" * 100_000) == ""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    (tmp_path / ".docker").mkdir()
+    (tmp_path / ".docker" / "config.json").write_text(json.dumps({"auths": {"r.example": {"auth": 5}}}))
+    assert auth.credentials("r.example") is None
+    conf = tmp_path / "registries.conf"
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))
+    for bad in ('mirror = 5', 'mirror-by-digest-only = true\n[[registry.mirror]]\nlocation = "m"\npull-from-mirror = "all"'):
+        conf.write_text(f'[[registry]]\nlocation = "x.example"\n{bad}\n')
+        with pytest.raises(NsbuildError, match="each \\[\\[registry.mirror\\]\\] needs a location"):
+            registriesconf.policy("x.example", "y")
+
+
 def test_challenges_parse() -> None:
     assert auth.challenge('Bearer realm="https://auth.example/token",service="registry",scope="repository:a:pull"') \
         == ("bearer", {"realm": "https://auth.example/token", "service": "registry", "scope": "repository:a:pull"})
     assert auth.challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+    assert auth.challenge('Bearer realm=https://a.example/t, service="x,y"') == (
+        "bearer", {"realm": "https://a.example/t", "service": "x,y"})  # unquoted values, and commas in quotes
+    # a hostile registry's header: a quadratic scan of it (the old pattern) would not end for hours
+    signal.signal(signal.SIGALRM, lambda *a: pytest.fail("challenge() hangs on a long header"))
+    signal.alarm(30)
+    try:
+        assert auth.challenge('Bearer realm="r",service="s"' + "x" * (1 << 20))[1]["realm"] == "r"
+    finally:
+        signal.alarm(0)
     with pytest.raises(NsbuildError, match="unsupported authentication challenge"):
         reg.Client(reg.parse("docker://127.0.0.1:1/x"), "layer[0]")._authenticate("Negotiate")
 

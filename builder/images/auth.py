@@ -12,8 +12,8 @@ import json
 import os
 import re
 
-# Docker Hub's names (docker.io in references and podman's auth.json, index.docker.io in docker's) and
-# the host its API is served from
+# Docker Hub's names in auth files (docker.io: podman's; index.docker.io: docker's) and its API's host,
+# which is what the warm check has of it (a reference's docker.io is asked at registry-1.docker.io)
 DOCKER_HUB, DOCKER_HUB_API = ("docker.io", "index.docker.io", "registry-1.docker.io"), "registry-1.docker.io"
 
 
@@ -33,7 +33,7 @@ def credentials(host: str) -> tuple[str, str] | None:
             # docker writes "https://index.docker.io/v1/" style keys too: compare the host part only
             found = re.sub(r"^[a-z]+://", "", key).split("/")[0]
             if (found == host or found in DOCKER_HUB and host in DOCKER_HUB) and isinstance(entry, dict) \
-                    and entry.get("auth"):
+                    and isinstance(entry.get("auth"), str) and entry["auth"]:
                 try:
                     user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
                 except (ValueError, UnicodeDecodeError):
@@ -47,10 +47,15 @@ def basic(creds: tuple[str, str]) -> str:
     return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
 
 
+# one auth-param of RFC 7235: NAME=VALUE or NAME="VALUE", each after the start or a comma, so that no
+# run of characters is scanned again from each of its positions (a registry chooses the header)
+_PARAM = re.compile(r'(?:^|,)\s*(\w+)\s*=\s*(?:"([^"]*)"|([^\s,"]*))')
+
+
 def challenge(header: str) -> tuple[str, dict[str, str]]:
     """The scheme and parameters of a WWW-Authenticate header: `Bearer realm="...",service="..."`."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
+    params = {m[1].lower(): m[2] if m[2] is not None else m[3] for m in _PARAM.finditer(rest)}
     return scheme.lower(), params
 
 
@@ -70,6 +75,6 @@ def token_of(body: bytes) -> str | None:
     try:
         doc = json.loads(body)
         token = doc.get("token") or doc.get("access_token")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
     return token if isinstance(token, str) and token else None

@@ -127,7 +127,7 @@ def _cached(cache: str | None, digest: str) -> bytes | None:
 def _json(client: Client, body: bytes, where: str, manifest: bool = True) -> dict[str, Any]:
     try:
         doc = json.loads(body)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes
         raise client.error(f"{where} is not JSON: {e}") from None
     if not isinstance(doc, dict) or (manifest and doc.get("schemaVersion") != 2):
         raise client.error(f"{where} is not a " + ("schemaVersion 2 " if manifest else "") + "JSON object")

@@ -49,8 +49,9 @@ class Policy:
     def _rewrite(self, name: str, location: str) -> str:
         if not location:
             return name
-        if self.prefix.startswith("*."):  # the wildcard matched the host
-            return location.rstrip("/") + "/" + name.split("/", 1)[1]
+        if self.prefix.startswith("*."):  # the wildcard matched the host name (a port after it stays)
+            host = name.split("/", 1)[0]
+            return location.rstrip("/") + name[len(host.rsplit(":", 1)[0]):]
         return location.rstrip("/") + name[len(self.prefix.rstrip("/")):]
 
 
@@ -115,13 +116,15 @@ def policy(host: str, repo: str) -> Policy:
 
 def _mirrors(entry: dict, path: str) -> tuple[Mirror, ...]:
     by_digest = entry.get("mirror-by-digest-only") is True
+    mirrors = entry.get("mirror") or []
     out = []
-    for m in entry.get("mirror") or []:
+    for m in mirrors if isinstance(mirrors, list) else [None]:
         pull_from = (m.get("pull-from-mirror") or "all") if isinstance(m, dict) else None
         if not isinstance(m, dict) or not isinstance(m.get("location"), str) or not m["location"] \
-                or pull_from not in ("all", "digest-only", "tag-only") or (by_digest and pull_from != "all"):
-            raise NsbuildError(f"{path}: [[registry]] {entry.get('prefix') or entry.get('location')!r}: a mirror needs "
-                               "a location, and pull-from-mirror is all, digest-only or tag-only (not beside "
-                               "mirror-by-digest-only)", "fix the file, or point CONTAINERS_REGISTRIES_CONF at another")
+                or pull_from not in ("all", "digest-only", "tag-only") or (by_digest and "pull-from-mirror" in m):
+            raise NsbuildError(f"{path}: [[registry]] {entry.get('prefix') or entry.get('location')!r}: each "
+                               "[[registry.mirror]] needs a location, and pull-from-mirror is all, digest-only or "
+                               "tag-only (not beside mirror-by-digest-only)",
+                               "fix the file, or point CONTAINERS_REGISTRIES_CONF at another")
         out.append(Mirror(m["location"], m.get("insecure") is True, "digest-only" if by_digest else pull_from))
     return tuple(out)

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 from builder.layers import oci
 from builder import progress
 from builder.errors import NsbuildError
-from builder.images.auth import DOCKER_HUB, DOCKER_HUB_API, basic, challenge, credentials, token_of, token_url
+from builder.images.auth import DOCKER_HUB_API, basic, challenge, credentials, token_of, token_url
 
 ACCEPT = ", ".join(sorted(oci.INDEX_TYPES | oci.MANIFEST_TYPES))
 MAX_JSON = 4 << 20      # manifests and configs: the distribution spec's limit for manifests
@@ -93,7 +93,7 @@ def parse(text: str) -> Reference:
     if digest is not None and not oci._DIGEST.fullmatch(digest):
         raise BadReference(f"'{text}': '{digest}' is not sha256:<64 lower-case hex digits>", hint)
     repo = m["repo"]
-    if host in DOCKER_HUB:  # as docker and skopeo name Docker Hub's images: docker.io/debian is library/debian
+    if host in ("docker.io", "index.docker.io"):  # as docker and skopeo read them: docker.io/debian is library/debian
         host, repo = "docker.io", repo if "/" in repo else f"library/{repo}"
     return Reference(host, repo, m["tag"] if m["tag"] or digest else "latest", digest)
 
@@ -244,7 +244,7 @@ class Client:
         media_type = r.headers.get("Content-Type", "").split(";")[0].strip()
         try:
             inner = json.loads(body).get("mediaType")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             raise self.error(f"manifest {reference} is not a JSON object") from None
         return body, inner if isinstance(inner, str) and inner else media_type, digest
 
@@ -335,7 +335,7 @@ def _error_detail(body: bytes) -> str:
     try:
         errors = json.loads(body).get("errors") or []
         words = [f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)]
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):  # whatever the body is, no traceback
         return ""
     return ", " + "; ".join(words) if words else ""
 

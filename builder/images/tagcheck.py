@@ -28,6 +28,8 @@ ACCEPT = ", ".join(sorted((  # registry.ACCEPT, spelled out so that this module 
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.oci.image.manifest.v1+json")))
 TIMEOUT = 10
+MAX_BODY = 1 << 20      # a token service's answer: tokens are a few kB
+MAX_HEADER = 1 << 16
 
 
 class _Answer:
@@ -85,10 +87,12 @@ def _token(ask: Callable[[str, str, bool, str], _Answer], params: dict[str, str]
 def _curl(method: str, url: str, verify: bool, authorization: str) -> _Answer:
     """FileNotFoundError: no curl on $PATH."""
     args = ["curl", "-q",  # first: ignore ~/.curlrc, so that the user's defaults cannot change the question
-            "--silent", "--max-time", str(TIMEOUT),
+            "--silent", "--max-time", str(TIMEOUT), "--max-filesize", str(MAX_BODY),
+            "--globoff",  # one request: a registry's realm="...{1,2}[1-9]" must not make curl ask many
             "--noproxy", "*",  # as the pull, which urllib3 makes without proxies
             "--proto", "=http,https", "--header", f"Accept: {ACCEPT}", "--config", "-",
-            "--write-out", "%{stderr}%{response_code}\n%header{docker-content-digest}\n%header{www-authenticate}",
+            # after the body, on its last three lines
+            "--write-out", "\n%{response_code}\n%header{docker-content-digest}\n%header{www-authenticate}",
             "--url", url]
     if method == "HEAD":
         args[2:2] = ["--head", "--output", "/dev/null"]
@@ -98,41 +102,44 @@ def _curl(method: str, url: str, verify: bool, authorization: str) -> _Answer:
         if os.environ.get(variable):  # OpenSSL's, so urllib3's and http.client's; curl 7.88 reads neither
             args[2:2] = [option, os.environ[variable]]
     config = f'header = "Authorization: {_quoted(authorization)}"\n' if authorization else ""
-    pipes = [os.pipe() for _ in range(3)]  # curl's stdin (its --config), stdout (a body), stderr (--write-out)
+    stdin_r, stdin_w = os.pipe()  # curl's --config
+    out_r, out_w = os.pipe()  # its stdout: one pipe, read to its end, so nothing can wait on another
     try:
         pid = os.posix_spawnp("curl", args, os.environ, file_actions=[
-            (os.POSIX_SPAWN_DUP2, pipes[0][0], 0), (os.POSIX_SPAWN_DUP2, pipes[1][1], 1),
-            (os.POSIX_SPAWN_DUP2, pipes[2][1], 2)])
+            (os.POSIX_SPAWN_DUP2, stdin_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
     except BaseException:
-        for r, w in pipes:
-            os.close(r)
-            os.close(w)
+        os.close(stdin_w)
+        os.close(out_r)
         raise
-    for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
-        os.close(fd)
+    finally:
+        os.close(stdin_r)
+        os.close(out_w)
+    out = b""
     try:
         try:
-            os.write(pipes[0][1], config.encode())  # a few bytes: the pipe takes them without blocking
+            os.write(stdin_w, config.encode())  # a few bytes: the pipe takes them without blocking
         except BrokenPipeError:
             pass  # curl is gone already: its exit status says so
-        os.close(pipes[0][1])
-        body, out = _read_all(pipes[1][0]), _read_all(pipes[2][0])  # --write-out comes last, and is short
+        os.close(stdin_w)
+        stdin_w = -1
+        while len(out) <= MAX_BODY + 4 * MAX_HEADER and (chunk := os.read(out_r, 65536)):
+            out += chunk  # beyond that, closing the pipe ends curl (EPIPE), which the exit status shows
     finally:
+        if stdin_w >= 0:
+            os.close(stdin_w)
+        os.close(out_r)
         _, status = os.waitpid(pid, 0)
-    code, found, challenge = (out.decode(errors="replace").split("\n") + ["", ""])[:3]
+    body, code, found, challenge = (b"\n\n\n" + out).rsplit(b"\n", 3)
     if os.waitstatus_to_exitcode(status) != 0 or not code.isdigit():  # unreachable, refused, bad TLS, timed out
         return _Answer(0)
-    return _Answer(int(code), found.strip(), challenge.strip(), body)
+    return _Answer(int(code), found.decode(errors="replace").strip(), challenge.decode(errors="replace").strip(),
+                   body[3:])
 
 
 def _quoted(value: str) -> str:
     """`value` inside a double-quoted curl config string."""
     return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def _read_all(fd: int) -> bytes:
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
 
 
 def _http_client(method: str, url: str, verify: bool, authorization: str) -> _Answer:
@@ -152,10 +159,10 @@ def _http_client(method: str, url: str, verify: bool, authorization: str) -> _An
         conn = http.client.HTTPConnection(parts.netloc, timeout=TIMEOUT)
     headers = {"Accept": ACCEPT, **({"Authorization": authorization} if authorization else {})}
     try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers)
+        conn.request(method, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=headers)
         r = conn.getresponse()
         return _Answer(r.status, r.getheader("Docker-Content-Digest") or "", r.getheader("WWW-Authenticate") or "",
-                       r.read() if method == "GET" else b"")
+                       r.read(MAX_BODY) if method == "GET" else b"")
     except (OSError, http.client.HTTPException):  # unreachable, refused, bad TLS: the slow path says which
         return _Answer(0)
     finally:
