@@ -18,6 +18,7 @@ import pytest
 
 from conftest import RECIPES, _umount_all_under, needs_root, nsbuild_cmd, tally
 from builder.kernel.features import pick_strategy, probe
+from registries import fault_proxy, images, registry  # noqa: F401
 from rootless_users import Interpreter, RootlessUser, make_user, remove_user
 from test_e2e import strategies
 
@@ -164,6 +165,24 @@ def test_a_tree_with_a_proc_directory_and_no_proc_mount_runs(single: RootlessUse
     assert single.run("run", "p", "--", "/bin/sh", "-c", "ls -A /proc | wc -l").stdout == "0\n"
     single.run("rm", "p")
     assert single.wait_no_processes() == []
+
+
+def test_a_registry_image_pulls_runs_and_builds_warm_after_one_head(ranged: RootlessUser, fault_proxy) -> None:
+    """podman's rootless pull, nsbuild's way: the pull, the unpack into the user's store and the warm
+    build's tag check (curl, spawned in the holder's namespaces) all work without root."""
+    proxy = fault_proxy("pass")
+    recipe = ranged.home / "pulled.toml"
+    recipe.write_text((RECIPES / "oci.toml").read_text().replace('oci = "oci/layout"', f'oci = "{proxy.ref("demo:gzip")}"')
+                      .replace('ref = "demo"', ""))
+    ranged.run("build", "-q", str(recipe))
+    assert ranged.run("run", "oci").stdout == "from layer 2\nc\n"
+    ranged.run("build", "-q", "--replace", str(recipe))  # planned anew (the first build pinned the template)
+    n = len(proxy.requests())
+    ranged.run("build", "-q", "--replace", str(recipe))
+    assert proxy.requests()[n:] == ["HEAD /v2/demo/manifests/gzip - -> 200"]  # the cached plan, after one HEAD
+    assert ranged.run("run", "oci").stdout == "from layer 2\nc\n"
+    ranged.run("rm", "oci")
+    assert ranged.wait_no_processes() == []
 
 
 def test_image_layers_are_refused(ranged: RootlessUser) -> None:
