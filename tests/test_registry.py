@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -205,23 +206,31 @@ def test_bearer_token_auth_with_credentials_from_containers_auth_json(nsbuild, f
 
 
 @pytest.mark.parametrize("asker", ["curl", "http.client"])
-@pytest.mark.parametrize("login", [True, False], ids=["login", "anonymous"])
+@pytest.mark.parametrize("login", ["auth.json", "helper", "anonymous"])
 def test_warm_pull_of_a_token_registry_takes_the_cached_plan(nsbuild, fault_proxy, tmp_path: Path, asker: str,
-                                                              login: bool) -> None:
-    proxy = fault_proxy(f"token:{USER}:{PASSWORD}" if login else "token:")
+                                                              login: str) -> None:
+    proxy = fault_proxy("token:" if login == "anonymous" else f"token:{USER}:{PASSWORD}")
     r = recipe(tmp_path, proxy.ref("demo:gzip"))
-    if login:
+    if login == "auth.json":
         (tmp_path / "xdg" / "containers").mkdir(parents=True)
         nsbuild.env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg")
         (tmp_path / "xdg" / "containers" / "auth.json").write_text(json.dumps({"auths": {proxy.host: {
             "auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
+    if login == "helper":  # as ECR's or gcloud's: docker's config names a program that has the login
+        helper_log = credential_helper(tmp_path / "helpers", "test", {proxy.host: f"{USER}:{PASSWORD}"})
+        nsbuild.env.update(HOME=str(tmp_path), PATH=f"{tmp_path / 'helpers'}:{nsbuild.env['PATH']}")
+        (tmp_path / ".docker").mkdir()
+        (tmp_path / ".docker" / "config.json").write_text(json.dumps({"credHelpers": {proxy.host: "test"}}))
     nsbuild("build", str(r))
     nsbuild("build", str(r), "--replace")  # planned anew (the first build pinned the template)
     n = len(proxy.requests())
     path, curl_log = path_with_logged_curl(tmp_path)
-    if asker == "http.client":
-        path = {"PATH": str(tmp_path / "empty")}
+    path["PATH"] = f"{path['PATH']}:{nsbuild.env['PATH']}"
+    if asker == "http.client":  # no curl, but the helper still
+        path = {"PATH": str(tmp_path / "helpers")}
     nsbuild("build", str(r), "--replace", env=dict(nsbuild.env, **path))
+    if login == "helper":
+        assert helper_log.read_text().splitlines() == [f"get {proxy.host}"] * 3  # the cold, the planned, the warm
     asked = proxy.requests()[n:]
     assert asked[0] == "HEAD /v2/demo/manifests/gzip - -> 401" and asked[2:] == ["HEAD /v2/demo/manifests/gzip - -> 200"]
     assert asked[1].startswith("GET /token?scope=repository%3Ademo%3Apull&service=nsbuild-test") \
@@ -503,6 +512,63 @@ def test_credentials_come_from_auth_files_only(tmp_path: Path, monkeypatch) -> N
     assert auth.credentials("other.example") is None
     docker_config(tmp_path, "https://index.docker.io/v1/", "hub", "pw3")  # docker login's key for Docker Hub
     assert auth.credentials("docker.io") == ("hub", "pw3")
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def credential_helper(bin_dir: Path, name: str, answers: dict[str, str]) -> Path:
+    """docker-credential-NAME on $PATH, as docker-credential-helpers' programs behave: `get` reads a
+    server from stdin and prints {"Username", "Secret"}, or fails; every question goes to its log."""
+    bin_dir.mkdir(exist_ok=True)
+    log = bin_dir / f"{name}.log"
+    program = bin_dir / f"docker-credential-{name}"
+    program.write_text(f"#!{sys.executable}\nimport json, sys\nserver = sys.stdin.read()\n"
+                       f"open({str(log)!r}, 'a').write(sys.argv[1] + ' ' + server + '\\n')\n"
+                       f"answers = {answers!r}\n"
+                       "if server not in answers: sys.exit('credentials not found in native keychain')\n"
+                       "user, _, secret = answers[server].partition(':')\n"
+                       "print(json.dumps({'ServerURL': server, 'Username': user, 'Secret': secret}))\n")
+    program.chmod(0o755)
+    return log
+
+
+def test_credentials_files_namespaces_and_helpers(tmp_path: Path, monkeypatch) -> None:
+    for var in ("XDG_RUNTIME_DIR", "REGISTRY_AUTH_FILE", "XDG_CONFIG_HOME", "DOCKER_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    log = credential_helper(tmp_path / "bin", "vault", {"secure.example": "robot:s3cret", "shared.example": "h:1"})
+    config = tmp_path / ".config" / "containers" / "auth.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({
+        "auths": {"quay.example": {"auth": b64("any:1")}, "quay.example/team": {"auth": b64("team:2")},
+                  "quay.example/team/app": {"auth": b64("app:3")}, "secure.example": {"auth": b64("stale:0")}},
+        "credHelpers": {"secure.example": "vault", "missing.example": "vault"}}))
+    assert auth.credentials("quay.example", "team/app") == ("app", "3")  # the longest key that matches
+    assert auth.credentials("quay.example", "team/other") == ("team", "2")
+    assert auth.credentials("quay.example", "teammate/x") == ("any", "1")  # at a path boundary only
+    assert auth.credentials("secure.example", "x") == ("robot", "s3cret")  # the helper, not the stale login
+    assert auth.credentials("missing.example", "x") is None  # the helper has none: no login either
+    assert log.read_text().splitlines() == ["get secure.example", "get missing.example"]
+    # docker's file, moved by $DOCKER_CONFIG, with a default helper; the containers file came first
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dockercfg"))
+    docker_config(tmp_path / "dockercfg", "other.example", "d", "4")
+    (tmp_path / "dockercfg" / ".docker" / "config.json").rename(tmp_path / "dockercfg" / "config.json")
+    cfg = json.loads((tmp_path / "dockercfg" / "config.json").read_text())
+    (tmp_path / "dockercfg" / "config.json").write_text(json.dumps({**cfg, "credsStore": "vault"}))
+    assert auth.credentials("other.example", "x") == ("d", "4")
+    assert auth.credentials("shared.example", "x") == ("h", "1")  # credsStore, for what has no login
+    # $REGISTRY_AUTH_FILE replaces $XDG_RUNTIME_DIR's file (podman's --authfile)
+    (tmp_path / "xdg" / "containers").mkdir(parents=True)
+    (tmp_path / "xdg" / "containers" / "auth.json").write_text(json.dumps({"auths": {"quay.example": {"auth": b64("x:9")}}}))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    assert auth.credentials("quay.example", "team/app") == ("x", "9")
+    (tmp_path / "override.json").write_text(json.dumps({"auths": {"other.example": {"auth": b64("o:5")}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "override.json"))
+    assert auth.credentials("other.example", "x") == ("o", "5")
+    assert auth.credentials("quay.example", "team/app") == ("app", "3")  # the runtime file is not read now
 
 
 def test_the_warm_check_takes_no_token_that_could_inject_a_curl_option() -> None:

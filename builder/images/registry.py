@@ -4,7 +4,7 @@
   by platform, as in a layout (oci.py).
 - Auth: a 401 names a scheme in WWW-Authenticate. Bearer: a token is fetched from the realm, with the
   user's credentials if there are any. Basic: the credentials themselves. Credentials are read only
-  from the files users already have: $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json.
+  from the files users already have and the credential helpers they name (auth.py).
 - HTTPS, except for loopback registries (127.0.0.0/8, ::1, localhost), which are spoken to in plain
   HTTP as Docker and podman do. A registry that registries.conf marks `insecure` is tried in HTTPS
   without certificate checks, then in plain HTTP, as containers/image does; one marked `blocked` is
@@ -191,7 +191,7 @@ class Client:
 
     def _authenticate(self, header: str) -> None:
         scheme, params = challenge(header)
-        creds = credentials(self.ref.host)
+        creds = credentials(self.ref.host, self.ref.repo)
         if scheme == "basic":
             if creds is None:
                 raise self.error(f"{self.ref} needs a login (HTTP Basic) and no credentials for "

@@ -64,11 +64,11 @@ def _authorization(ask: Callable[[str, str, bool, str], _Answer], url: str, chal
 
     scheme, params = auth.challenge(challenge)
     host, _, path = url.split("://", 1)[1].partition("/")
-    creds = auth.credentials(host)
+    repo = path[len("v2/"):].rsplit("/manifests/", 1)[0]
+    creds = auth.credentials(host, repo)
     if scheme == "basic":
         return auth.basic(creds) if creds else None
-    token = _token(ask, params, path[len("v2/"):].rsplit("/manifests/", 1)[0], creds, verify) \
-        if scheme == "bearer" else None
+    token = _token(ask, params, repo, creds, verify) if scheme == "bearer" else None
     return f"Bearer {token}" if token else None
 
 
