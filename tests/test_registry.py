@@ -571,6 +571,67 @@ def test_credentials_files_namespaces_and_helpers(tmp_path: Path, monkeypatch) -
     assert auth.credentials("quay.example", "team/app") == ("app", "3")  # the runtime file is not read now
 
 
+def test_credentials_of_docker_hub_and_bad_logins(tmp_path: Path, monkeypatch) -> None:
+    for var in ("XDG_RUNTIME_DIR", "REGISTRY_AUTH_FILE", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    assert auth.auth_files()[0] == f"/run/containers/{os.getuid()}/auth.json"  # containers/image's, without XDG
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    log = credential_helper(tmp_path / "bin", "desktop", {"https://index.docker.io/v1/": "hub:pw"})
+    (tmp_path / "docker").mkdir()
+    config = tmp_path / "docker" / "config.json"
+    config.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {}}, "credsStore": "desktop"}))
+    # docker login with a credsStore keeps Docker Hub under its v1 URL: asked so, by the pull's name
+    # for it and by the warm check's (the API host)
+    assert auth.credentials("docker.io", "library/debian") == ("hub", "pw")
+    assert auth.credentials("registry-1.docker.io", "library/debian") == ("hub", "pw")
+    config.write_text(json.dumps({"credHelpers": {"https://index.docker.io/v1/": "desktop"}}))  # a URL key
+    assert auth.credentials("docker.io", "library/debian") == ("hub", "pw")
+    assert log.read_text().splitlines() == ["get https://index.docker.io/v1/"] * 3
+    # logins that are none: empty, not base64, no colon, no password; the next file's is taken
+    runtime = tmp_path / "xdg" / "containers"
+    runtime.mkdir(parents=True)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    config.write_text(json.dumps({"auths": {"quay.example": {"auth": b64("real:login")}}}))
+    for bad in ("", "!!!", b64("nocolon"), b64("user:")):
+        (runtime / "auth.json").write_text(json.dumps({"auths": {"quay.example": {"auth": bad}}}))
+        assert auth.credentials("quay.example", "x") == ("real", "login"), bad
+
+
+def test_misbehaving_credential_helpers_cost_bounded_time_and_memory(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(auth, "HELPER_TIMEOUT", 2)
+    marker = f"nsbuild-helper-{os.getpid()}"
+    answer = json.dumps({"Username": "u", "Secret": "s"})
+    helpers = {
+        "flood": "head -c 50000000 /dev/zero",           # more than a login
+        "stuck": "sleep 60",                             # never answers
+        "lingers": f"echo '{answer}'; exec -a {marker} sleep 60 &",  # answers, leaves a child on stdout
+        "fails": f"echo '{answer}'; exit 1",             # not found
+        "fine": f"cat > /dev/null; echo '{answer}'",
+    }
+    for name, script in helpers.items():
+        (tmp_path / f"docker-credential-{name}").write_text(f"#!/bin/bash\n{script}\n")
+        (tmp_path / f"docker-credential-{name}").chmod(0o755)
+        (tmp_path / "config.json").write_text(json.dumps({"credsStore": name}))
+        assert auth.credentials("r.example", "x") == (("u", "s") if name == "fine" else None), name
+    left = [p for p in os.listdir("/proc") if p.isdigit() and marker.encode() in _cmdline(p)]
+    assert left == []  # the lingering child was killed with the helper's session
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_the_warm_check_takes_no_token_that_could_inject_a_curl_option() -> None:
     from builder.images import tagcheck
 

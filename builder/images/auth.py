@@ -12,20 +12,31 @@ import json
 import os
 import re
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+
 # Docker Hub's names in auth files (docker.io: podman's; index.docker.io: docker's) and its API's host,
 # which is what the warm check has of it (a reference's docker.io is asked at registry-1.docker.io)
 DOCKER_HUB, DOCKER_HUB_API = ("docker.io", "index.docker.io", "registry-1.docker.io"), "registry-1.docker.io"
 
 
+HELPER_TIMEOUT = 10     # seconds a credential helper may take (ECR's and gcloud's ask the network)
+HELPER_OUTPUT = 1 << 16  # bytes of its answer read: a login is a few hundred
+
+
 def auth_files() -> list[str]:
     """Where logins are, in the order containers-auth.json(5) reads them: $REGISTRY_AUTH_FILE (podman's
-    and skopeo's override) or $XDG_RUNTIME_DIR/containers/auth.json, then the one under $XDG_CONFIG_HOME,
-    then docker's ($DOCKER_CONFIG/config.json, default ~/.docker)."""
+    and skopeo's override) or $XDG_RUNTIME_DIR/containers/auth.json (without it, /run/containers/UID/, as
+    containers/image does), then the one under $XDG_CONFIG_HOME, then docker's ($DOCKER_CONFIG/config.json,
+    default ~/.docker)."""
     paths = []
     if os.environ.get("REGISTRY_AUTH_FILE"):
         paths.append(os.environ["REGISTRY_AUTH_FILE"])
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        paths.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers", "auth.json"))
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/containers/{os.getuid()}"
+        paths.append(os.path.join(runtime, "containers", "auth.json") if os.environ.get("XDG_RUNTIME_DIR")
+                     else os.path.join(runtime, "auth.json"))
     config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     paths.append(os.path.join(config, "containers", "auth.json"))
     paths.append(os.path.join(os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker"), "config.json"))
@@ -46,17 +57,24 @@ def credentials(host: str, repo: str = "") -> tuple[str, str] | None:
         if not isinstance(doc, dict):
             continue
         helpers = doc.get("credHelpers") if isinstance(doc.get("credHelpers"), dict) else {}
-        helper = next((v for k, v in helpers.items() if _same_host(k, host)), None)
-        found = _helper(helper, host) if helper else _login(doc.get("auths"), host, name)
-        if found is None and not helper and isinstance(doc.get("credsStore"), str):
-            found = _helper(doc["credsStore"], host)
+        key = next((k for k in helpers if isinstance(k, str) and _same_host(_key_host(k), host)), None)
+        # a helper is asked for the server as the file names it; a credsStore keeps Docker Hub under
+        # docker login's "https://index.docker.io/v1/"
+        found = _helper(helpers[key], key) if key else _login(doc.get("auths"), host, name)
+        if found is None and key is None and isinstance(doc.get("credsStore"), str):
+            found = _helper(doc["credsStore"], "https://index.docker.io/v1/" if host in DOCKER_HUB else host)
         if found is not None:
             return found
     return None
 
 
-def _same_host(key: str, host: str) -> bool:
-    return key == host or key in DOCKER_HUB and host in DOCKER_HUB
+def _key_host(key: str) -> str:
+    """The host of an auth file's key: "quay.io/team" and docker's "https://index.docker.io/v1/" alike."""
+    return (key.split("://", 1)[1] if "://" in key else key).split("/")[0]
+
+
+def _same_host(key_host: str, host: str) -> bool:
+    return key_host == host or key_host in DOCKER_HUB and host in DOCKER_HUB
 
 
 def _login(auths: object, host: str, name: str) -> tuple[str, str] | None:
@@ -65,37 +83,88 @@ def _login(auths: object, host: str, name: str) -> tuple[str, str] | None:
         if not isinstance(key, str) or not isinstance(entry, dict) or not isinstance(entry.get("auth"), str):
             continue
         if "://" in key:  # docker's "https://index.docker.io/v1/": a host, its path is no namespace
-            matches, length = _same_host(key.split("://", 1)[1].split("/")[0], host), 0
+            matches, length = _same_host(_key_host(key), host), 0
         else:
-            key_host, _, namespace = key.partition("/")
+            namespace = key.partition("/")[2]
             prefix = f"{host}/{namespace}".rstrip("/")
-            matches, length = _same_host(key_host, host) and (name == prefix or name.startswith(prefix + "/")), len(prefix)
+            matches = _same_host(_key_host(key), host) and (name == prefix or name.startswith(prefix + "/"))
+            length = len(prefix)
         if matches and length > best[0]:
             try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                user, colon, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 continue
-            best = (length, (user, password))
+            if colon and user and password:  # as containers/image: anything else is no login
+                best = (length, (user, password))
     return best[1]
 
 
-def _helper(name: object, host: str) -> tuple[str, str] | None:
-    """What docker-credential-NAME (the docker-credential-helpers protocol) has for `host`, if anything."""
+def _helper(name: object, server: str) -> tuple[str, str] | None:
+    """What docker-credential-NAME (the docker-credential-helpers protocol) has for `server`, if anything:
+    within HELPER_TIMEOUT, and only if its answer fits in HELPER_OUTPUT bytes."""
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         return None
+    import signal
     import subprocess
 
+    try:  # in a session of its own: whatever it leaves behind goes with it
+        proc = subprocess.Popen([f"docker-credential-{name}", "get"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        return None
     try:
-        proc = subprocess.run([f"docker-credential-{name}", "get"], input=host.encode(), capture_output=True,
-                              timeout=30)
-        doc = json.loads(proc.stdout) if proc.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired, ValueError, RecursionError):
+        out = _answer(proc, server.encode())
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # before it is reaped: until then its group id names no one else
+        except OSError:
+            pass
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+    try:
+        doc = json.loads(out) if out is not None and proc.returncode == 0 else None
+    except (ValueError, RecursionError):
         return None
     user, secret = (doc.get("Username"), doc.get("Secret")) if isinstance(doc, dict) else (None, None)
     # "<token>": an identity token for an OAuth2 refresh, which nsbuild does not speak
-    if isinstance(user, str) and isinstance(secret, str) and secret and user != "<token>":
+    if isinstance(user, str) and isinstance(secret, str) and user and secret and user != "<token>":
         return user, secret
     return None
+
+
+def _answer(proc: subprocess.Popen, question: bytes) -> bytes | None:
+    """A helper's stdout once it has exited (not reaped), if that is within HELPER_TIMEOUT and at most
+    HELPER_OUTPUT bytes; else None."""
+    import select
+    import time
+
+    deadline = time.monotonic() + HELPER_TIMEOUT
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(question)  # a host name: the pipe takes it without blocking
+        proc.stdin.flush()
+    except BrokenPipeError:
+        pass  # it reads no question
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    out, fd = b"", proc.stdout.fileno()
+    while True:
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            return None  # too slow
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        out += chunk
+        if len(out) > HELPER_OUTPUT:
+            return None  # too much
+    while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.002)
+    return out
 
 
 def basic(creds: tuple[str, str]) -> str:
