@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 # Docker Hub's names in auth files (docker.io: podman's; index.docker.io: docker's) and its API's host,
 # which is what the warm check has of it (a reference's docker.io is asked at registry-1.docker.io)
 DOCKER_HUB, DOCKER_HUB_API = ("docker.io", "index.docker.io", "registry-1.docker.io"), "registry-1.docker.io"
-
-
 HELPER_TIMEOUT = 10     # seconds a credential helper may take (ECR's and gcloud's ask the network)
 HELPER_OUTPUT = 1 << 16  # bytes of its answer read: a login is a few hundred
 
@@ -33,10 +31,10 @@ def auth_files() -> list[str]:
     paths = []
     if os.environ.get("REGISTRY_AUTH_FILE"):
         paths.append(os.environ["REGISTRY_AUTH_FILE"])
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        paths.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers", "auth.json"))
     else:
-        runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/containers/{os.getuid()}"
-        paths.append(os.path.join(runtime, "containers", "auth.json") if os.environ.get("XDG_RUNTIME_DIR")
-                     else os.path.join(runtime, "auth.json"))
+        paths.append(f"/run/containers/{os.getuid()}/auth.json")
     config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     paths.append(os.path.join(config, "containers", "auth.json"))
     paths.append(os.path.join(os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker"), "config.json"))
@@ -82,20 +80,17 @@ def _login(auths: object, host: str, name: str) -> tuple[str, str] | None:
     for key, entry in auths.items() if isinstance(auths, dict) else ():
         if not isinstance(key, str) or not isinstance(entry, dict) or not isinstance(entry.get("auth"), str):
             continue
-        if "://" in key:  # docker's "https://index.docker.io/v1/": a host, its path is no namespace
-            matches, length = _same_host(_key_host(key), host), 0
-        else:
-            namespace = key.partition("/")[2]
-            prefix = f"{host}/{namespace}".rstrip("/")
-            matches = _same_host(_key_host(key), host) and (name == prefix or name.startswith(prefix + "/"))
-            length = len(prefix)
-        if matches and length > best[0]:
+        # docker's "https://index.docker.io/v1/" names a host: its path is no namespace
+        namespace = "" if "://" in key else key.partition("/")[2]
+        prefix = f"{host}/{namespace}".rstrip("/")
+        if _same_host(_key_host(key), host) and (name == prefix or name.startswith(prefix + "/")) \
+                and len(prefix) > best[0]:
             try:
                 user, colon, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 continue
             if colon and user and password:  # as containers/image: anything else is no login
-                best = (length, (user, password))
+                best = (len(prefix), (user, password))
     return best[1]
 
 
