@@ -29,7 +29,7 @@ ACCEPT = ", ".join(sorted((  # registry.ACCEPT, spelled out so that this module 
     "application/vnd.oci.image.manifest.v1+json")))
 TIMEOUT = 10
 MAX_BODY = 1 << 20      # a token service's answer: tokens are a few kB
-MAX_HEADER = 1 << 16
+MAX_OUT = MAX_BODY + (1 << 18)  # what curl may print: the body, then --write-out's status and headers
 
 
 class _Answer:
@@ -121,13 +121,11 @@ def _curl(method: str, url: str, verify: bool, authorization: str) -> _Answer:
             os.write(stdin_w, config.encode())  # a few bytes: the pipe takes them without blocking
         except BrokenPipeError:
             pass  # curl is gone already: its exit status says so
-        os.close(stdin_w)
-        stdin_w = -1
-        while len(out) <= MAX_BODY + 4 * MAX_HEADER and (chunk := os.read(out_r, 65536)):
+        finally:
+            os.close(stdin_w)
+        while len(out) <= MAX_OUT and (chunk := os.read(out_r, 65536)):
             out += chunk  # beyond that, closing the pipe ends curl (EPIPE), which the exit status shows
     finally:
-        if stdin_w >= 0:
-            os.close(stdin_w)
         os.close(out_r)
         _, status = os.waitpid(pid, 0)
     body, code, found, challenge = (b"\n\n\n" + out).rsplit(b"\n", 3)
