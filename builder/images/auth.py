@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     import subprocess
 
 # Docker Hub's names in auth files (docker.io: podman's; index.docker.io: docker's) and its API's host,
-# which is what the warm check has of it (a reference's docker.io is asked at registry-1.docker.io)
-DOCKER_HUB, DOCKER_HUB_API = ("docker.io", "index.docker.io", "registry-1.docker.io"), "registry-1.docker.io"
+# which is what the warm check has of it (registry.DOCKER_HUB_API)
+DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 HELPER_TIMEOUT = 10     # seconds a credential helper may take (ECR's and gcloud's ask the network)
 HELPER_OUTPUT = 1 << 16  # bytes of its answer read: a login is a few hundred
 

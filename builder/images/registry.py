@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 from builder.layers import oci
 from builder import progress
 from builder.errors import NsbuildError
-from builder.images.auth import DOCKER_HUB_API, basic, challenge, credentials, token_of, token_url
+from builder.images.auth import basic, challenge, credentials, token_of, token_url
 
 ACCEPT = ", ".join(sorted(oci.INDEX_TYPES | oci.MANIFEST_TYPES))
 MAX_JSON = 4 << 20      # manifests and configs: the distribution spec's limit for manifests
@@ -44,6 +44,7 @@ _REF = re.compile(rf"(?P<host>[^/@]+)/(?P<repo>{_COMPONENT}(?:/{_COMPONENT})*)"
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
                    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 PREFIX = "docker://"
+DOCKER_HUB_API = "registry-1.docker.io"  # where a reference's docker.io is asked
 
 
 class _Broken(Exception):
