@@ -632,6 +632,12 @@ def _cmdline(pid: str) -> bytes:
         return b""
 
 
+def test_the_warm_check_accepts_what_the_pull_accepts() -> None:
+    from builder.images import tagcheck
+
+    assert tagcheck.ACCEPT == reg.ACCEPT  # spelled out there, so that a warm build imports no OCI machinery
+
+
 def test_the_warm_check_takes_no_token_that_could_inject_a_curl_option() -> None:
     from builder.images import tagcheck
 
